@@ -222,7 +222,7 @@ class _Envelope(msgspec.Struct):
 
 
 _encoder: Final = msgspec.json.Encoder()
-_decoder: Final = msgspec.json.Decoder(Message)
+_decoder: Final[msgspec.json.Decoder[Message]] = msgspec.json.Decoder(Message)
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 
 

@@ -1,0 +1,264 @@
+"""The one adapter over zmq-anyio: every ZeroMQ call of the package goes through here.
+
+What it adds to a plain ``zmq_anyio.Socket``:
+
+* **Batches.** :meth:`ZmqSocket.receive_batch` waits (through zmq-anyio) for one
+  message and then drains the socket without blocking until ``EAGAIN`` or a cap, so one
+  wake-up handles many messages; :meth:`ZmqSocket.try_send` never blocks.
+* **Cancellation safety.** A receive abandoned by a cancel scope does not swallow a
+  message: the future is cancelled, and a message that did arrive is kept for the next
+  call. (zmq-anyio leaves an abandoned ``arecv`` future queued, where it would later take
+  a message nobody reads.)
+* **Error translation.** ``zmq.ZMQError`` becomes :class:`~backtest_queue.errors.TransportError`
+  here and nowhere else; ``EAGAIN`` and ``EHOSTUNREACH`` become :class:`SendStatus` values.
+* **Connection events.** :func:`run_monitor` turns a socket monitor into
+  :class:`ConnectionEvent` values; "up" means the ZMTP handshake succeeded, not that a TCP
+  connection exists.
+
+zmq-anyio is pinned to its 0.4 minor version (``await sock.arecv_multipart()``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import zmq
+import zmq_anyio
+from anyio.streams.memory import MemoryObjectSendStream
+from zmq.utils.monitor import parse_monitor_message
+
+from .errors import TransportError
+
+__all__ = [
+    "ConnectionEvent",
+    "SendStatus",
+    "ZmqSocket",
+    "run_monitor",
+    "open_socket",
+]
+
+log = logging.getLogger("backtest_queue.transport")
+
+Frames = list[bytes]
+_UP_EVENTS: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED
+_DOWN_EVENTS: Final = zmq.EVENT_DISCONNECTED
+_REFUSED_EVENTS: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class SendStatus(enum.Enum):
+    """What :meth:`ZmqSocket.try_send` did."""
+
+    SENT = "sent"
+    #: ``EAGAIN``: the high-water mark is reached, or (``ZMQ_IMMEDIATE=1``) no peer has
+    #: completed a handshake. Nothing was sent; try again later.
+    WOULD_BLOCK = "would_block"
+    #: ``EHOSTUNREACH`` on a ROUTER with ``ZMQ_ROUTER_MANDATORY``: no peer has that
+    #: identity (it disconnected). Nothing was sent.
+    UNREACHABLE = "unreachable"
+
+
+class ZmqSocket:
+    """One ZeroMQ socket, driven by zmq-anyio, with batch receive and non-blocking send.
+
+    Create it with :func:`open_socket`. Use it from one task per direction: one receiver
+    (:meth:`receive_batch`) and any number of non-blocking senders (:meth:`try_send`).
+    """
+
+    def __init__(self, sock: zmq_anyio.Socket, *, name: str) -> None:
+        self._sock = sock
+        # A plain pyzmq shadow of the same libzmq socket, for calls that must not go
+        # through zmq-anyio's futures (its send() schedules a task and cannot fail).
+        self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self._stash: list[Frames] = []
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<ZmqSocket {self.name} {self._raw.socket_type!r}>"
+
+    @property
+    def raw(self) -> zmq.Socket[bytes]:
+        """The underlying pyzmq socket, for setting options and monitors."""
+        return self._raw
+
+    def try_send(self, frames: Sequence[bytes]) -> SendStatus:
+        """Send one multipart message now, or say why not. Never blocks, never waits.
+
+        Raises:
+            TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
+        """
+        try:
+            self._raw.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return SendStatus.WOULD_BLOCK
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return SendStatus.UNREACHABLE
+            raise TransportError(f"send on {self.name} failed: {exc}") from exc
+        return SendStatus.SENT
+
+    def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
+        """Return the messages already waiting (up to ``max_messages``), maybe none."""
+        batch, self._stash = self._stash, []
+        recv = self._raw.recv_multipart
+        try:
+            while len(batch) < max_messages:
+                batch.append(recv(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if batch:  # hand over what we have; the error repeats on the next call
+                self._stash = batch
+            raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        return batch
+
+    async def receive_batch(self, max_messages: int = 1024) -> list[Frames]:
+        """Wait for at least one message, then return all that are ready (up to a cap).
+
+        Cancel-safe: when cancelled, no message is lost; one that arrived during the
+        cancellation is returned by the next call.
+
+        Raises:
+            TransportError: the socket failed or was closed.
+        """
+        batch = self.receive_nowait(max_messages)
+        if batch:
+            await anyio.lowlevel.checkpoint()
+            return batch
+        future = self._sock.arecv_multipart()
+        try:
+            first = await future
+        except BaseException:
+            if future.status is anyio.Future.Status.FINISHED:
+                self._stash.append(cast(Frames, future.return_value))
+            else:
+                future.cancel()
+            raise
+        self._stash.append(cast(Frames, first))
+        return self.receive_nowait(max_messages)
+
+    async def wait_writable(self) -> None:
+        """Wait until a send could succeed (a peer is up and below its high-water mark)."""
+        future = self._sock.apoll(flags=zmq.POLLOUT)
+        try:
+            await future
+        except BaseException:
+            future.cancel()
+            raise
+
+
+def _apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
+    for option, value in options.items():
+        sock.setsockopt(option, value)
+
+
+@asynccontextmanager
+async def open_socket(
+    context: zmq.Context[Any],
+    socket_type: int,
+    *,
+    name: str,
+    options: dict[int, Any] | None = None,
+    bind: str | None = None,
+    connect: str | None = None,
+) -> AsyncIterator[ZmqSocket]:
+    """Open a zmq-anyio socket for the duration of the block, closed with its linger.
+
+    Args:
+        context: the pyzmq context.
+        socket_type: ``zmq.DEALER``, ``zmq.ROUTER``, ...
+        name: a label for logs and ``repr``.
+        options: socket options set before bind/connect (``{zmq.LINGER: 0, ...}``).
+        bind: endpoint to bind, e.g. ``"tcp://127.0.0.1:5580"``.
+        connect: endpoint to connect to.
+
+    Raises:
+        TransportError: the endpoint is malformed or cannot be bound (address in use, ...).
+    """
+    raw = context.socket(socket_type)
+    try:
+        _apply_options(raw, options or {})
+        if bind is not None:
+            raw.bind(bind)
+        if connect is not None:
+            raw.connect(connect)
+    except zmq.ZMQError as exc:
+        raw.close(linger=0)
+        where = bind or connect
+        raise TransportError(f"cannot open {name} on {where!r}: {exc}") from exc
+    async with zmq_anyio.Socket(raw) as sock:
+        yield ZmqSocket(sock, name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A peer's connection changed.
+
+    Attributes:
+        kind: ``"up"`` (ZMTP handshake succeeded: sends are now safe), ``"down"`` (the
+            connection closed) or ``"refused"`` (the handshake failed, e.g. CURVE auth).
+        endpoint: the endpoint the event is about, as libzmq reports it.
+        at: ``anyio.current_time()`` when the event was read, in seconds.
+    """
+
+    kind: Literal["up", "down", "refused"]
+    endpoint: str
+    at: float
+
+
+async def run_monitor(
+    context: zmq.Context[Any],
+    sock: ZmqSocket,
+    events_out: MemoryObjectSendStream[ConnectionEvent],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Send the socket's connection events into ``events_out`` until cancelled.
+
+    Meant to run as a task (``await task_group.start(run_monitor, ...)``); ``started()``
+    is called once the monitor is attached, so no event after that point is missed.
+    The monitor socket is drained continuously (an undrained monitor can stall
+    reconnection in libzmq); events other than up/down/refused are read and dropped.
+    ``events_out`` is closed when the task ends.
+    """
+    wanted = _UP_EVENTS | _DOWN_EVENTS | _REFUSED_EVENTS
+    endpoint = f"inproc://monitor-{sock.name}-{id(sock):x}"
+    with events_out:
+        sock.raw.monitor(endpoint, wanted)
+        try:
+            async with open_socket(
+                context, zmq.PAIR, name=f"{sock.name}-monitor", connect=endpoint,
+                options={zmq.LINGER: 0},
+            ) as pair:  # fmt: skip
+                task_status.started()
+                while True:
+                    for frames in await pair.receive_batch():
+                        info = parse_monitor_message(frames)
+                        event = info["event"]
+                        where = info["endpoint"].decode(errors="replace")
+                        now = anyio.current_time()
+                        kind: Literal["up", "down", "refused"]
+                        if event & _UP_EVENTS:
+                            kind = "up"
+                        elif event & _DOWN_EVENTS:
+                            kind = "down"
+                        elif event & _REFUSED_EVENTS:
+                            kind = "refused"
+                        else:
+                            continue
+                        await events_out.send(ConnectionEvent(kind, where, now))
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.raw.disable_monitor()
