@@ -1,0 +1,629 @@
+"""The sans-IO policy core: :class:`BacktestQueue`.
+
+It decides what is sent when, and nothing else: no sockets, no awaits, no hidden clock.
+The I/O shell (:mod:`backtest_queue.dispatcher`) feeds it events and does the I/O it asks
+for, in the manner of h11's protocol state machine:
+
+* the shell reports connections (:meth:`~BacktestQueue.on_connected`,
+  :meth:`~BacktestQueue.on_disconnected`), replies (:meth:`~BacktestQueue.on_result`,
+  :meth:`~BacktestQueue.on_error`) and failed sends (:meth:`~BacktestQueue.send_failed`);
+* the core answers with the requests to send (:meth:`~BacktestQueue.flush`,
+  :meth:`~BacktestQueue.maybe_flush`), the requests that failed for good
+  (:meth:`~BacktestQueue.expire`) and when it next needs attention
+  (:meth:`~BacktestQueue.next_deadline_at`).
+
+Every time-dependent method takes ``now`` (seconds on a monotonic clock); ``None`` reads
+the clock injected at construction (:func:`time.monotonic` by default).
+
+A request is in exactly one place at a time: the send queue (FIFO, not yet handed to a
+service), the pending table (handed to a service, awaiting its reply, with a deadline),
+or done (a result arrived) / failed (error reply, retries exhausted, or drained at
+shutdown). ``stats().enqueued == queued + pending + results + failed`` always holds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, Generic, Literal, Protocol, TypeVar
+
+from .errors import DuplicateRequest, QueueFull, UsageError
+from .ratelimit import TokenBucket
+
+__all__ = [
+    "DEFAULT_CONNECTION",
+    "BacktestQueue",
+    "FailedRequest",
+    "HasRequestId",
+    "QueueStats",
+    "Throttle",
+]
+
+#: The connection name used when the shell has only one connection.
+DEFAULT_CONNECTION: Final = "default"
+# How many resolved ids are remembered to tell a duplicate reply from an unknown one.
+_RESOLVED_MEMORY: Final = 100_000
+
+_QUEUED: Final = 0
+_PENDING: Final = 1
+_DONE: Final = 2
+
+
+class HasRequestId(Protocol):
+    """Anything with a string ``request_id``; :class:`~backtest_queue.BacktestRequest` is one."""
+
+    @property
+    def request_id(self) -> str: ...
+
+
+R = TypeVar("R", bound=HasRequestId)
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Why a flush would stop now.
+
+    Attributes:
+        reason: ``"pending"`` when ``max_pending`` requests are in flight (it takes
+            precedence), ``"rate"`` when the token bucket is empty, else ``None``.
+        pending: requests in flight now.
+        max_pending: the cap on in-flight requests (``None``: no cap).
+        rate: the rate limit in requests per second (``None``: no limit).
+        retry_after: seconds until a send may be allowed without a reply arriving: for
+            ``"rate"`` the time to the next token, for ``"pending"`` the time to the
+            earliest pending deadline (the latest a slot frees); ``0.0`` when not throttled.
+    """
+
+    reason: Literal["pending", "rate"] | None
+    pending: int
+    max_pending: int | None
+    rate: float | None
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRequest(Generic[R]):
+    """A request that failed for good.
+
+    Attributes:
+        request: the request as enqueued.
+        reason: ``"timeout"`` (no reply by its deadline, ``max_attempts`` times),
+            ``"disconnected"`` (its service disconnected on its last attempt).
+        attempts: how many times it was handed to a service.
+    """
+
+    request: R
+    reason: Literal["timeout", "disconnected"]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A snapshot of a :class:`BacktestQueue` (counts are totals since construction).
+
+    Attributes:
+        queued: requests in the send queue now.
+        pending: requests in flight now.
+        max_pending: the cap on in-flight requests (``None``: no cap).
+        capacity: the send queue's size limit.
+        connected: whether at least one connection is up.
+        connections: how many connections are up.
+        enqueued: requests accepted by :meth:`BacktestQueue.enqueue`.
+        sent: hand-overs to a service (a retry counts again; failed sends do not).
+        send_failures: requests put back by :meth:`BacktestQueue.send_failed`.
+        results: requests resolved by a result.
+        errors: requests resolved by an error reply.
+        retries: requests put back in the queue after a deadline or a disconnect.
+        failed: requests that ended without a result (errors, exhausted retries, drained).
+        unknown_results: replies for ids this queue never had.
+        duplicate_results: replies for ids already resolved.
+        flushes: flushes that returned at least one request.
+        last_flush: when :meth:`BacktestQueue.maybe_flush` last ran, seconds (``-inf``: never).
+    """
+
+    queued: int
+    pending: int
+    max_pending: int | None
+    capacity: int
+    connected: bool
+    connections: int
+    enqueued: int
+    sent: int
+    send_failures: int
+    results: int
+    errors: int
+    retries: int
+    failed: int
+    unknown_results: int
+    duplicate_results: int
+    flushes: int
+    last_flush: float
+
+
+class _Entry(Generic[R]):
+    __slots__ = ("attempts", "connection", "deadline_at", "request", "request_id", "state")
+
+    def __init__(self, request: R) -> None:
+        self.request = request
+        self.request_id = request.request_id
+        self.attempts = 0
+        self.state = _QUEUED
+        self.deadline_at = math.inf
+        self.connection = DEFAULT_CONNECTION
+
+
+class BacktestQueue(Generic[R]):
+    """The send queue, pending table and rate limiter, as a pure synchronous object.
+
+    Args:
+        capacity: most requests the send queue holds; :meth:`enqueue` raises
+            :class:`~backtest_queue.QueueFull` beyond it. Requests put back after a
+            deadline or a disconnect are never refused. Default 5000.
+        max_pending: most requests in flight at once (``None``: no cap). Default 64.
+        rate: most requests handed to services per second (``None``: no limit).
+        burst: token-bucket size in requests (how many may go at once after a pause);
+            default ``max(1, rate)``. Only with ``rate``.
+        flush_interval: seconds between periodic flushes (:meth:`maybe_flush`). Default 1.0.
+        result_timeout: seconds a handed-over request may wait for its reply before it is
+            retried or fails. Default 60.0.
+        max_attempts: how many times a request may be handed to a service, counting the
+            first. Default 3.
+        clock: the monotonic clock, in seconds, read when a method gets ``now=None``.
+
+    Raises:
+        UsageError: a setting is out of range (message names it).
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int = 5000,
+        max_pending: int | None = 64,
+        rate: float | None = None,
+        burst: float | None = None,
+        flush_interval: float = 1.0,
+        result_timeout: float = 60.0,
+        max_attempts: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise UsageError(f"capacity must be >= 1 request, got {capacity!r}")
+        if max_pending is not None and max_pending < 1:
+            raise UsageError(f"max_pending must be >= 1 request or None, got {max_pending!r}")
+        if not (math.isfinite(flush_interval) and flush_interval >= 0):
+            raise UsageError(f"flush_interval must be >= 0 seconds, got {flush_interval!r}")
+        if not (result_timeout > 0):
+            raise UsageError(f"result_timeout must be > 0 seconds, got {result_timeout!r}")
+        if max_attempts < 1:
+            raise UsageError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if burst is not None and rate is None:
+            raise UsageError("burst needs a rate (requests per second)")
+        self.capacity = capacity
+        self.max_pending = max_pending
+        self.rate = rate
+        self.flush_interval = flush_interval
+        self.result_timeout = result_timeout
+        self.max_attempts = max_attempts
+        self._clock = clock
+        self.last_flush = -math.inf
+        self._latest_now = -math.inf
+        start = clock()
+        self._bucket = (
+            None
+            if rate is None
+            else TokenBucket(rate=rate, burst=max(1.0, rate) if burst is None else burst, now=start)
+        )
+        self.burst = None if self._bucket is None else self._bucket.burst
+        self._live: dict[str, _Entry[R]] = {}
+        self._queue: deque[_Entry[R]] = deque()  # may hold resolved entries; skipped lazily
+        self._queued = 0
+        self._pending: dict[str, dict[str, _Entry[R]]] = {}  # connection -> id -> entry
+        self._pending_count = 0
+        # (deadline_at, entry) in send order, which is deadline order since ``now`` never
+        # goes back and result_timeout is fixed. Stale pairs (resolved, or re-sent with a
+        # later deadline) are skipped lazily and compacted away.
+        self._deadlines: deque[tuple[float, _Entry[R]]] = deque()
+        self._up: set[str] = set()
+        self._resolved: set[str] = set()
+        self._resolved_order: deque[str] = deque()
+        self._enqueued = self._sent = self._send_failures = self._results = 0
+        self._errors = self._retries = self._failed = self._unknown = self._duplicates = 0
+        self._flushes = 0
+
+    # -- time ------------------------------------------------------------------------
+
+    def _now(self, now: float | None) -> float:
+        """Return ``now`` (or the clock), never earlier than a time already seen."""
+        t = self._clock() if now is None else now
+        if t < self._latest_now:
+            return self._latest_now
+        self._latest_now = t
+        return t
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether at least one connection is up (a service completed a handshake)."""
+        return bool(self._up)
+
+    @property
+    def queued(self) -> int:
+        """Requests in the send queue."""
+        return self._queued
+
+    @property
+    def pending(self) -> int:
+        """Requests in flight."""
+        return self._pending_count
+
+    def state_of(self, request_id: str) -> Literal["queued", "pending"] | None:
+        """Return where a live request is, or ``None`` if it is unknown or resolved."""
+        entry = self._live.get(request_id)
+        if entry is None:
+            return None
+        return "queued" if entry.state == _QUEUED else "pending"
+
+    def connection_of(self, request_id: str) -> str | None:
+        """Return the connection a pending request was handed to (``None`` if not pending)."""
+        entry = self._live.get(request_id)
+        if entry is None or entry.state != _PENDING:
+            return None
+        return entry.connection
+
+    def __repr__(self) -> str:
+        cap = "inf" if self.max_pending is None else str(self.max_pending)
+        link = "connected" if self._up else "disconnected"
+        return f"<BacktestQueue queued={self._queued} pending={self._pending_count}/{cap} {link}>"
+
+    def stats(self) -> QueueStats:
+        """Return a frozen snapshot of the counters (see :class:`QueueStats`)."""
+        return QueueStats(
+            queued=self._queued,
+            pending=self._pending_count,
+            max_pending=self.max_pending,
+            capacity=self.capacity,
+            connected=bool(self._up),
+            connections=len(self._up),
+            enqueued=self._enqueued,
+            sent=self._sent,
+            send_failures=self._send_failures,
+            results=self._results,
+            errors=self._errors,
+            retries=self._retries,
+            failed=self._failed,
+            unknown_results=self._unknown,
+            duplicate_results=self._duplicates,
+            flushes=self._flushes,
+            last_flush=self.last_flush,
+        )
+
+    statistics = stats
+
+    # -- intake ----------------------------------------------------------------------
+
+    def enqueue(self, request: R) -> None:
+        """Append a request to the back of the send queue.
+
+        Raises:
+            QueueFull: the queue already holds ``capacity`` requests; nothing changed.
+            DuplicateRequest: a request with this ``request_id`` is queued or pending.
+        """
+        rid = request.request_id
+        if rid in self._live:
+            raise DuplicateRequest(rid)
+        if self._queued >= self.capacity:
+            raise QueueFull(self.capacity)
+        entry = _Entry(request)
+        self._live[rid] = entry
+        self._queue.append(entry)
+        self._queued += 1
+        self._enqueued += 1
+
+    # -- connections -----------------------------------------------------------------
+
+    def on_connected(self, now: float | None = None, connection: str = DEFAULT_CONNECTION) -> None:
+        """Record that ``connection`` is up (its ZMTP handshake succeeded).
+
+        The shell should :meth:`flush` right after: that is the connect-event flush.
+        """
+        self._now(now)
+        self._up.add(connection)
+        self._pending.setdefault(connection, {})
+
+    def on_disconnected(
+        self,
+        now: float | None = None,
+        connection: str = DEFAULT_CONNECTION,
+        *,
+        requeue: bool = True,
+    ) -> list[FailedRequest[R]]:
+        """Record that ``connection`` went down.
+
+        Args:
+            now: seconds, monotonic.
+            connection: the connection's name, as given to :meth:`on_connected`.
+            requeue: put the requests pending on that connection back at the front of the
+                send queue now (their service may have died with them), each counting
+                as an attempt; ``False`` leaves them to their deadlines.
+
+        Returns:
+            The requests that had used their last attempt, failed with reason
+            ``"disconnected"``.
+        """
+        self._now(now)
+        self._up.discard(connection)
+        if not requeue:
+            return []
+        on_conn = self._pending.get(connection)
+        if not on_conn:
+            return []
+        entries = list(on_conn.values())  # insertion order = send order
+        on_conn.clear()
+        self._pending_count -= len(entries)
+        return self._retry_or_fail(entries, "disconnected")
+
+    # -- flushing --------------------------------------------------------------------
+
+    def flush(self, now: float | None = None) -> list[R]:
+        """Hand over requests: pop them FIFO while connected and not throttled.
+
+        Each returned request is recorded as pending on a connection (the least loaded
+        one that is up; see :meth:`connection_of`) with the deadline
+        ``now + result_timeout``. The shell must send each one, and report any it could
+        not send with :meth:`send_failed`.
+
+        Returns:
+            The requests to send, oldest first; empty when disconnected or throttled.
+        """
+        t = self._now(now)
+        if not self._up or not self._queued:
+            return []
+        out: list[R] = []
+        bucket, max_pending, pending = self._bucket, self.max_pending, self._pending
+        deadline = t + self.result_timeout
+        single = next(iter(self._up)) if len(self._up) == 1 else None
+        while self._queued:
+            if max_pending is not None and self._pending_count >= max_pending:
+                break
+            if bucket is not None and not bucket.try_take(t):
+                break
+            entry = self._pop_front()
+            conn = single or min(self._up, key=lambda c: len(pending[c]))
+            entry.state = _PENDING
+            entry.attempts += 1
+            entry.deadline_at = deadline
+            entry.connection = conn
+            pending[conn][entry.request_id] = entry
+            self._pending_count += 1
+            self._deadlines.append((deadline, entry))
+            out.append(entry.request)
+        if out:
+            self._sent += len(out)
+            self._flushes += 1
+        return out
+
+    def maybe_flush(self, now: float | None = None) -> list[R]:
+        """The periodic flush, gated by ``flush_interval`` (the original per-cycle contract).
+
+        Returns ``[]`` at once, leaving ``last_flush`` alone, when the send queue is empty
+        or when ``now - last_flush < flush_interval``. Otherwise sets ``last_flush = now``
+        and returns :meth:`flush` (which is empty while disconnected).
+        """
+        t = self._now(now)
+        if not self._queued or t - self.last_flush < self.flush_interval:
+            return []
+        self.last_flush = t
+        return self.flush(t)
+
+    def send_failed(self, request_ids: Iterable[str], now: float | None = None) -> None:
+        """Put back requests the shell could not send (``EAGAIN``, cancelled mid-send).
+
+        They return to the **front** of the send queue in the given order, their attempt
+        not counted. Ids that are not pending are ignored.
+        """
+        self._now(now)
+        back: list[_Entry[R]] = []
+        for rid in request_ids:
+            entry = self._live.get(rid)
+            if entry is None or entry.state != _PENDING:
+                continue
+            del self._pending[entry.connection][rid]
+            self._pending_count -= 1
+            entry.attempts -= 1
+            back.append(entry)
+        self._send_failures += len(back)
+        self._sent -= len(back)
+        self._push_front(back)
+
+    # -- replies ---------------------------------------------------------------------
+
+    def on_result(self, request_id: str, now: float | None = None) -> R | None:
+        """Resolve a request by its result and free its pending slot.
+
+        A late result for a request already put back in the send queue (its deadline
+        passed, or its service disconnected) resolves it too.
+
+        Returns:
+            The request, or ``None`` for an unknown or already-resolved id (counted in
+            ``unknown_results`` / ``duplicate_results``; never raises).
+        """
+        self._now(now)
+        entry = self._resolve(request_id)
+        if entry is None:
+            return None
+        self._results += 1
+        return entry.request
+
+    def on_error(self, request_id: str, now: float | None = None) -> R | None:
+        """Resolve a request by an error reply (it failed for good) and free its slot.
+
+        Returns:
+            The request, or ``None`` for an unknown or already-resolved id (counted).
+        """
+        self._now(now)
+        entry = self._resolve(request_id)
+        if entry is None:
+            return None
+        self._errors += 1
+        self._failed += 1
+        return entry.request
+
+    def expire(self, now: float | None = None) -> list[FailedRequest[R]]:
+        """Release pending requests whose deadline is at or before ``now``.
+
+        Each goes back to the **front** of the send queue (oldest first) with its attempt
+        counted, or, after ``max_attempts``, fails with reason ``"timeout"``.
+
+        Returns:
+            The requests that failed for good.
+        """
+        t = self._now(now)
+        expired: list[_Entry[R]] = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= t:
+            deadline, entry = deadlines.popleft()
+            if entry.state != _PENDING or entry.deadline_at != deadline:
+                continue  # resolved or re-sent since: a stale deadline
+            del self._pending[entry.connection][entry.request_id]
+            self._pending_count -= 1
+            expired.append(entry)
+        return self._retry_or_fail(expired, "timeout") if expired else []
+
+    def drain(self) -> list[R]:
+        """Remove every queued and pending request and return them, queued first (FIFO).
+
+        For shutdown: each counts as failed; the shell reports them to their callers.
+        """
+        out: list[R] = []
+        while self._queued:
+            entry = self._pop_front()
+            out.append(entry.request)
+            self._finish(entry)
+        for on_conn in self._pending.values():
+            for entry in on_conn.values():
+                out.append(entry.request)
+                self._finish(entry)
+            on_conn.clear()
+        self._pending_count = 0
+        self._queue.clear()
+        self._deadlines.clear()
+        self._failed += len(out)
+        return out
+
+    # -- throttling and deadlines ----------------------------------------------------
+
+    def throttle(self, now: float | None = None) -> Throttle:
+        """Say whether, and why, a flush would stop now (see :class:`Throttle`)."""
+        t = self._now(now)
+        pending_full = self.max_pending is not None and self._pending_count >= self.max_pending
+        rate_wait = 0.0 if self._bucket is None else self._bucket.seconds_until_token(t)
+        reason: Literal["pending", "rate"] | None
+        if pending_full:
+            reason = "pending"
+            retry_after = max(rate_wait, max(0.0, self._earliest_deadline() - t))
+        elif rate_wait > 0:
+            reason, retry_after = "rate", rate_wait
+        else:
+            reason, retry_after = None, 0.0
+        return Throttle(reason, self._pending_count, self.max_pending, self.rate, retry_after)
+
+    def next_deadline_at(self, now: float | None = None) -> float:
+        """Return when the shell should next call in, absent new events (``inf``: never).
+
+        The earliest of: the next periodic flush (``last_flush + flush_interval``, when
+        the queue is not empty), the next rate-limit token (when connected and only the
+        rate limit holds the queue back) and the earliest pending deadline.
+        """
+        t = self._now(now)
+        at = self._earliest_deadline()
+        if self._queued:
+            at = min(at, self.last_flush + self.flush_interval)
+            if (
+                self._up
+                and self._bucket is not None
+                and (self.max_pending is None or self._pending_count < self.max_pending)
+            ):
+                at = min(at, t + self._bucket.seconds_until_token(t))
+        return at
+
+    # -- internals -------------------------------------------------------------------
+
+    def _earliest_deadline(self) -> float:
+        deadlines = self._deadlines
+        while deadlines and (
+            deadlines[0][1].state != _PENDING or deadlines[0][1].deadline_at != deadlines[0][0]
+        ):
+            deadlines.popleft()
+        return deadlines[0][0] if deadlines else math.inf
+
+    def _pop_front(self) -> _Entry[R]:
+        queue = self._queue
+        while True:
+            entry = queue.popleft()
+            if entry.state == _QUEUED:
+                self._queued -= 1
+                return entry
+
+    def _push_front(self, entries: list[_Entry[R]]) -> None:
+        for entry in entries:
+            entry.state = _QUEUED
+            entry.deadline_at = math.inf
+        self._queue.extendleft(reversed(entries))
+        self._queued += len(entries)
+
+    def _retry_or_fail(
+        self, entries: list[_Entry[R]], reason: Literal["timeout", "disconnected"]
+    ) -> list[FailedRequest[R]]:
+        failed: list[FailedRequest[R]] = []
+        retry: list[_Entry[R]] = []
+        for entry in entries:
+            if entry.attempts >= self.max_attempts:
+                failed.append(FailedRequest(entry.request, reason, entry.attempts))
+                self._finish(entry)
+            else:
+                retry.append(entry)
+        self._failed += len(failed)
+        self._retries += len(retry)
+        self._push_front(retry)
+        self._compact_deadlines()
+        return failed
+
+    def _resolve(self, request_id: str) -> _Entry[R] | None:
+        entry = self._live.get(request_id)
+        if entry is None:
+            if request_id in self._resolved:
+                self._duplicates += 1
+            else:
+                self._unknown += 1
+            return None
+        if entry.state == _PENDING:
+            del self._pending[entry.connection][request_id]
+            self._pending_count -= 1
+        else:  # queued again after a deadline or disconnect: a late result still counts
+            self._queued -= 1
+        self._finish(entry)
+        if len(self._deadlines) > 2 * self._pending_count + 1024:
+            self._compact_deadlines()
+        return entry
+
+    def _finish(self, entry: _Entry[R]) -> None:
+        entry.state = _DONE
+        rid = entry.request_id
+        del self._live[rid]
+        self._resolved.add(rid)
+        self._resolved_order.append(rid)
+        if len(self._resolved_order) > _RESOLVED_MEMORY:
+            old = self._resolved_order.popleft()
+            if old not in self._live:
+                self._resolved.discard(old)
+
+    def _compact_deadlines(self) -> None:
+        """Drop stale deadline entries so memory stays O(pending), not O(sent)."""
+        if len(self._deadlines) > 2 * self._pending_count + 1024:
+            self._deadlines = deque(
+                (at, e) for at, e in self._deadlines if e.state == _PENDING and e.deadline_at == at
+            )

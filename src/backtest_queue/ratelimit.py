@@ -1,0 +1,74 @@
+"""A token bucket for the rate limit (sans-IO: time comes in as ``now``)."""
+
+from __future__ import annotations
+
+import math
+
+from .errors import UsageError
+
+__all__ = ["TokenBucket"]
+
+# A token counts as whole from 1 - _EPSILON: waking at the instant seconds_until_token()
+# named must find it, whatever the rounding of ``now + wait``. The bound loses 1e-9.
+_EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``burst`` tokens.
+
+    Over any window of length ``T`` seconds, at most ``burst + rate * T`` tokens can be
+    taken. That bound is the classic leaky-bucket-as-meter guarantee (Turner, 1986; the
+    "token bucket filter" of RFC 2697 without its colours). The bucket starts full.
+
+    Time is taken from the caller as ``now`` (seconds, monotonic). A ``now`` earlier than
+    one already seen is treated as the latest one seen, so a stray clock never mints tokens.
+
+    Args:
+        rate: tokens added per second; > 0.
+        burst: bucket size in tokens; >= 1.
+        now: the time the bucket starts full at, in seconds.
+
+    Raises:
+        UsageError: ``rate`` is not a finite number > 0, or ``burst`` is < 1.
+    """
+
+    __slots__ = ("_tokens", "_updated_at", "burst", "rate")
+
+    def __init__(self, *, rate: float, burst: float, now: float) -> None:
+        if not (math.isfinite(rate) and rate > 0):
+            raise UsageError(
+                f"rate must be a finite number of requests per second > 0, got {rate!r}"
+            )
+        if not (math.isfinite(burst) and burst >= 1):
+            raise UsageError(f"burst must be a finite number of requests >= 1, got {burst!r}")
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self._tokens = self.burst
+        self._updated_at = now
+
+    def __repr__(self) -> str:
+        return f"<TokenBucket rate={self.rate:g}/s burst={self.burst:g} tokens={self._tokens:.3g}>"
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated_at:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated_at) * self.rate)
+            self._updated_at = now
+
+    def tokens(self, now: float) -> float:
+        """Return the tokens available at ``now`` (a fraction while refilling)."""
+        self._refill(now)
+        return self._tokens
+
+    def try_take(self, now: float) -> bool:
+        """Take one token if one is available at ``now``; return whether it was taken."""
+        self._refill(now)
+        if self._tokens >= 1.0 - _EPSILON:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def seconds_until_token(self, now: float) -> float:
+        """Return the seconds from ``now`` until one whole token is available (0.0 if now)."""
+        self._refill(now)
+        missing = 1.0 - _EPSILON - self._tokens
+        return 0.0 if missing <= 0 else missing / self.rate
