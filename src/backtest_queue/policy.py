@@ -267,6 +267,11 @@ class BacktestQueue(Generic[R]):
             return None
         return "queued" if entry.state == _QUEUED else "pending"
 
+    def attempts_of(self, request_id: str) -> int:
+        """Return how many times a live request was handed to a service (0 if not live)."""
+        entry = self._live.get(request_id)
+        return 0 if entry is None else entry.attempts
+
     def connection_of(self, request_id: str) -> str | None:
         """Return the connection a pending request was handed to (``None`` if not pending)."""
         entry = self._live.get(request_id)

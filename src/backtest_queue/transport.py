@@ -209,11 +209,14 @@ class ConnectionEvent:
     Attributes:
         kind: ``"up"`` (ZMTP handshake succeeded: sends are now safe), ``"down"`` (the
             connection closed) or ``"refused"`` (the handshake failed, e.g. CURVE auth).
+        source: the name of the socket whose monitor saw it (the dispatcher names each
+            requester socket after the endpoint it connects to).
         endpoint: the endpoint the event is about, as libzmq reports it.
         at: ``anyio.current_time()`` when the event was read, in seconds.
     """
 
     kind: Literal["up", "down", "refused"]
+    source: str
     endpoint: str
     at: float
 
@@ -258,7 +261,7 @@ async def run_monitor(
                             kind = "refused"
                         else:
                             continue
-                        await events_out.send(ConnectionEvent(kind, where, now))
+                        await events_out.send(ConnectionEvent(kind, sock.name, where, now))
         finally:
             with contextlib.suppress(zmq.ZMQError):
                 sock.raw.disable_monitor()

@@ -1,0 +1,648 @@
+"""The async I/O shell around :class:`~backtest_queue.BacktestQueue`.
+
+:func:`open_dispatcher` opens one task group and runs sibling tasks in it:
+
+* the **connector**: one ZeroMQ DEALER per endpoint (``ZMQ_IMMEDIATE=1``, ZMTP heartbeats)
+  and a socket monitor for each, publishing connect/disconnect events into a memory
+  channel. "Connected" means a ZMTP handshake with a service succeeded;
+* the **flusher**: waits on that channel inside a cancel scope whose deadline comes from
+  the policy core (next periodic flush, next rate-limit token, next pending deadline). A
+  connect event flushes at once; an expired interval runs ``maybe_flush``; a freed
+  pending slot or a writable socket kicks it (kicks coalesce); expired deadlines are
+  retried or reported as failures;
+* the **receivers**: one long-lived task per socket (a receive is never timed out, so it
+  can never swallow a message), decoding replies, releasing pending slots by
+  ``request_id`` and emitting outcomes.
+
+All I/O is non-blocking and synchronous between awaits, so a flush and its sends are
+never interleaved with another flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import zmq
+
+from .errors import DispatcherClosed, ProtocolError, QueueFull, UsageError
+from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
+from .policy import BacktestQueue, FailedRequest
+from .protocol import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    BacktestRequest,
+    BacktestResult,
+    ErrorReply,
+    decode_message,
+    encode_message,
+)
+from .transport import ConnectionEvent, SendStatus, ZmqSocket, open_socket, run_monitor
+
+__all__ = ["Dispatcher", "open_dispatcher"]
+
+log = logging.getLogger("backtest_queue")
+
+_WAKE_BUFFER: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Kick:
+    """A coalescing wake-up for the flusher (a slot freed, a socket became writable)."""
+
+
+_KICK: Final = _Kick()
+
+
+@dataclass(frozen=True, slots=True)
+class CurveClient:
+    """CURVE keys for the requester (see ``docs/reliability.md``).
+
+    Attributes:
+        public_key: this requester's public key (Z85, 40 bytes).
+        secret_key: this requester's secret key (Z85, 40 bytes).
+        server_key: the service's public key, pinned (Z85, 40 bytes).
+    """
+
+    public_key: bytes
+    secret_key: bytes
+    server_key: bytes
+
+
+class Dispatcher:
+    """Submit backtest requests and get their outcomes. Made by :func:`open_dispatcher`.
+
+    Attributes:
+        outcomes: every outcome (result or failure), one per submitted request, except
+            those claimed by :meth:`wait`. Iterate it with ``async for``.
+        endpoints: the endpoints it connects to.
+    """
+
+    def __init__(
+        self,
+        queue: BacktestQueue[BacktestRequest],
+        sockets: dict[str, ZmqSocket],
+        *,
+        on_full: Literal["wait", "error"],
+        outcome_buffer: float,
+        max_message_bytes: int,
+    ) -> None:
+        self._queue = queue
+        self._sockets = sockets
+        self.endpoints: tuple[str, ...] = tuple(sockets)
+        self._on_full = on_full
+        self._max_message_bytes = max_message_bytes
+        self._outcome_send, self.outcomes = anyio.create_memory_object_stream[Outcome](
+            max_buffer_size=outcome_buffer
+        )
+        self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
+            ConnectionEvent | _Kick
+        ](max_buffer_size=_WAKE_BUFFER)
+        self._kicked = False
+        self._room = anyio.Event()
+        self._idle = anyio.Event()
+        self._waiters: dict[str, _Waiter] = {}
+        self._up: set[str] = set()  # endpoints whose handshake succeeded
+        self._blocked: set[str] = set()  # endpoints whose last send hit EAGAIN
+        self._closed = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._outcome_count = 0
+        self._invalid_replies = 0
+        self._errors_without_id = 0
+        self._would_block = 0
+        self._overflow: list[Outcome] = []  # outcomes waiting for room in a bounded stream
+
+    # -- public API --------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        q = self._queue
+        cap = "inf" if q.max_pending is None else q.max_pending
+        state = "closed" if self._closed else f"up={len(self._up)}/{len(self.endpoints)}"
+        return f"<Dispatcher queued={q.queued} pending={q.pending}/{cap} {state}>"
+
+    @property
+    def connected(self) -> bool:
+        """Whether at least one service has completed a handshake and is up."""
+        return bool(self._up)
+
+    @property
+    def queue(self) -> BacktestQueue[BacktestRequest]:
+        """The policy core (read it; changing it from outside breaks the dispatcher)."""
+        return self._queue
+
+    def stats(self) -> DispatcherStats:
+        """Return a frozen snapshot of the counters (see :class:`DispatcherStats`)."""
+        return DispatcherStats(
+            queue=self._queue.stats(),
+            endpoints=self.endpoints,
+            endpoints_up=tuple(sorted(self._up)),
+            outcomes=self._outcome_count,
+            invalid_replies=self._invalid_replies,
+            error_replies_without_id=self._errors_without_id,
+            would_block=self._would_block,
+        )
+
+    statistics = stats
+
+    async def submit(self, request: BacktestRequest) -> SubmitState:
+        """Queue a request and hand it to a service now if the policy allows.
+
+        The request's outcome arrives later on :attr:`outcomes`, or from :meth:`wait`
+        (call it right after ``submit`` returns: no outcome can arrive in between).
+
+        Returns:
+            Whether it was sent now or queued, and why (see :class:`SubmitState`).
+
+        Raises:
+            QueueFull: the send queue is full and ``on_full="error"``. With
+                ``on_full="wait"`` it waits for room instead (bound it with ``fail_after``).
+            DuplicateRequest: a request with this id is already queued or pending.
+            DispatcherClosed: the dispatcher's block has ended.
+        """
+        await anyio.lowlevel.checkpoint()  # before, not after: see wait()
+        while True:
+            self._check_open()
+            try:
+                self._queue.enqueue(request)
+            except QueueFull:
+                if self._on_full == "error":
+                    raise
+                await self._room.wait()
+                continue
+            break
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        now = anyio.current_time()
+        self._send(self._queue.flush(now))
+        rid = request.request_id
+        where = self._queue.state_of(rid)
+        q = self._queue
+        if where == "pending":
+            return SubmitState(rid, "sent", None, q.queued, q.pending)
+        reason: Literal["not_connected", "pending", "rate", "backlog"]
+        throttle = q.throttle(now)
+        if not q.connected:
+            reason = "not_connected"
+        elif throttle.reason is not None:
+            reason = throttle.reason
+        else:
+            reason = "backlog"
+        return SubmitState(rid, "queued", reason, q.queued, q.pending)
+
+    async def wait(self, request_id: str) -> Outcome:
+        """Wait for one request's outcome; it is then not put on :attr:`outcomes`.
+
+        Raises:
+            UsageError: the id is not queued or pending (unknown, or its outcome was
+                already delivered), or another task already waits for it.
+        """
+        if request_id in self._waiters:
+            raise UsageError(f"another task already waits for request {request_id!r}")
+        if self._queue.state_of(request_id) is None:
+            raise UsageError(
+                f"request {request_id!r} is not queued or pending: unknown, or its outcome "
+                "was already delivered"
+            )
+        waiter = _Waiter()
+        self._waiters[request_id] = waiter
+        try:
+            await waiter.event.wait()
+        finally:
+            if not waiter.event.is_set():
+                self._waiters.pop(request_id, None)
+        assert waiter.outcome is not None
+        return waiter.outcome
+
+    def maybe_flush(self) -> int:
+        """The per-cycle hook: flush if ``flush_interval`` has passed since the last one.
+
+        A no-op on an empty queue or before the interval (see
+        :meth:`BacktestQueue.maybe_flush`). Never blocks.
+
+        Returns:
+            How many requests were handed to services.
+        """
+        self._check_open()
+        return self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
+
+    async def wait_idle(self) -> None:
+        """Wait until nothing is queued or pending (every outcome delivered)."""
+        while self._queue.queued or self._queue.pending:
+            await self._idle.wait()
+
+    # -- internals: sending ------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DispatcherClosed("the dispatcher is closed: its async with block has ended")
+
+    def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
+        """Send what the policy handed over; put back what could not go. Never blocks."""
+        if not batch:
+            return 0
+        queue = self._queue
+        unsent: list[str] = []
+        sent = 0
+        for request in batch:
+            rid = request.request_id
+            conn = queue.connection_of(rid)
+            if conn is None or conn in self._blocked:
+                unsent.append(rid)
+                continue
+            status = self._sockets[conn].try_send([b"", encode_message(request)])
+            if status is SendStatus.SENT:
+                sent += 1
+                continue
+            unsent.append(rid)
+            self._would_block += 1
+            self._block(conn)
+        if unsent:
+            queue.send_failed(unsent, anyio.current_time())
+        if sent:
+            self._room.set()
+            self._room = anyio.Event()
+            log.debug("sent %d requests (%s)", sent, trigger)
+        return sent
+
+    def _block(self, endpoint: str) -> None:
+        """Stop routing to a socket that hit its high-water mark until it is writable."""
+        if endpoint in self._blocked or self._task_group is None:
+            return
+        self._blocked.add(endpoint)
+        self._queue.on_disconnected(anyio.current_time(), endpoint, requeue=False)
+        log.info("send to %s would block (high-water mark); waiting until writable", endpoint)
+        self._task_group.start_soon(self._unblock_when_writable, endpoint)
+
+    async def _unblock_when_writable(self, endpoint: str) -> None:
+        await self._sockets[endpoint].wait_writable()
+        self._blocked.discard(endpoint)
+        if endpoint in self._up:
+            self._queue.on_connected(anyio.current_time(), endpoint)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Wake the flusher. Kicks coalesce: many kicks before it runs wake it once."""
+        if self._kicked:
+            return
+        try:
+            self._wake_send.send_nowait(_KICK)
+        except anyio.WouldBlock:
+            return  # the channel is full of events: the flusher is about to run anyway
+        except anyio.ClosedResourceError:
+            return
+        self._kicked = True
+
+    # -- internals: outcomes -----------------------------------------------------
+
+    def _deliver(self, outcome: Outcome) -> None:
+        self._outcome_count += 1
+        waiter = self._waiters.pop(outcome.request_id, None)
+        if waiter is not None:
+            waiter.outcome = outcome
+            waiter.event.set()
+        else:
+            try:
+                self._outcome_send.send_nowait(outcome)
+            except anyio.WouldBlock:
+                self._overflow.append(outcome)
+            except anyio.BrokenResourceError:
+                log.debug("outcome for %s dropped: the caller closed the outcome stream",
+                          outcome.request_id)  # fmt: skip
+        if not (self._queue.queued or self._queue.pending):
+            self._idle.set()
+
+    async def _flush_overflow(self) -> None:
+        """Deliver outcomes that did not fit in a bounded outcome stream (backpressure)."""
+        while self._overflow:
+            outcome = self._overflow.pop(0)
+            await self._outcome_send.send(outcome)
+
+    def _fail(self, failures: list[FailedRequest[BacktestRequest]], timeout: float) -> None:
+        for f in failures:
+            if f.reason == "timeout":
+                detail = f"no reply within {timeout:g} s, {f.attempts} attempt(s)"
+            else:
+                detail = f"service disconnected, {f.attempts} attempt(s)"
+            self._deliver(Outcome(f.request, None, f.reason, detail, f.attempts))
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def _receiver(
+        self,
+        endpoint: str,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read replies from one socket for as long as the dispatcher lives."""
+        sock = self._sockets[endpoint]
+        task_status.started()
+        while True:
+            batch = await sock.receive_batch()
+            now = anyio.current_time()
+            freed = False
+            for frames in batch:
+                freed |= self._handle_reply(endpoint, frames, now)
+            if freed and self._queue.queued:
+                self._kick()
+            if self._overflow:
+                await self._flush_overflow()
+
+    def _handle_reply(self, endpoint: str, frames: list[bytes], now: float) -> bool:
+        """Apply one reply; return whether it resolved a request."""
+        if len(frames) != 2 or frames[0]:
+            self._invalid_replies += 1
+            log.warning("invalid reply from %s: %d frames, expected [b'', body]",
+                        endpoint, len(frames))  # fmt: skip
+            return False
+        try:
+            message = decode_message(frames[1], max_bytes=self._max_message_bytes)
+        except ProtocolError as exc:
+            self._invalid_replies += 1
+            log.warning("invalid reply from %s: %s", endpoint, exc.message)
+            return False
+        queue = self._queue
+        if isinstance(message, BacktestResult):
+            attempts = self._attempts(message.request_id)
+            request = queue.on_result(message.request_id, now)
+            if request is None:
+                log.debug("dropped result for unknown or resolved id %r", message.request_id)
+                return False
+            self._deliver(Outcome(request, message.result, None, "", attempts))
+            return True
+        if isinstance(message, ErrorReply):
+            if message.request_id is None:
+                self._errors_without_id += 1
+                log.warning("service %s could not read a request: %s: %s",
+                            endpoint, message.code, message.message)  # fmt: skip
+                return False
+            attempts = self._attempts(message.request_id)
+            request = queue.on_error(message.request_id, now)
+            if request is None:
+                return False
+            detail = f"{message.code}: {message.message}"
+            self._deliver(Outcome(request, None, "service_error", detail, attempts))
+            return True
+        self._invalid_replies += 1
+        log.warning("unexpected %s message from %s", type(message).__name__, endpoint)
+        return False
+
+    def _attempts(self, request_id: str) -> int:
+        return self._queue.attempts_of(request_id)
+
+    async def _flusher(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Flush on connect events, kicks, ticks, tokens and deadlines."""
+        queue = self._queue
+        timeout = queue.result_timeout
+        task_status.started()
+        while True:
+            now = anyio.current_time()
+            self._fail(queue.expire(now), timeout)
+            wakes: list[ConnectionEvent | _Kick] = []
+            with anyio.move_on_at(queue.next_deadline_at(now)):
+                wakes.append(await self._wake_receive.receive())
+            while True:
+                try:
+                    wakes.append(self._wake_receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            now = anyio.current_time()
+            self._fail(queue.expire(now), timeout)
+            connected_to: list[ConnectionEvent] = []
+            for wake in wakes:
+                if isinstance(wake, _Kick):
+                    self._kicked = False
+                elif self._apply(wake, now):
+                    connected_to.append(wake)
+            if not wakes:
+                sent = self._send(queue.maybe_flush(now), "interval")
+                if not sent:
+                    self._send(queue.flush(now), "token")
+            elif connected_to:
+                count = queue.queued
+                sent = self._send(queue.flush(now), "connect")
+                ev = connected_to[-1]
+                ms = (anyio.current_time() - ev.at) * 1000
+                log.info("flushed %d queued requests %.1f ms after connect to %s "
+                         "(%d still queued)", sent, ms, ev.source, count - sent)  # fmt: skip
+            else:
+                self._send(queue.flush(now), "kick")
+
+    def _apply(self, event: ConnectionEvent, now: float) -> bool:
+        """Apply a connection event to the policy; return whether a service came up."""
+        endpoint = event.source
+        if event.kind == "up":
+            self._up.add(endpoint)
+            if endpoint not in self._blocked:
+                self._queue.on_connected(now, endpoint)
+            log.info("connected to %s", endpoint)
+            return True
+        if event.kind == "down":
+            self._up.discard(endpoint)
+            before = self._queue.pending
+            failures = self._queue.on_disconnected(now, endpoint, requeue=True)
+            log.warning("disconnected from %s; %d pending requests re-queued, %d failed",
+                        endpoint, before - self._queue.pending - len(failures),
+                        len(failures))  # fmt: skip
+            self._fail(failures, self._queue.result_timeout)
+            return False
+        log.error("handshake with %s refused (check CURVE keys)", endpoint)
+        return False
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Report everything still queued or pending as failed with reason ``shutdown``."""
+        self._closed = True
+        left = self._queue.drain()
+        if left:
+            log.warning("dispatcher closed with %d requests still queued or pending; "
+                        "each gets a 'shutdown' outcome", len(left))  # fmt: skip
+        reason: FailureReason = "shutdown"
+        for request in left:
+            self._deliver(Outcome(request, None, reason, "the dispatcher was closed", 0))
+        for outcome in self._overflow:
+            try:
+                self._outcome_send.send_nowait(outcome)
+            except (anyio.WouldBlock, anyio.BrokenResourceError):
+                log.error("outcome for %s could not be delivered: the outcome stream is "
+                          "full or closed", outcome.request_id)  # fmt: skip
+        self._overflow.clear()
+        self._outcome_send.close()
+        self._wake_send.close()
+        self._room.set()
+        self._idle.set()
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+def _requester_options(
+    *, heartbeat_ivl: float, reconnect_ivl: float, max_message_bytes: int,
+    curve: CurveClient | None,
+) -> dict[int, Any]:  # fmt: skip
+    options: dict[int, Any] = {
+        zmq.LINGER: 0,  # unsent requests are still pending in the policy: nothing is lost
+        zmq.IMMEDIATE: 1,  # queue only to completed connections, never to dead pipes
+        zmq.HEARTBEAT_IVL: max(1, int(heartbeat_ivl * 1000)),
+        zmq.HEARTBEAT_TIMEOUT: max(1, int(heartbeat_ivl * 3000)),
+        zmq.HEARTBEAT_TTL: max(100, int(heartbeat_ivl * 3000)),
+        zmq.RECONNECT_IVL: max(1, int(reconnect_ivl * 1000)),
+        zmq.RECONNECT_IVL_MAX: max(1, int(max(reconnect_ivl, 2.0) * 1000)),
+        zmq.MAXMSGSIZE: max_message_bytes,
+    }
+    if curve is not None:
+        options[zmq.CURVE_PUBLICKEY] = curve.public_key
+        options[zmq.CURVE_SECRETKEY] = curve.secret_key
+        options[zmq.CURVE_SERVERKEY] = curve.server_key
+    return options
+
+
+@asynccontextmanager
+async def open_dispatcher(
+    endpoints: Sequence[str] | None = None,
+    *,
+    flush_interval: float = 1.0,
+    max_pending: int | None = 64,
+    rate: float | None = None,
+    burst: float | None = None,
+    capacity: int = 5000,
+    result_timeout: float = 60.0,
+    max_attempts: int = 3,
+    on_full: Literal["wait", "error"] = "wait",
+    outcome_buffer: float = math.inf,
+    drain_timeout: float = 0.0,
+    heartbeat_ivl: float = 1.0,
+    reconnect_ivl: float = 0.1,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    curve: CurveClient | None = None,
+    context: zmq.Context[Any] | None = None,
+) -> AsyncIterator[Dispatcher]:
+    """Open a dispatcher: requester sockets, connector, flusher and receivers.
+
+    Opening does not wait for any service to exist: requests queue until one is up.
+
+    Args:
+        endpoints: ZeroMQ endpoints of backtest services (default
+            ``["tcp://127.0.0.1:5580"]``); one DEALER socket each.
+        flush_interval: seconds between periodic flushes.
+        max_pending: most requests in flight at once (``None``: no cap).
+        rate: most requests handed to services per second (``None``: no limit).
+        burst: token-bucket size in requests (default ``max(1, rate)``).
+        capacity: send-queue size limit in requests.
+        result_timeout: seconds to wait for a reply before retrying.
+        max_attempts: hand-overs per request, counting the first.
+        on_full: what :meth:`Dispatcher.submit` does on a full queue: ``"wait"`` for
+            room (backpressure) or ``"error"`` (raise :class:`~backtest_queue.QueueFull`).
+        outcome_buffer: outcomes :attr:`Dispatcher.outcomes` holds before the receivers
+            wait for the caller to read (default unbounded).
+        drain_timeout: seconds to keep flushing and receiving after the block ends
+            normally, for outstanding requests to finish; 0 stops at once.
+        heartbeat_ivl: ZMTP heartbeat interval in seconds (a silent peer is dropped after
+            three intervals).
+        reconnect_ivl: seconds between reconnect attempts (backs off to 2 s).
+        max_message_bytes: largest reply accepted (``ZMQ_MAXMSGSIZE``), in bytes.
+        curve: CURVE keys to encrypt and authenticate (``None``: plain TCP).
+        context: a pyzmq context to use (default: a private one, destroyed on exit).
+
+    Yields:
+        The :class:`Dispatcher`.
+
+    Raises:
+        UsageError: a setting is out of range, or no endpoints were given.
+        TransportError: an endpoint is malformed.
+
+    On exit everything still queued or pending gets an outcome with reason ``shutdown``
+    and the outcome stream is closed (readers see ``EndOfStream`` after the last one).
+    An exception from the block propagates unchanged.
+    """
+    endpoint_list = list(endpoints) if endpoints is not None else [DEFAULT_ENDPOINT]
+    if not endpoint_list:
+        raise UsageError("open_dispatcher needs at least one endpoint")
+    if len(set(endpoint_list)) != len(endpoint_list):
+        raise UsageError(f"endpoints must be distinct, got {endpoint_list!r}")
+    if on_full not in ("wait", "error"):
+        raise UsageError(f"on_full must be 'wait' or 'error', got {on_full!r}")
+    if drain_timeout < 0:
+        raise UsageError(f"drain_timeout must be >= 0 seconds, got {drain_timeout!r}")
+    queue: BacktestQueue[BacktestRequest] = BacktestQueue(
+        capacity=capacity,
+        max_pending=max_pending,
+        rate=rate,
+        burst=burst,
+        flush_interval=flush_interval,
+        result_timeout=result_timeout,
+        max_attempts=max_attempts,
+        clock=anyio.current_time,
+    )
+    options = _requester_options(
+        heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl,
+        max_message_bytes=max_message_bytes, curve=curve,
+    )  # fmt: skip
+    own_context = context is None
+    ctx: zmq.Context[Any] = zmq.Context() if context is None else context
+    body_error: BaseException | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            sockets: dict[str, ZmqSocket] = {}
+            for endpoint in endpoint_list:
+                sockets[endpoint] = await stack.enter_async_context(
+                    open_socket(ctx, zmq.DEALER, name=endpoint, options=options, connect=endpoint)
+                )
+            dispatcher = Dispatcher(
+                queue, sockets, on_full=on_full, outcome_buffer=outcome_buffer,
+                max_message_bytes=max_message_bytes,
+            )  # fmt: skip
+            try:
+                async with anyio.create_task_group() as tg:
+                    dispatcher._task_group = tg
+                    await tg.start(dispatcher._flusher)
+                    for endpoint, sock in sockets.items():
+                        await tg.start(dispatcher._receiver, endpoint)
+                        await tg.start(run_monitor, ctx, sock, dispatcher._wake_send.clone())
+                    try:
+                        yield dispatcher
+                    except BaseException as exc:
+                        body_error = exc
+                        raise
+                    else:
+                        if drain_timeout > 0:
+                            with anyio.move_on_after(drain_timeout):
+                                await dispatcher.wait_idle()
+                    finally:
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                if body_error is not None:
+                    match, rest = group.split(lambda e: e is body_error)
+                    if match is not None and (rest is None or _only_cancelled(rest)):
+                        raise body_error from None
+                raise
+            finally:
+                dispatcher._task_group = None
+                dispatcher._shutdown()
+    finally:
+        if own_context:
+            ctx.destroy(linger=0)
+
+
+def _only_cancelled(group: BaseExceptionGroup[BaseException]) -> bool:
+    cancelled = anyio.get_cancelled_exc_class()
+    return all(isinstance(e, cancelled) for e in _leaves(group))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

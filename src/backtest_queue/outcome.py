@@ -1,0 +1,96 @@
+"""What the dispatcher tells its caller: submit states, outcomes and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .policy import QueueStats
+from .protocol import BacktestRequest, Metrics
+
+__all__ = ["DispatcherStats", "FailureReason", "Outcome", "SubmitState"]
+
+#: Why a request ended without a result:
+#:
+#: * ``timeout``: no reply by its deadline on its last attempt;
+#: * ``disconnected``: its service disconnected while it was on its last attempt;
+#: * ``service_error``: the service answered with an ``ERROR`` reply (see ``detail``);
+#: * ``shutdown``: the dispatcher closed while it was still queued or pending.
+FailureReason = Literal["timeout", "disconnected", "service_error", "shutdown"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitState:
+    """What :meth:`Dispatcher.submit` did with a request.
+
+    Attributes:
+        request_id: the request's id (generated if the request had none).
+        state: ``"sent"`` (handed to a service now) or ``"queued"``.
+        reason: why it is queued: ``"not_connected"`` (no service is up),
+            ``"pending"`` (``max_pending`` requests in flight), ``"rate"`` (rate limit),
+            ``"backlog"`` (older requests go first, or the socket would block);
+            ``None`` when sent.
+        queued: requests in the send queue after this submit.
+        pending: requests in flight after this submit.
+    """
+
+    request_id: str
+    state: Literal["sent", "queued"]
+    reason: Literal["not_connected", "pending", "rate", "backlog"] | None
+    queued: int
+    pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final word on one submitted request: a result or an explicit failure.
+
+    Every submitted request gets exactly one outcome.
+
+    Attributes:
+        request: the request as submitted.
+        result: the backtest's metrics when it succeeded, else ``None``.
+        reason: why it failed (see :data:`FailureReason`), ``None`` when it succeeded.
+        detail: one line for people: the service's error code and message, or what
+            happened ("no reply within 5 s, 3 attempts").
+        attempts: how many times it was handed to a service.
+    """
+
+    request: BacktestRequest
+    result: Metrics | None = None
+    reason: FailureReason | None = None
+    detail: str = ""
+    attempts: int = 0
+
+    @property
+    def request_id(self) -> str:
+        """The request's id."""
+        return self.request.request_id
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request ended with a result."""
+        return self.result is not None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherStats:
+    """A snapshot of a dispatcher.
+
+    Attributes:
+        queue: the policy core's counters (queued, pending, sent, results, ...).
+        endpoints: every endpoint the dispatcher connects to.
+        endpoints_up: the endpoints whose service has completed a handshake.
+        outcomes: outcomes delivered (results and failures).
+        invalid_replies: replies that broke the protocol (bad JSON, wrong frames, ...).
+        error_replies_without_id: ``ERROR`` replies the service could not tie to a request.
+        would_block: sends refused with ``EAGAIN`` (high-water mark), put back in the queue.
+    """
+
+    queue: QueueStats
+    endpoints: tuple[str, ...]
+    endpoints_up: tuple[str, ...]
+    outcomes: int
+    invalid_replies: int
+    error_replies_without_id: int
+    would_block: int
