@@ -81,7 +81,11 @@ class Dispatcher:
 
     Attributes:
         outcomes: every outcome (result or failure), one per submitted request, except
-            those claimed by :meth:`wait`. Iterate it with ``async for``.
+            those claimed by :meth:`wait`. Iterate it with ``async for``. When the
+            dispatcher closes it ends the stream (``EndOfStream`` after the last outcome,
+            including the ``shutdown`` ones); if outcomes are left unread then, the stream
+            stays readable after the block and is the caller's to close
+            (``with dispatcher.outcomes: ...``), as anyio streams are.
         endpoints: the endpoints it connects to.
     """
 
@@ -108,6 +112,7 @@ class Dispatcher:
         self._kicked = False
         self._room = anyio.Event()
         self._idle = anyio.Event()
+        self._connected = anyio.Event()
         self._waiters: dict[str, _Waiter] = {}
         self._up: set[str] = set()  # endpoints whose handshake succeeded
         self._blocked: set[str] = set()  # endpoints whose last send hit EAGAIN
@@ -231,6 +236,12 @@ class Dispatcher:
         self._check_open()
         return self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
 
+    async def wait_connected(self) -> None:
+        """Wait until at least one service is up (bound it with ``fail_after``)."""
+        while not self._up:
+            self._check_open()
+            await self._connected.wait()
+
     async def wait_idle(self) -> None:
         """Wait until nothing is queued or pending (every outcome delivered)."""
         while self._queue.queued or self._queue.pending:
@@ -247,21 +258,25 @@ class Dispatcher:
         if not batch:
             return 0
         queue = self._queue
+        by_connection: dict[str, list[BacktestRequest]] = {}
+        for request in batch:
+            conn = queue.connection_of(request.request_id)
+            assert conn is not None  # flush() just made it pending on a connection
+            by_connection.setdefault(conn, []).append(request)
         unsent: list[str] = []
         sent = 0
-        for request in batch:
-            rid = request.request_id
-            conn = queue.connection_of(rid)
-            if conn is None or conn in self._blocked:
-                unsent.append(rid)
-                continue
-            status = self._sockets[conn].try_send([b"", encode_message(request)])
-            if status is SendStatus.SENT:
-                sent += 1
-                continue
-            unsent.append(rid)
-            self._would_block += 1
-            self._block(conn)
+        for conn, requests in by_connection.items():
+            count, status = (0, SendStatus.WOULD_BLOCK)
+            if conn not in self._blocked:
+                count, status = self._sockets[conn].send_batch(
+                    [b"", encode_message(r)] for r in requests
+                )
+            sent += count
+            if count < len(requests):
+                unsent.extend(r.request_id for r in requests[count:])
+                if status is SendStatus.WOULD_BLOCK:
+                    self._would_block += 1
+                    self._block(conn)
         if unsent:
             queue.send_failed(unsent, anyio.current_time())
         if sent:
@@ -440,6 +455,8 @@ class Dispatcher:
         endpoint = event.source
         if event.kind == "up":
             self._up.add(endpoint)
+            self._connected.set()
+            self._connected = anyio.Event()
             if endpoint not in self._blocked:
                 self._queue.on_connected(now, endpoint)
             log.info("connected to %s", endpoint)
@@ -476,9 +493,13 @@ class Dispatcher:
                           "full or closed", outcome.request_id)  # fmt: skip
         self._overflow.clear()
         self._outcome_send.close()
+        if self.outcomes.statistics().current_buffer_used == 0:
+            self.outcomes.close()  # nothing left to read: do not leave it to the caller
         self._wake_send.close()
+        self._wake_receive.close()
         self._room.set()
         self._idle.set()
+        self._connected.set()
 
 
 class _Waiter:
@@ -490,7 +511,7 @@ class _Waiter:
 
 
 def _requester_options(
-    *, heartbeat_ivl: float, reconnect_ivl: float, max_message_bytes: int,
+    *, heartbeat_ivl: float, reconnect_ivl: float, send_hwm: int, max_message_bytes: int,
     curve: CurveClient | None,
 ) -> dict[int, Any]:  # fmt: skip
     options: dict[int, Any] = {
@@ -502,6 +523,7 @@ def _requester_options(
         zmq.RECONNECT_IVL: max(1, int(reconnect_ivl * 1000)),
         zmq.RECONNECT_IVL_MAX: max(1, int(max(reconnect_ivl, 2.0) * 1000)),
         zmq.MAXMSGSIZE: max_message_bytes,
+        zmq.SNDHWM: send_hwm,
     }
     if curve is not None:
         options[zmq.CURVE_PUBLICKEY] = curve.public_key
@@ -526,6 +548,7 @@ async def open_dispatcher(
     drain_timeout: float = 0.0,
     heartbeat_ivl: float = 1.0,
     reconnect_ivl: float = 0.1,
+    send_hwm: int = 1000,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     curve: CurveClient | None = None,
     context: zmq.Context[Any] | None = None,
@@ -553,6 +576,8 @@ async def open_dispatcher(
         heartbeat_ivl: ZMTP heartbeat interval in seconds (a silent peer is dropped after
             three intervals).
         reconnect_ivl: seconds between reconnect attempts (backs off to 2 s).
+        send_hwm: ZeroMQ send high-water mark per socket, in messages; a send beyond it
+            would block, and the request waits at the front of the send queue instead.
         max_message_bytes: largest reply accepted (``ZMQ_MAXMSGSIZE``), in bytes.
         curve: CURVE keys to encrypt and authenticate (``None``: plain TCP).
         context: a pyzmq context to use (default: a private one, destroyed on exit).
@@ -588,18 +613,19 @@ async def open_dispatcher(
         clock=anyio.current_time,
     )
     options = _requester_options(
-        heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl,
+        heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
         max_message_bytes=max_message_bytes, curve=curve,
     )  # fmt: skip
     own_context = context is None
     ctx: zmq.Context[Any] = zmq.Context() if context is None else context
     body_error: BaseException | None = None
+    unwrapped: BaseException | None = None
     try:
         async with AsyncExitStack() as stack:
             sockets: dict[str, ZmqSocket] = {}
             for endpoint in endpoint_list:
                 sockets[endpoint] = await stack.enter_async_context(
-                    open_socket(ctx, zmq.DEALER, name=endpoint, options=options, connect=endpoint)
+                    open_socket(ctx, zmq.DEALER, name=endpoint, options=options)
                 )
             dispatcher = Dispatcher(
                 queue, sockets, on_full=on_full, outcome_buffer=outcome_buffer,
@@ -612,6 +638,7 @@ async def open_dispatcher(
                     for endpoint, sock in sockets.items():
                         await tg.start(dispatcher._receiver, endpoint)
                         await tg.start(run_monitor, ctx, sock, dispatcher._wake_send.clone())
+                        sock.connect(endpoint)  # after the monitor: no handshake is missed
                     try:
                         yield dispatcher
                     except BaseException as exc:
@@ -623,23 +650,27 @@ async def open_dispatcher(
                                 await dispatcher.wait_idle()
                     finally:
                         tg.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                if body_error is not None:
-                    match, rest = group.split(lambda e: e is body_error)
-                    if match is not None and (rest is None or _only_cancelled(rest)):
-                        raise body_error from None
-                raise
             finally:
                 dispatcher._task_group = None
                 dispatcher._shutdown()
+    except BaseExceptionGroup as group:
+        # Task groups (ours and zmq-anyio's) wrap the block's own exception in groups;
+        # when nothing else went wrong, the caller gets their exception back as it was.
+        if body_error is None or not _only(group, body_error):
+            raise
+        unwrapped = body_error
     finally:
         if own_context:
             ctx.destroy(linger=0)
+    if unwrapped is not None:
+        raise unwrapped
 
 
-def _only_cancelled(group: BaseExceptionGroup[BaseException]) -> bool:
+def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
+    """Whether ``group`` holds ``error`` and nothing else but cancellations."""
     cancelled = anyio.get_cancelled_exc_class()
-    return all(isinstance(e, cancelled) for e in _leaves(group))
+    leaves = _leaves(group)
+    return error in leaves and all(e is error or isinstance(e, cancelled) for e in leaves)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
@@ -93,21 +93,64 @@ class ZmqSocket:
         """The underlying pyzmq socket, for setting options and monitors."""
         return self._raw
 
+    def connect(self, endpoint: str) -> None:
+        """Connect to ``endpoint`` (libzmq connects and reconnects in the background).
+
+        Attach a monitor first (:func:`run_monitor`) or the first handshake may be missed.
+
+        Raises:
+            TransportError: the endpoint is malformed or its transport unsupported.
+        """
+        try:
+            self._raw.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot connect {self.name} to {endpoint!r}: {exc}") from exc
+
     def try_send(self, frames: Sequence[bytes]) -> SendStatus:
         """Send one multipart message now, or say why not. Never blocks, never waits.
 
         Raises:
             TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
         """
+        return self.send_batch((frames,))[1]
+
+    def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]:
+        """Send multipart messages in order until one cannot go. Never blocks.
+
+        Returns:
+            How many were sent, and :attr:`SendStatus.SENT` if all were, else why the
+            next one was not (it and the rest were not sent).
+
+        Raises:
+            TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
+        """
+        send = self._raw.send_multipart
+        sent = 0
+        status = SendStatus.SENT
         try:
-            self._raw.send_multipart(frames, flags=zmq.NOBLOCK)
+            for frames in messages:
+                send(frames, flags=zmq.NOBLOCK)
+                sent += 1
         except zmq.Again:
-            return SendStatus.WOULD_BLOCK
+            status = SendStatus.WOULD_BLOCK
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return SendStatus.UNREACHABLE
-            raise TransportError(f"send on {self.name} failed: {exc}") from exc
-        return SendStatus.SENT
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise TransportError(f"send on {self.name} failed: {exc}") from exc
+            status = SendStatus.UNREACHABLE
+        finally:
+            self._rearm()
+        return sent, status
+
+    def _rearm(self) -> None:
+        """Let zmq-anyio see events our own calls consumed.
+
+        The ZeroMQ FD is edge-triggered: any call on the socket (our non-blocking sends
+        and receives included) may consume the edge that announced an incoming message,
+        and a waiter on the FD would then sleep through it. Reading ``EVENTS`` through
+        the zmq-anyio socket makes it dispatch whatever is ready to its waiters.
+        """
+        if not self._raw.closed:
+            self._sock.get(zmq.EVENTS)  # type: ignore[no-untyped-call]
 
     def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
         """Return the messages already waiting (up to ``max_messages``), maybe none."""
@@ -122,6 +165,7 @@ class ZmqSocket:
             if batch:  # hand over what we have; the error repeats on the next call
                 self._stash = batch
             raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        self._rearm()
         return batch
 
     async def receive_batch(self, max_messages: int = 1024) -> list[Frames]:

@@ -1,0 +1,49 @@
+"""Developer sessions: ``nox -s tests lint typecheck examples bench``.
+
+Each session makes its own virtualenv and installs the project with the ``all`` extra.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = ["3.11", "3.12", "3.13"]
+
+
+@nox.session(python=PYTHON[0])
+def tests(session: nox.Session) -> None:
+    """The whole suite; every async test runs on trio and on asyncio."""
+    session.install("-e", ".[all]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON[0])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON[0])
+def typecheck(session: nox.Session) -> None:
+    """Strict mypy on src/."""
+    session.install("-e", ".[all]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON[0])
+def examples(session: nox.Session) -> None:
+    """Run every example script against a real local service."""
+    session.install("-e", ".[all]")
+    session.run("python", "examples/run_all.py")
+
+
+@nox.session(python=PYTHON[0])
+def bench(session: nox.Session) -> None:
+    """The benchmark harness (pass --quick for a run under a minute)."""
+    session.install("-e", ".[all]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
