@@ -11,7 +11,9 @@ Public API (see the README and ``docs/``):
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BacktestQueueError as BacktestQueueError,
@@ -33,6 +35,18 @@ from .errors import (
 )
 from .errors import (
     UsageError as UsageError,
+)
+from .policy import (
+    BacktestQueue as BacktestQueue,
+)
+from .policy import (
+    FailedRequest as FailedRequest,
+)
+from .policy import (
+    QueueStats as QueueStats,
+)
+from .policy import (
+    Throttle as Throttle,
 )
 from .protocol import (
     BacktestRequest as BacktestRequest,
@@ -56,25 +70,64 @@ from .protocol import (
     Strategy as Strategy,
 )
 
+if TYPE_CHECKING:
+    from .dispatcher import CurveClient as CurveClient
+    from .dispatcher import Dispatcher as Dispatcher
+    from .dispatcher import open_dispatcher as open_dispatcher
+    from .outcome import DispatcherStats as DispatcherStats
+    from .outcome import Outcome as Outcome
+    from .outcome import SubmitState as SubmitState
+
+# The I/O layer (anyio, pyzmq) is imported on first use, so that importing the sans-IO
+# core (``backtest_queue.policy``) loads neither.
+_LAZY = {
+    "CurveClient": "dispatcher",
+    "Dispatcher": "dispatcher",
+    "open_dispatcher": "dispatcher",
+    "DispatcherStats": "outcome",
+    "Outcome": "outcome",
+    "SubmitState": "outcome",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'backtest_queue' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 try:
     __version__ = version("backtest-queue")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "BacktestQueue",
     "BacktestQueueError",
     "BacktestRequest",
     "BacktestResult",
+    "CurveClient",
+    "Dispatcher",
     "DispatcherClosed",
+    "DispatcherStats",
     "DuplicateRequest",
     "ErrorReply",
+    "FailedRequest",
     "Metrics",
+    "Outcome",
     "Ping",
     "Pong",
     "ProtocolError",
     "QueueFull",
+    "QueueStats",
     "Strategy",
+    "SubmitState",
+    "Throttle",
     "TransportError",
     "UsageError",
     "__version__",
+    "open_dispatcher",
 ]
