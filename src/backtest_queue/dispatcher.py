@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import anyio.abc
 import anyio.lowlevel
 import zmq
 
-from .errors import DispatcherClosed, ProtocolError, QueueFull, UsageError
+from .errors import DispatcherClosed, DuplicateRequest, ProtocolError, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import (
@@ -41,9 +42,11 @@ from .protocol import (
     BacktestRequest,
     BacktestResult,
     ErrorReply,
+    Metrics,
     decode_message,
     encode_message,
 )
+from .store import SqliteStore, StoreOp
 from .transport import ConnectionEvent, SendStatus, ZmqSocket, open_socket, run_monitor
 
 __all__ = ["Dispatcher", "open_dispatcher"]
@@ -76,6 +79,59 @@ class CurveClient:
     server_key: bytes
 
 
+class _StoreWriter:
+    """Runs a :class:`SqliteStore` in a worker thread, one transaction per batch.
+
+    Writes made while a transaction runs are grouped into the next one (group commit).
+    """
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self._batch: list[StoreOp] = []
+        self._batch_done = anyio.Event()
+        self._wake = anyio.Event()
+        self._lock = anyio.Lock()  # one thread touches the connection at a time
+        self.commits = 0
+
+    async def cached_result(self, request: BacktestRequest) -> Metrics | None:
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self.store.cached_result, request)
+
+    def write_nowait(self, op: StoreOp) -> anyio.Event:
+        """Queue a write for the next transaction; the event is set once it is committed."""
+        self._batch.append(op)
+        self._wake.set()
+        return self._batch_done
+
+    async def write(self, op: StoreOp) -> None:
+        """Queue a write and wait until it is committed."""
+        await self.write_nowait(op).wait()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, done = self._batch, self._batch_done
+            self._batch, self._batch_done = [], anyio.Event()
+            async with self._lock:  # a thread is never abandoned mid-commit: not cancellable
+                await anyio.to_thread.run_sync(self.store.apply, batch)
+            self.commits += 1
+            done.set()
+
+    def close(self) -> None:
+        """Commit what is left (synchronously: at shutdown) and close the database."""
+        try:
+            if self._batch:
+                self.store.apply(self._batch)
+                self._batch = []
+            self._batch_done.set()
+        finally:
+            self.store.close()
+
+
 class Dispatcher:
     """Submit backtest requests and get their outcomes. Made by :func:`open_dispatcher`.
 
@@ -97,6 +153,8 @@ class Dispatcher:
         on_full: Literal["wait", "error"],
         outcome_buffer: float,
         max_message_bytes: int,
+        writer: _StoreWriter | None = None,
+        restored_ids: frozenset[str] = frozenset(),
     ) -> None:
         self._queue = queue
         self._sockets = sockets
@@ -123,6 +181,10 @@ class Dispatcher:
         self._errors_without_id = 0
         self._would_block = 0
         self._overflow: list[Outcome] = []  # outcomes waiting for room in a bounded stream
+        self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
+        self._writer = writer
+        #: ids of the requests restored from the store when it opened (queued again).
+        self.restored_ids = restored_ids
 
     # -- public API --------------------------------------------------------------
 
@@ -170,25 +232,49 @@ class Dispatcher:
                 ``on_full="wait"`` it waits for room instead (bound it with ``fail_after``).
             DuplicateRequest: a request with this id is already queued or pending.
             DispatcherClosed: the dispatcher's block has ended.
+
+        With a ``store``, ``submit`` returns once the request is committed to it (it then
+        survives the process being killed), and a request whose content already has a
+        cached result is not sent: its outcome (``detail="cached result"``) follows at once.
         """
         await anyio.lowlevel.checkpoint()  # before, not after: see wait()
+        self._check_open()
+        rid = request.request_id
+        q = self._queue
+        if q.state_of(rid) is not None or rid in self._instant:
+            raise DuplicateRequest(rid)
+        writer = self._writer
+        if writer is not None:
+            cached = await writer.cached_result(request)
+            if cached is not None:
+                # Delivered by the flusher, after this returns, so wait() can claim it.
+                self._instant[rid] = Outcome(request, cached, None, "cached result", 0)
+                self._idle = anyio.Event() if self._idle.is_set() else self._idle
+                self._kick()
+                return SubmitState(rid, "cached", None, q.queued, q.pending)
         while True:
             self._check_open()
-            try:
-                self._queue.enqueue(request)
-            except QueueFull:
+            if q.queued >= q.capacity:
                 if self._on_full == "error":
-                    raise
+                    raise QueueFull(q.capacity)
                 await self._room.wait()
+                continue
+            if writer is not None:
+                await writer.write(StoreOp("add", request))  # durable before accepted
+                self._check_open()
+            try:
+                q.enqueue(request)
+            except QueueFull:  # another submit took the room while we were writing
+                if self._on_full == "error":
+                    if writer is not None:
+                        writer.write_nowait(StoreOp("remove", request))
+                    raise
                 continue
             break
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         now = anyio.current_time()
-        self._send(self._queue.flush(now))
-        rid = request.request_id
-        where = self._queue.state_of(rid)
-        q = self._queue
-        if where == "pending":
+        self._send(q.flush(now))
+        if q.state_of(rid) == "pending":
             return SubmitState(rid, "sent", None, q.queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)
@@ -209,7 +295,7 @@ class Dispatcher:
         """
         if request_id in self._waiters:
             raise UsageError(f"another task already waits for request {request_id!r}")
-        if self._queue.state_of(request_id) is None:
+        if self._queue.state_of(request_id) is None and request_id not in self._instant:
             raise UsageError(
                 f"request {request_id!r} is not queued or pending: unknown, or its outcome "
                 "was already delivered"
@@ -244,7 +330,7 @@ class Dispatcher:
 
     async def wait_idle(self) -> None:
         """Wait until nothing is queued or pending (every outcome delivered)."""
-        while self._queue.queued or self._queue.pending:
+        while self._queue.queued or self._queue.pending or self._instant:
             await self._idle.wait()
 
     # -- internals: sending ------------------------------------------------------
@@ -315,8 +401,15 @@ class Dispatcher:
 
     # -- internals: outcomes -----------------------------------------------------
 
-    def _deliver(self, outcome: Outcome) -> None:
+    def _deliver(self, outcome: Outcome, *, stored: bool = True) -> None:
+        """Hand an outcome to its waiter or the stream (``stored``: it is in the store)."""
         self._outcome_count += 1
+        if self._writer is not None and stored and outcome.reason != "shutdown":
+            # Final: forget the request (a 'shutdown' one stays, to be re-sent on restart)
+            # and cache the result by content.
+            if outcome.result is not None:
+                self._writer.write_nowait(StoreOp("result", outcome.request, outcome.result))
+            self._writer.write_nowait(StoreOp("remove", outcome.request))
         waiter = self._waiters.pop(outcome.request_id, None)
         if waiter is not None:
             waiter.outcome = outcome
@@ -329,8 +422,13 @@ class Dispatcher:
             except anyio.BrokenResourceError:
                 log.debug("outcome for %s dropped: the caller closed the outcome stream",
                           outcome.request_id)  # fmt: skip
-        if not (self._queue.queued or self._queue.pending):
+        if not (self._queue.queued or self._queue.pending or self._instant):
             self._idle.set()
+
+    def _deliver_cached(self) -> None:
+        instant, self._instant = self._instant, {}
+        for outcome in instant.values():
+            self._deliver(outcome, stored=False)
 
     async def _flush_overflow(self) -> None:
         """Deliver outcomes that did not fit in a bounded outcome stream (backpressure)."""
@@ -431,6 +529,7 @@ class Dispatcher:
             now = anyio.current_time()
             self._fail(queue.expire(now), timeout)
             connected_to: list[ConnectionEvent] = []
+            self._deliver_cached()
             for wake in wakes:
                 if isinstance(wake, _Kick):
                     self._kicked = False
@@ -478,6 +577,7 @@ class Dispatcher:
     def _shutdown(self) -> None:
         """Report everything still queued or pending as failed with reason ``shutdown``."""
         self._closed = True
+        self._deliver_cached()
         left = self._queue.drain()
         if left:
             log.warning("dispatcher closed with %d requests still queued or pending; "
@@ -551,6 +651,7 @@ async def open_dispatcher(
     send_hwm: int = 1000,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     curve: CurveClient | None = None,
+    store: str | os.PathLike[str] | None = None,
     context: zmq.Context[Any] | None = None,
 ) -> AsyncIterator[Dispatcher]:
     """Open a dispatcher: requester sockets, connector, flusher and receivers.
@@ -580,6 +681,10 @@ async def open_dispatcher(
             would block, and the request waits at the front of the send queue instead.
         max_message_bytes: largest reply accepted (``ZMQ_MAXMSGSIZE``), in bytes.
         curve: CURVE keys to encrypt and authenticate (``None``: plain TCP).
+        store: a SQLite file that keeps the send queue and pending requests durable and
+            caches results by content (see :mod:`backtest_queue.store`). Requests left
+            in it by an earlier run (killed, or closed with requests outstanding) are
+            queued again first and their outcomes delivered on :attr:`Dispatcher.outcomes`.
         context: a pyzmq context to use (default: a private one, destroyed on exit).
 
     Yields:
@@ -616,6 +721,15 @@ async def open_dispatcher(
         heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
         max_message_bytes=max_message_bytes, curve=curve,
     )  # fmt: skip
+    writer: _StoreWriter | None = None
+    restored: list[BacktestRequest] = []
+    if store is not None:
+        writer = _StoreWriter(SqliteStore(store))
+        restored = writer.store.pending_requests()
+        for request in restored:
+            queue.enqueue_restored(request)
+        if restored:
+            log.info("restored %d undelivered requests from %s", len(restored), store)
     own_context = context is None
     ctx: zmq.Context[Any] = zmq.Context() if context is None else context
     body_error: BaseException | None = None
@@ -629,11 +743,14 @@ async def open_dispatcher(
                 )
             dispatcher = Dispatcher(
                 queue, sockets, on_full=on_full, outcome_buffer=outcome_buffer,
-                max_message_bytes=max_message_bytes,
+                max_message_bytes=max_message_bytes, writer=writer,
+                restored_ids=frozenset(r.request_id for r in restored),
             )  # fmt: skip
             try:
                 async with anyio.create_task_group() as tg:
                     dispatcher._task_group = tg
+                    if writer is not None:
+                        await tg.start(writer.run)
                     await tg.start(dispatcher._flusher)
                     for endpoint, sock in sockets.items():
                         await tg.start(dispatcher._receiver, endpoint)
@@ -653,6 +770,8 @@ async def open_dispatcher(
             finally:
                 dispatcher._task_group = None
                 dispatcher._shutdown()
+                if writer is not None:
+                    writer.close()
     except BaseExceptionGroup as group:
         # Task groups (ours and zmq-anyio's) wrap the block's own exception in groups;
         # when nothing else went wrong, the caller gets their exception back as it was.

@@ -25,7 +25,9 @@ class SubmitState:
 
     Attributes:
         request_id: the request's id (generated if the request had none).
-        state: ``"sent"`` (handed to a service now) or ``"queued"``.
+        state: ``"sent"`` (handed to a service now), ``"queued"``, or ``"cached"`` (a
+            durable store already held a result for the same content; its outcome
+            follows without a backtest).
         reason: why it is queued: ``"not_connected"`` (no service is up),
             ``"pending"`` (``max_pending`` requests in flight), ``"rate"`` (rate limit),
             ``"backlog"`` (older requests go first, or the socket would block);
@@ -35,7 +37,7 @@ class SubmitState:
     """
 
     request_id: str
-    state: Literal["sent", "queued"]
+    state: Literal["sent", "queued", "cached"]
     reason: Literal["not_connected", "pending", "rate", "backlog"] | None
     queued: int
     pending: int

@@ -317,11 +317,22 @@ class BacktestQueue(Generic[R]):
             QueueFull: the queue already holds ``capacity`` requests; nothing changed.
             DuplicateRequest: a request with this ``request_id`` is queued or pending.
         """
+        if self._queued >= self.capacity and request.request_id not in self._live:
+            raise QueueFull(self.capacity)
+        self._append(request)
+
+    def enqueue_restored(self, request: R) -> None:
+        """Append a request restored from a durable store, ignoring ``capacity``.
+
+        Raises:
+            DuplicateRequest: a request with this ``request_id`` is queued or pending.
+        """
+        self._append(request)
+
+    def _append(self, request: R) -> None:
         rid = request.request_id
         if rid in self._live:
             raise DuplicateRequest(rid)
-        if self._queued >= self.capacity:
-            raise QueueFull(self.capacity)
         entry = _Entry(request)
         self._live[rid] = entry
         self._queue.append(entry)
