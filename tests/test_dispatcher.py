@@ -21,6 +21,7 @@ from backtest_queue import (
 )
 from backtest_queue.dispatcher import Dispatcher, open_dispatcher
 from backtest_queue.outcome import Outcome
+
 from stubs import echo, free_tcp_endpoint, result_for, silent, stub_service
 
 pytestmark = pytest.mark.anyio

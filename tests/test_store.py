@@ -11,10 +11,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from stubs import echo, free_tcp_endpoint, stub_service
 
 from backtest_queue import BacktestRequest, Metrics, Strategy, open_dispatcher
 from backtest_queue.store import SqliteStore, StoreOp, content_key
+
+from stubs import echo, free_tcp_endpoint, stub_service
 
 PROCS = Path(__file__).parent / "procs"
 
