@@ -1,0 +1,241 @@
+"""Helpers for the backtest service tests (importable by spawned worker processes too).
+
+* :class:`RawClient` - a plain blocking pyzmq DEALER, the way a client in another
+  language would talk to the service (poll timeouts, no sleeps).
+* :class:`PortalService` - an in-process service running in a blocking portal's thread.
+* :func:`run_service_process` - the real thing: ``python -m backtest_queue service``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import anyio
+import zmq
+from anyio.from_thread import BlockingPortal
+
+from backtest_queue.protocol import decode_message
+from backtest_queue.service import Service, ServiceStatistics
+
+#: Generous bound for one reply; real replies take milliseconds.
+REPLY_TIMEOUT = 15.0
+
+
+def eurusd_lines() -> list[str]:
+    """The lines of backtesting.py's real EURUSD hourly CSV (header first)."""
+    spec = find_spec("backtesting")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "test" / "EURUSD.csv"
+    return path.read_text().splitlines()
+
+
+def write_csv(directory: Path, name: str, lines: list[str]) -> Path:
+    """Write ``lines`` as ``directory/name`` and return the path."""
+    path = directory / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def backtest(
+    request_id: str,
+    *,
+    kind: str = "sma_cross",
+    params: dict[str, Any] | None = None,
+    data_id: str = "GOOG-D1",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A BACKTEST message as a JSON-ready dict; ``fields`` go to the top level."""
+    strategy: dict[str, Any] = {
+        "name": f"{kind}-{request_id}",
+        "kind": kind,
+        "params": {"fast": 10, "slow": 40} if params is None else params,
+    }
+    for key in ("sl", "tp"):
+        if key in fields:
+            strategy[key] = fields.pop(key)
+    return {
+        "type": "BACKTEST",
+        "v": 1,
+        "request_id": request_id,
+        "strategy": strategy,
+        "data_id": data_id,
+        **fields,
+    }
+
+
+class RawClient:
+    """A blocking DEALER client: ``send`` ``[b"", body]``, ``receive`` JSON replies."""
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        endpoint: str,
+        *,
+        options: dict[int, Any] | None = None,
+    ) -> None:
+        self.socket: zmq.Socket[bytes] = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            self.socket.setsockopt(option, value)
+        self.socket.connect(endpoint)
+        self._ping_ids = iter(range(1 << 62))
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        body = message if isinstance(message, bytes) else json.dumps(message).encode()
+        self.socket.send_multipart([b"", body])
+
+    def receive(self, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        """The next reply, checked to be a valid protocol v1 message."""
+        if not self.socket.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no reply within {timeout} s")
+        frames = self.socket.recv_multipart()
+        assert len(frames) == 2, frames
+        assert frames[0] == b""
+        decode_message(frames[1])  # a service only sends valid messages
+        reply: dict[str, Any] = json.loads(frames[1])
+        return reply
+
+    def request(
+        self, message: dict[str, Any] | bytes, timeout: float = REPLY_TIMEOUT
+    ) -> dict[str, Any]:
+        """Send and return the next reply (use one request at a time)."""
+        self.send(message)
+        return self.receive(timeout)
+
+    def ping(self, timeout: float = REPLY_TIMEOUT) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """PING with a fresh id; return its PONG and the replies that came before it."""
+        request_id = f"ping-{next(self._ping_ids)}"
+        self.send({"type": "PING", "v": 1, "request_id": request_id})
+        deadline = time.monotonic() + timeout
+        before: list[dict[str, Any]] = []
+        while True:
+            reply = self.receive(max(0.0, deadline - time.monotonic()))
+            if reply["type"] == "PONG" and reply.get("request_id") == request_id:
+                return reply, before
+            before.append(reply)
+
+
+def free_tcp_endpoint(context: zmq.Context[Any]) -> str:
+    """A loopback TCP endpoint on a port that was free a moment ago."""
+    probe = context.socket(zmq.ROUTER)
+    try:
+        port = probe.bind_to_random_port("tcp://127.0.0.1")
+    finally:
+        probe.close(linger=0)
+    return f"tcp://127.0.0.1:{port}"
+
+
+@dataclass
+class PortalService:
+    """A service running in a blocking portal's event loop thread."""
+
+    portal: BlockingPortal
+    service: Service
+    backend: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.service.endpoint
+
+    def statistics(self) -> ServiceStatistics:
+        return self.portal.call(self.service.statistics)
+
+    def wait_statistics(
+        self, predicate: Callable[[ServiceStatistics], bool], timeout: float = REPLY_TIMEOUT
+    ) -> ServiceStatistics:
+        async def wait() -> ServiceStatistics:
+            with anyio.fail_after(timeout):
+                return await self.service.wait_statistics(predicate)
+
+        return self.portal.call(wait)
+
+
+# -- service process -------------------------------------------------------------------
+
+
+@dataclass
+class ServiceProcess:
+    process: subprocess.Popen[bytes]
+    endpoint: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``signum`` and wait for the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"service did not stop within {timeout} s:\n{self.log()}"
+            ) from None
+
+
+def start_service_process(
+    context: zmq.Context[Any], log_path: Path, *args: str, endpoint: str | None = None
+) -> ServiceProcess:
+    """Start ``python -m backtest_queue service`` without waiting for it."""
+    endpoint = endpoint or free_tcp_endpoint(context)
+    env = {**os.environ, "COLUMNS": "400"}  # one log record per line
+    command = [sys.executable, "-m", "backtest_queue", "service", "--bind", endpoint, *args]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    return ServiceProcess(process, endpoint, log_path)
+
+
+def wait_until_ready(
+    context: zmq.Context[Any], service: ServiceProcess, timeout: float = 40.0
+) -> None:
+    """PING until a PONG comes back; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    with RawClient(context, service.endpoint) as client:
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise AssertionError(
+                    f"service exited with {service.process.returncode}:\n{service.log()}"
+                )
+            client.send({"type": "PING", "v": 1, "request_id": "ready?"})
+            if client.socket.poll(100):
+                assert client.receive()["type"] == "PONG"
+                return
+    raise AssertionError(f"service not ready within {timeout} s:\n{service.log()}")
+
+
+@contextmanager
+def run_service_process(
+    context: zmq.Context[Any], log_path: Path, *args: str
+) -> Iterator[ServiceProcess]:
+    """A ready service process, stopped with SIGTERM afterwards if still running."""
+    service = start_service_process(context, log_path, *args)
+    try:
+        wait_until_ready(context, service)
+        yield service
+    finally:
+        if service.process.poll() is None:
+            service.stop()
