@@ -1,0 +1,110 @@
+"""``backtest-queue service``: run a backtest service until SIGTERM or Ctrl-C.
+
+Exit status: 0 after a signal-initiated stop, 1 when the endpoint cannot be bound or the
+workers do not start, 2 for bad settings (a data directory that does not exist, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from functools import partial
+from typing import Any
+
+import anyio
+
+from ..errors import TransportError, UsageError
+from ..protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
+from .engine import EngineError
+from .server import open_service
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger("backtest_queue.service")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``service`` options to ``parser``."""
+    parser.add_argument(
+        "--bind",
+        default=DEFAULT_ENDPOINT,
+        metavar="ENDPOINT",
+        help=f"ZeroMQ endpoint to bind (default {DEFAULT_ENDPOINT}; 'tcp://127.0.0.1:*' picks "
+        "a free port, logged in the ready line); beyond loopback a warning is logged",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"backtest worker processes (default: CPU count, here {os.cpu_count()})",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="directory of <data_id>.csv OHLCV files to serve besides the built-in "
+        "datasets; bad files are logged and skipped",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help="largest message body accepted (default 1 MiB); larger ones get a too_large "
+        "error, and libzmq drops the connection of a peer sending over twice this",
+    )
+    parser.add_argument(
+        "--reply-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a reply waits for a requester that does not read or is gone "
+        "before it is dropped and logged (default 10)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM / Ctrl-C, how long running backtests may finish (default 10)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="the anyio event loop (default trio)",
+    )
+
+
+async def _serve(settings: dict[str, Any]) -> int:
+    # Open the signal receiver first: a signal during start-up then stops the service
+    # right after it is ready, instead of killing it half-started.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_service(**settings):
+            async for signum in signals:
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                break
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the service; returns the exit status (see the module docstring)."""
+    settings: dict[str, Any] = {
+        "bind": args.bind,
+        "workers": args.workers,
+        "data_dir": args.data,
+        "max_message_bytes": args.max_message_bytes,
+        "reply_timeout": args.reply_timeout,
+        "shutdown_grace": args.shutdown_grace,
+    }
+    try:
+        return anyio.run(partial(_serve, settings), backend=args.backend)
+    except UsageError as exc:
+        log.error("cannot start the service: %s", exc)
+        return 2
+    except (TransportError, EngineError) as exc:
+        log.error("cannot start the service: %s", exc)
+        return 1

@@ -1,0 +1,744 @@
+"""The backtest service: a ROUTER socket speaking wire protocol v1, a process pool behind it.
+
+Tasks, all in one task group owned by :func:`open_service`:
+
+* **receiver** - reads batches of messages, answers PINGs and bad input at once,
+  validates backtest requests and queues them (a bounded queue: when it is full the
+  receiver stops reading, and ZeroMQ's high-water marks push back on requesters);
+* **runners** - one per worker process; each takes a queued request, runs it in the pool
+  and turns the outcome into a reply;
+* **outbox** - hands replies to ZeroMQ without blocking; a reply the ROUTER refuses
+  (requester's pipe full, requester gone: ``ZMQ_ROUTER_MANDATORY``) is held and retried
+  until ``reply_timeout``, then dropped, counted and logged (see :mod:`.outbox`);
+* **monitor** - counts requester connections and disconnections.
+
+Every request gets exactly one reply (a result or an ``ERROR``) unless the reply has to
+be dropped, which is counted and logged - never silent. The exception is a duplicate: a
+request whose ``request_id`` is still queued or running for the same requester is
+ignored (counted, logged), because the original's reply answers it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast, get_args
+
+import anyio
+import anyio.abc
+import zmq
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from .. import __version__
+from ..errors import ProtocolError, TransportError, UsageError
+from ..protocol import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_CODES,
+    BacktestRequest,
+    BacktestResult,
+    ErrorCode,
+    ErrorReply,
+    Message,
+    Metrics,
+    Ping,
+    Pong,
+    decode_message,
+    encode_message,
+    peek_request_id,
+)
+from ..transport import ConnectionEvent, SendStatus, ZmqSocket, open_socket, run_monitor
+from .datasets import Catalog, load_catalog
+from .engine import BacktestingPyEngine, Engine, EngineError
+from .outbox import Dropped, Outbox
+from .pool import WorkerPool, open_pool
+from .statistics import ServiceStatistics
+
+__all__ = ["Service", "open_service", "service_socket_options"]
+
+log = logging.getLogger("backtest_queue.service")
+
+#: Socket close linger, in seconds: how long libzmq keeps sending queued replies.
+LINGER: Final = 1.0
+#: ZMTP heartbeat interval and timeout, in seconds: a silent requester is disconnected
+#: after the timeout, and replies to it then fail fast instead of waiting on a dead pipe.
+HEARTBEAT_INTERVAL: Final = 2.0
+HEARTBEAT_TIMEOUT: Final = 6.0
+#: Per-requester high-water marks, in messages.
+SEND_HWM: Final = 1000
+RECEIVE_HWM: Final = 1000
+#: The hard cap on one frame, as a multiple of ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``).
+HARD_CAP_FACTOR: Final = 2
+#: Replies handed to ZeroMQ per outbox round before it yields to other tasks.
+_SEND_BUDGET: Final = 1000
+#: Error messages are cut to this many characters (they may quote the peer's input).
+_MAX_ERROR_TEXT: Final = 300
+
+CounterName = Literal[
+    "messages_received",
+    "pings",
+    "backtests_accepted",
+    "duplicates_ignored",
+    "bad_frames",
+    "invalid_requests",
+    "unknown_data",
+    "unsupported_versions",
+    "too_large",
+    "engine_errors",
+    "backtests_completed",
+    "replies_sent",
+    "reply_retries",
+    "replies_dropped",
+    "connections",
+    "disconnects",
+]
+_ERROR_COUNTERS: Final[Mapping[str, CounterName]] = {
+    "invalid_request": "invalid_requests",
+    "unknown_data": "unknown_data",
+    "unsupported_version": "unsupported_versions",
+    "too_large": "too_large",
+    "engine_error": "engine_errors",
+}
+_REPLY_TYPES: Final = {BacktestResult: "BACKTEST_RESULT", ErrorReply: "ERROR", Pong: "PONG"}
+
+
+def service_socket_options(*, max_message_bytes: int) -> dict[int, Any]:
+    """The ROUTER socket options a service uses (before the caller's overrides).
+
+    ``LINGER`` 1 s, ``ROUTER_MANDATORY`` 1, ``MAXMSGSIZE`` = 2 x ``max_message_bytes``,
+    ``SNDHWM`` / ``RCVHWM`` 1000 messages, ZMTP heartbeats every 2 s with a 6 s timeout.
+    """
+    return {
+        zmq.LINGER: int(LINGER * 1000),
+        zmq.ROUTER_MANDATORY: 1,
+        zmq.MAXMSGSIZE: HARD_CAP_FACTOR * max_message_bytes,
+        zmq.SNDHWM: SEND_HWM,
+        zmq.RCVHWM: RECEIVE_HWM,
+        zmq.HEARTBEAT_IVL: int(HEARTBEAT_INTERVAL * 1000),
+        zmq.HEARTBEAT_TIMEOUT: int(HEARTBEAT_TIMEOUT * 1000),
+        zmq.HEARTBEAT_TTL: int(HEARTBEAT_TIMEOUT * 1000),
+    }
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether ``endpoint`` is reachable from this host only (loopback TCP, ipc, inproc)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name, a host name
+        return False
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _MAX_ERROR_TEXT else line[: _MAX_ERROR_TEXT - 3] + "..."
+
+
+def _peer_name(peer: bytes) -> str:
+    return peer.hex() or "<empty>"
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    peer: bytes
+    request: BacktestRequest
+    first: int
+    stop: int
+
+
+class Service:
+    """A running backtest service; get one from :func:`open_service`.
+
+    Attributes:
+        endpoint: the endpoint actually bound (a ``*`` port resolved).
+        workers: size of the process pool.
+        datasets: the dataset ids it serves, sorted.
+        skipped: one message per data file that was not loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        sock: ZmqSocket,
+        context: zmq.Context[Any],
+        pool: WorkerPool,
+        catalog: Catalog,
+        engine: Engine,
+        endpoint: str,
+        max_message_bytes: int,
+        reply_timeout: float,
+        shutdown_grace: float,
+        max_queued: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.workers = pool.workers
+        self.datasets = tuple(catalog.ids)
+        self.skipped = catalog.skipped
+        self._sock = sock
+        self._context = context
+        self._pool = pool
+        self._catalog = catalog
+        self._engine = engine
+        self._max_message_bytes = max_message_bytes
+        self._shutdown_grace = shutdown_grace
+        self._counts: dict[CounterName, int] = dict.fromkeys(get_args(CounterName), 0)
+        self._running = 0
+        self._stopping = False
+        self._changed_event: anyio.Event | None = None
+        self._outbox = Outbox(reply_timeout=reply_timeout)
+        self._in_flight: set[tuple[bytes, str]] = set()
+        self._jobs_send, self._jobs_receive = anyio.create_memory_object_stream[_Job](max_queued)
+        self._kick_send, self._kick_receive = anyio.create_memory_object_stream[None](1)
+        self._receiver_scope = anyio.CancelScope()
+        self._receiver_done = anyio.Event()
+        self._runners_scope = anyio.CancelScope()
+        self._runners_done = anyio.Event()
+        self._outbox_done = anyio.Event()
+        self._pong = Pong(version=__version__, datasets=list(self.datasets), workers=self.workers)
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        state = "stopping" if self._stopping else "serving"
+        return (
+            f"<Service {self.endpoint} {state} workers={s.workers} running={s.running} "
+            f"queued={s.queued} waiting_replies={s.replies_waiting} "
+            f"datasets={len(self.datasets)}>"
+        )
+
+    # -- statistics -------------------------------------------------------------------
+
+    def statistics(self) -> ServiceStatistics:
+        """Return a snapshot of the counters (see :class:`ServiceStatistics`)."""
+        jobs = self._jobs_send.statistics()
+        return ServiceStatistics(
+            **self._counts,
+            queued=jobs.current_buffer_used + jobs.tasks_waiting_send,
+            running=self._running,
+            workers=self.workers,
+            pool_restarts=self._pool.restarts,
+            replies_waiting=len(self._outbox),
+        )
+
+    async def wait_statistics(
+        self, predicate: Callable[[ServiceStatistics], bool]
+    ) -> ServiceStatistics:
+        """Wait until ``predicate(self.statistics())`` holds; return that snapshot.
+
+        Re-checked whenever a counter or gauge changes; bound it with ``anyio.fail_after``.
+        """
+        while True:
+            snapshot = self.statistics()
+            if predicate(snapshot):
+                return snapshot
+            if self._changed_event is None:
+                self._changed_event = anyio.Event()
+            await self._changed_event.wait()
+
+    def _changed(self) -> None:
+        if self._changed_event is not None:
+            self._changed_event.set()
+            self._changed_event = None
+
+    def _count(self, name: CounterName, n: int = 1) -> None:
+        self._counts[name] += n
+        self._changed()
+
+    # -- replies ----------------------------------------------------------------------
+
+    def _reply(self, peer: bytes, message: Message) -> None:
+        """Put a reply in the outbox (never blocks) and wake the outbox task."""
+        if not self._outbox.put(peer, encode_message(message), now=anyio.current_time()):
+            self._count("replies_dropped")
+            log.warning(
+                "dropped a reply to requester %s: %d replies are already waiting",
+                _peer_name(peer),
+                self._outbox.max_held,
+            )
+        try:
+            self._kick_send.send_nowait(None)
+        except anyio.WouldBlock:
+            pass  # a kick is already pending: kicks coalesce
+        except anyio.BrokenResourceError:
+            pass  # the outbox task has ended; the shutdown drops what is held
+        self._changed()
+
+    def _error(self, peer: bytes, code: str, message: str, request_id: str | None) -> None:
+        """Count, log and answer with an ``ERROR``."""
+        if code not in ERROR_CODES:
+            code = "invalid_request"
+        text = _one_line(message)
+        self._count(_ERROR_COUNTERS[code])
+        level = logging.WARNING if code == "engine_error" else logging.INFO
+        log.log(
+            level,
+            "answering requester %s with %s (request %s): %s",
+            _peer_name(peer),
+            code,
+            request_id,
+            text,
+        )
+        reply = ErrorReply(request_id=request_id, code=cast(ErrorCode, code), message=text)
+        self._reply(peer, reply)
+
+    def _finish(self, job: _Job, outcome: Metrics | str) -> None:
+        """Answer a job that was accepted: its metrics, or an engine_error message."""
+        request_id = job.request.request_id
+        self._in_flight.discard((job.peer, request_id))
+        if isinstance(outcome, str):
+            self._error(job.peer, "engine_error", outcome, request_id)
+            return
+        self._count("backtests_completed")
+        self._reply(job.peer, BacktestResult(request_id=request_id, result=outcome))
+
+    def _flush(self) -> None:
+        """Hand due replies to ZeroMQ without blocking; expire the ones held too long."""
+        now = anyio.current_time()
+        for dropped in self._outbox.expire(now):
+            self._log_drop(dropped, f"after waiting {self._outbox.reply_timeout:g} s")
+        budget = _SEND_BUDGET
+        for peer in self._outbox.due(now):
+            while budget > 0 and (body := self._outbox.head(peer)) is not None:
+                budget -= 1
+                try:
+                    status = self._sock.try_send([peer, b"", body])
+                except TransportError as exc:
+                    self._outbox.failed(peer)
+                    self._count("replies_dropped")
+                    log.error("dropped a reply to requester %s: %s", _peer_name(peer), exc)
+                    continue
+                if status is SendStatus.SENT:
+                    self._outbox.sent(peer)
+                    self._count("replies_sent")
+                    continue
+                gone = status is SendStatus.UNREACHABLE
+                if self._outbox.blocked(peer, gone=gone, now=now):
+                    log.debug(
+                        "holding replies to requester %s: %s",
+                        _peer_name(peer),
+                        "it is not connected" if gone else "its pipe is full (high-water mark)",
+                    )
+                self._count("reply_retries")
+                break
+        self._changed()
+
+    def _log_drop(self, dropped: Dropped, why: str) -> None:
+        self._count("replies_dropped", dropped.count)
+        reason = {
+            "full": "its pipe stayed full (it does not read its replies)",
+            "gone": "it is not connected",
+        }.get(dropped.reason, "it could not be reached")
+        log.warning(
+            "dropped %d reply(ies) to requester %s %s: %s",
+            dropped.count,
+            _peer_name(dropped.peer),
+            why,
+            reason,
+        )
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def _run_outbox(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            with self._kick_receive:
+                task_status.started()
+                while True:
+                    self._flush()
+                    with anyio.move_on_at(self._outbox.next_deadline_at()):
+                        await self._kick_receive.receive()
+        finally:
+            self._outbox_done.set()
+
+    async def _run_monitor(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        events_send, events_receive = anyio.create_memory_object_stream[ConnectionEvent](64)
+        async with anyio.create_task_group() as tg, events_receive:
+            await tg.start(run_monitor, self._context, self._sock, events_send)
+            task_status.started()
+            async for event in events_receive:
+                if event.kind == "up":
+                    self._count("connections")
+                    log.debug("requester connected: %s", event.endpoint)
+                elif event.kind == "down":
+                    self._count("disconnects")
+                    log.debug("requester disconnected: %s", event.endpoint)
+
+    async def _run_receiver(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            with self._receiver_scope:
+                task_status.started()
+                while True:
+                    batch = await self._sock.receive_batch()
+                    for position, frames in enumerate(batch):
+                        job = self._handle(frames)
+                        if job is None:
+                            continue
+                        try:
+                            await self._queue(job)
+                        except BaseException:
+                            # Stopping: answer the rest of the batch, it is not read again.
+                            self._stopping = True
+                            for rest in batch[position + 1 :]:
+                                self._handle(rest)  # returns no job while stopping
+                            raise
+        finally:
+            self._receiver_done.set()
+
+    async def _run_runners(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            with self._runners_scope, self._jobs_receive:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.workers):
+                        tg.start_soon(self._run_jobs, self._jobs_receive.clone())
+                    task_status.started()
+        finally:
+            self._runners_done.set()
+
+    async def _run_jobs(self, jobs: MemoryObjectReceiveStream[_Job]) -> None:
+        async with jobs:
+            async for job in jobs:
+                if self._stopping:
+                    self._finish(
+                        job, "the service is stopping; the backtest was not run; resend it"
+                    )
+                    continue
+                self._running += 1
+                self._changed()
+                try:
+                    metrics = await self._pool.run(job.request, job.first, job.stop)
+                except EngineError as exc:
+                    self._finish(job, f"backtest failed: {exc}")
+                except BaseException:
+                    self._finish(job, "the service stopped before the backtest finished; resend it")
+                    raise
+                else:
+                    self._finish(job, metrics)
+                finally:
+                    self._running -= 1
+                    self._changed()
+
+    # -- messages ---------------------------------------------------------------------
+
+    def _handle(self, frames: list[bytes]) -> _Job | None:
+        """Answer one multipart message ``[routing id, b"", body]``, or return its job.
+
+        Returns:
+            The validated backtest to queue, or ``None`` when the message was answered
+            (PING, bad input, stopping) or ignored (duplicate).
+        """
+        self._count("messages_received")
+        peer = frames[0]
+        if len(frames) != 3 or frames[1] != b"":
+            self._count("bad_frames")
+            body = frames[-1] if len(frames) > 1 else b""
+            self._error(
+                peer,
+                "invalid_request",
+                f"framing: expected 2 frames after the routing id, an empty delimiter and "
+                f"the body; got {len(frames) - 1} frame(s) of {[len(f) for f in frames[1:6]]} "
+                "bytes (a DEALER must send [b'', body])",
+                peek_request_id(body) if len(body) <= 4096 else None,
+            )
+            return None
+        try:
+            message = decode_message(frames[2], max_bytes=self._max_message_bytes)
+        except ProtocolError as exc:
+            self._error(peer, exc.code, exc.message, exc.request_id)
+            return None
+        if isinstance(message, BacktestRequest):
+            return self._accept(peer, message)
+        if isinstance(message, Ping):
+            self._count("pings")
+            self._reply(peer, self._pong_for(message))
+        else:
+            self._error(
+                peer,
+                "invalid_request",
+                f"type: {_REPLY_TYPES[type(message)]} is a reply that services send; "
+                "send BACKTEST or PING",
+                message.request_id,
+            )
+        return None
+
+    def _pong_for(self, ping: Ping) -> Pong:
+        if ping.request_id is None:
+            return self._pong
+        return Pong(
+            request_id=ping.request_id,
+            version=self._pong.version,
+            datasets=self._pong.datasets,
+            workers=self._pong.workers,
+        )
+
+    def _accept(self, peer: bytes, request: BacktestRequest) -> _Job | None:
+        """Validate a request; return its job, or ``None`` when answered or ignored."""
+        request_id = request.request_id
+        if self._stopping:
+            self._error(
+                peer,
+                "engine_error",
+                "the service is stopping; the backtest was not run; resend it",
+                request_id,
+            )
+            return None
+        if (peer, request_id) in self._in_flight:
+            self._count("duplicates_ignored")
+            log.info(
+                "ignoring a duplicate of request %s from requester %s: it is still in flight",
+                request_id,
+                _peer_name(peer),
+            )
+            return None
+        try:
+            self._catalog.get(request.data_id)
+            min_bars = self._engine.validate(request.strategy)
+            first, stop = self._catalog.select(
+                request.data_id, request.start, request.end, min_bars=min_bars
+            )
+        except ProtocolError as exc:
+            self._error(peer, exc.code, exc.message, request_id)
+            return None
+        except Exception as exc:  # a plugged-in engine's validate() failed
+            log.exception("the engine failed to validate request %s", request_id)
+            self._error(
+                peer, "engine_error", f"validation failed: {type(exc).__name__}: {exc}", request_id
+            )
+            return None
+        self._in_flight.add((peer, request_id))
+        self._count("backtests_accepted")
+        return _Job(peer, request, first, stop)
+
+    async def _queue(self, job: _Job) -> None:
+        """Queue an accepted job; waits while the queue is full (backpressure)."""
+        try:
+            await self._jobs_send.send(job)
+        except BaseException:
+            self._finish(job, "the service is stopping; the backtest was not run; resend it")
+            raise
+        finally:
+            self._changed()
+
+    # -- start and stop ---------------------------------------------------------------
+
+    async def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        await tg.start(self._run_monitor)
+        await tg.start(self._run_outbox)
+        await tg.start(self._run_runners)
+        await tg.start(self._run_receiver)
+
+    async def _stop(self) -> None:
+        """Stop gracefully, within ``shutdown_grace`` seconds (plus a short final flush).
+
+        Reading stops; queued requests are answered with ``engine_error``; running
+        backtests may finish until the grace period ends, then they are answered with
+        ``engine_error``; replies get until then to be handed to ZeroMQ; what is still
+        held is dropped (counted, logged).
+        """
+        stats = self.statistics()
+        log.info(
+            "stopping: %d backtest(s) running, %d queued, %d reply(ies) waiting",
+            stats.running,
+            stats.queued,
+            stats.replies_waiting,
+        )
+        deadline = anyio.current_time() + self._shutdown_grace
+        self._stopping = True
+        self._receiver_scope.cancel()
+        await self._receiver_done.wait()
+        self._answer_unread()
+        self._jobs_send.close()
+        with anyio.move_on_at(deadline):
+            await self._runners_done.wait()
+        if not self._runners_done.is_set():
+            log.warning(
+                "%d backtest(s) still running after the %g s grace period; answering them "
+                "with engine_error",
+                self._running,
+                self._shutdown_grace,
+            )
+            self._runners_scope.cancel()
+            await self._runners_done.wait()
+        if self._outbox_done.is_set():
+            self._flush()  # the outbox task was cancelled: one last non-blocking try
+        else:
+            with anyio.move_on_at(max(deadline, anyio.current_time() + 0.5)):
+                await self.wait_statistics(lambda s: s.replies_waiting == 0)
+        for dropped in self._outbox.drop_all():
+            self._log_drop(dropped, "at shutdown")
+
+    def _answer_unread(self) -> None:
+        """Answer the messages that arrived but were not read (the receiver has stopped)."""
+        try:
+            batch = self._sock.receive_nowait()
+        except TransportError as exc:
+            log.warning("could not read the last messages: %s", exc)
+            return
+        for frames in batch:
+            self._handle(frames)  # while stopping, backtests are answered with engine_error
+
+
+@asynccontextmanager
+async def open_service(
+    *,
+    bind: str = DEFAULT_ENDPOINT,
+    workers: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    engine: Engine | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    reply_timeout: float = 10.0,
+    shutdown_grace: float = 10.0,
+    max_queued: int = 1000,
+    warm_up: bool = True,
+    socket_options: Mapping[int, Any] | None = None,
+    context: zmq.Context[Any] | None = None,
+) -> AsyncIterator[Service]:
+    """Run a backtest service for the duration of the ``async with`` block.
+
+    ``async with open_service(bind="tcp://127.0.0.1:5580", workers=2) as service:``
+    enters once the datasets are loaded, the socket is bound, the workers are up
+    (``warm_up``) and every task runs; it logs ``service ready on <endpoint> with <n> workers,
+    datasets: ...``. Leaving the block stops the service gracefully (see
+    ``shutdown_grace``); cancelling the surrounding scope stops it at once, answering
+    running backtests with ``engine_error`` as far as the socket takes replies without
+    waiting.
+
+    Args:
+        bind: the endpoint to bind, e.g. ``"tcp://127.0.0.1:5580"`` (``:*`` picks a free
+            port: read :attr:`Service.endpoint`). Beyond loopback a warning is logged:
+            there is no encryption or authentication yet (CURVE is issue #6; until then
+            pass the CURVE options in ``socket_options``).
+        workers: worker processes (default ``os.cpu_count()``).
+        data_dir: a directory of ``<data_id>.csv`` files to serve besides the built-in
+            datasets; bad files are logged and skipped (see :mod:`.datasets`).
+        engine: the backtesting engine (default :class:`BacktestingPyEngine`).
+        max_message_bytes: largest body accepted, in bytes; larger ones are answered
+            with ``too_large``. Frames over twice this (``ZMQ_MAXMSGSIZE``) make libzmq
+            drop the sender's connection without a reply.
+        reply_timeout: seconds a reply may wait for a requester whose pipe is full or
+            who is gone before it is dropped (counted, logged).
+        shutdown_grace: seconds a graceful stop waits for running backtests and for
+            replies to leave.
+        max_queued: validated requests waiting for a worker; when full, the service stops
+            reading until one is free (PINGs then wait too).
+        warm_up: start the workers before binding, so the first backtests are fast and a
+            broken engine stops the start instead of failing every request.
+        socket_options: extra ROUTER options ``{zmq.OPTION: value}``, applied over
+            :func:`service_socket_options` (``ROUTER_MANDATORY`` cannot be turned off).
+        context: the pyzmq context (default: a new one, terminated on exit).
+
+    Raises:
+        UsageError: a bad setting, a data directory that does not exist, an engine that
+            does not implement :class:`Engine` or cannot be pickled.
+        TransportError: the endpoint cannot be bound.
+        EngineError: the workers failed to start (``warm_up``).
+    """
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    engine = BacktestingPyEngine() if engine is None else engine
+    options = service_socket_options(max_message_bytes=max_message_bytes)
+    options.update(socket_options or {})
+    _check_settings(
+        workers=workers,
+        engine=engine,
+        max_message_bytes=max_message_bytes,
+        reply_timeout=reply_timeout,
+        shutdown_grace=shutdown_grace,
+        max_queued=max_queued,
+        options=options,
+    )
+    if not is_loopback(bind) and zmq.CURVE_SERVER not in options:
+        log.warning(
+            "binding %s beyond loopback without encryption or authentication: anyone who "
+            "can reach it can run backtests (CURVE support is issue #6; until then bind to "
+            "127.0.0.1 and tunnel, or pass CURVE options in socket_options)",
+            bind,
+        )
+    try:
+        catalog = await anyio.to_thread.run_sync(load_catalog, data_dir)
+    except NotADirectoryError as exc:
+        raise UsageError(str(exc)) from None
+    own_context = context is None
+    zmq_context: zmq.Context[Any] = zmq.Context() if context is None else context
+    try:
+        # Bind first, so a busy port fails in a blink; messages wait in ZeroMQ's queues
+        # until the tasks start, after the workers are up.
+        async with (
+            open_socket(
+                zmq_context, zmq.ROUTER, name="service", options=options, bind=bind
+            ) as sock,
+            open_pool(engine, catalog.bars(), workers=workers, warm_up=warm_up) as pool,
+        ):
+            endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
+            service = Service(
+                sock=sock,
+                context=zmq_context,
+                pool=pool,
+                catalog=catalog,
+                engine=engine,
+                endpoint=endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
+                max_message_bytes=max_message_bytes,
+                reply_timeout=reply_timeout,
+                shutdown_grace=shutdown_grace,
+                max_queued=max_queued,
+            )
+            async with anyio.create_task_group() as tg:
+                await service._start(tg)
+                log.info(
+                    "service ready on %s with %d workers, datasets: %s",
+                    service.endpoint,
+                    service.workers,
+                    ", ".join(service.datasets) or "none",
+                )
+                try:
+                    yield service
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await service._stop()
+                    tg.cancel_scope.cancel()
+            stats = service.statistics()
+            log.info(
+                "service stopped: %d backtest(s) completed, %d engine error(s), "
+                "%d reply(ies) dropped",
+                stats.backtests_completed,
+                stats.engine_errors,
+                stats.replies_dropped,
+            )
+    finally:
+        if own_context:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(LINGER + 2.0):
+                await anyio.to_thread.run_sync(zmq_context.term, abandon_on_cancel=True)
+
+
+def _check_settings(
+    *,
+    workers: int,
+    engine: Engine,
+    max_message_bytes: int,
+    reply_timeout: float,
+    shutdown_grace: float,
+    max_queued: int,
+    options: Mapping[int, Any],
+) -> None:
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+    if not isinstance(engine, Engine):
+        raise UsageError(f"engine {engine!r} does not implement validate, prepare and run")
+    if max_message_bytes < 1024:
+        raise UsageError(f"max_message_bytes must be at least 1024, got {max_message_bytes}")
+    if not (reply_timeout > 0 and math.isfinite(reply_timeout)):
+        raise UsageError(f"reply_timeout must be a positive number of seconds, got {reply_timeout}")
+    if not (shutdown_grace >= 0 and math.isfinite(shutdown_grace)):
+        raise UsageError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace}")
+    if max_queued < 1:
+        raise UsageError(f"max_queued must be at least 1, got {max_queued}")
+    if options.get(zmq.ROUTER_MANDATORY) != 1:
+        raise UsageError("ROUTER_MANDATORY must stay 1: without it replies vanish silently")

@@ -1,0 +1,70 @@
+"""What runs inside a backtest worker process (the functions the pool sends there).
+
+Kept free of heavy imports: a spawned worker imports this module first, so
+:func:`initialize` can silence warnings and progress bars before the engine (and
+backtesting.py, and tqdm) is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import warnings
+from collections.abc import Mapping
+
+import pandas as pd
+
+from ..protocol import BacktestRequest, Metrics
+from .engine import Engine, EngineError
+
+__all__ = ["initialize", "ready", "run_backtest"]
+
+_engine: Engine | None = None
+_bars: Mapping[str, pd.DataFrame] = {}
+
+
+def initialize(engine_pickle: bytes, bars: Mapping[str, pd.DataFrame]) -> None:
+    """Prepare this worker process once: quiet output, datasets, engine.
+
+    Args:
+        engine_pickle: the engine, pickled, so it is unpickled (and its modules imported)
+            only after ``TQDM_DISABLE`` is set.
+        bars: data_id -> OHLCV frame, loaded and checked once by the service process.
+    """
+    global _engine, _bars
+    # tqdm reads its settings from the environment when it is imported.
+    os.environ["TQDM_DISABLE"] = "1"
+    warnings.simplefilter("ignore")
+    # Ctrl-C reaches the whole process group; the service decides when work stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _bars = bars
+    engine = pickle.loads(engine_pickle)
+    engine.prepare()
+    _engine = engine
+
+
+def ready() -> int:
+    """Return this worker's process id (used to warm the pool up)."""
+    return os.getpid()
+
+
+def run_backtest(request: BacktestRequest, first: int, stop: int) -> Metrics:
+    """Run ``request`` on bars ``[first, stop)`` of its dataset.
+
+    Raises:
+        EngineError: with a one-line message; every failure of the engine is turned into
+            one, so that what crosses the process boundary always pickles.
+    """
+    if _engine is None:
+        raise EngineError("worker process was not initialised")
+    try:
+        bars = _bars[request.data_id].iloc[first:stop]
+        metrics = _engine.run(request, bars)
+    except EngineError:
+        raise
+    except Exception as exc:
+        raise EngineError(f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(metrics, Metrics):
+        raise EngineError(f"the engine returned {type(metrics).__name__}, not Metrics")
+    return metrics
