@@ -83,14 +83,16 @@ async def stub_service(
     *,
     options: dict[int, Any] | None = None,
     read: bool = True,
+    context: zmq.Context[Any] | None = None,
 ) -> AsyncIterator[StubService]:
     """Bind a ROUTER on ``endpoint`` and answer requests with ``reply`` until the block ends.
 
     With ``read=False`` it binds but never reads (a service whose pipes fill up).
-    Closing the block closes the socket: requesters see a disconnect.
+    Closing the block closes the socket: requesters see a disconnect. ``context``: use
+    this pyzmq context (e.g. one with a ZAP authenticator) instead of a private one.
     """
     stub = StubService(endpoint)
-    ctx: zmq.Context[Any] = zmq.Context()
+    ctx: zmq.Context[Any] = zmq.Context() if context is None else context
     opts = {zmq.LINGER: 0, zmq.ROUTER_MANDATORY: 1, **(options or {})}
     events_send, events = anyio.create_memory_object_stream[ConnectionEvent](16)
 
@@ -127,4 +129,5 @@ async def stub_service(
                 finally:
                     tg.cancel_scope.cancel()
     finally:
-        ctx.destroy(linger=0)
+        if context is None:
+            ctx.destroy(linger=0)

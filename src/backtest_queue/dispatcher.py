@@ -180,6 +180,7 @@ class Dispatcher:
         self._invalid_replies = 0
         self._errors_without_id = 0
         self._would_block = 0
+        self._refused = 0
         self._overflow: list[Outcome] = []  # outcomes waiting for room in a bounded stream
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
         self._writer = writer
@@ -214,6 +215,7 @@ class Dispatcher:
             invalid_replies=self._invalid_replies,
             error_replies_without_id=self._errors_without_id,
             would_block=self._would_block,
+            handshakes_refused=self._refused,
         )
 
     statistics = stats
@@ -569,7 +571,8 @@ class Dispatcher:
                         len(failures))  # fmt: skip
             self._fail(failures, self._queue.result_timeout)
             return False
-        log.error("handshake with %s refused (check CURVE keys)", endpoint)
+        self._refused += 1
+        log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
         return False
 
     # -- shutdown ----------------------------------------------------------------

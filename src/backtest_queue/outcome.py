@@ -87,6 +87,7 @@ class DispatcherStats:
         invalid_replies: replies that broke the protocol (bad JSON, wrong frames, ...).
         error_replies_without_id: ``ERROR`` replies the service could not tie to a request.
         would_block: sends refused with ``EAGAIN`` (high-water mark), put back in the queue.
+        handshakes_refused: handshakes that failed (CURVE keys refused, mechanism mismatch).
     """
 
     queue: QueueStats
@@ -96,3 +97,4 @@ class DispatcherStats:
     invalid_replies: int
     error_replies_without_id: int
     would_block: int
+    handshakes_refused: int
