@@ -438,10 +438,10 @@ class Dispatcher:
             outcome = self._overflow.pop(0)
             await self._outcome_send.send(outcome)
 
-    def _fail(self, failures: list[FailedRequest[BacktestRequest]], timeout: float) -> None:
+    def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         for f in failures:
             if f.reason == "timeout":
-                detail = f"no reply within {timeout:g} s, {f.attempts} attempt(s)"
+                detail = f"no reply in time on any of {f.attempts} attempt(s)"
             else:
                 detail = f"service disconnected, {f.attempts} attempt(s)"
             self._deliver(Outcome(f.request, None, f.reason, detail, f.attempts))
@@ -515,11 +515,10 @@ class Dispatcher:
     ) -> None:
         """Flush on connect events, kicks, ticks, tokens and deadlines."""
         queue = self._queue
-        timeout = queue.result_timeout
         task_status.started()
         while True:
             now = anyio.current_time()
-            self._fail(queue.expire(now), timeout)
+            self._fail(queue.expire(now))
             wakes: list[ConnectionEvent | _Kick] = []
             with anyio.move_on_at(queue.next_deadline_at(now)):
                 wakes.append(await self._wake_receive.receive())
@@ -529,7 +528,7 @@ class Dispatcher:
                 except anyio.WouldBlock:
                     break
             now = anyio.current_time()
-            self._fail(queue.expire(now), timeout)
+            self._fail(queue.expire(now))
             connected_to: list[ConnectionEvent] = []
             self._deliver_cached()
             for wake in wakes:
@@ -569,7 +568,7 @@ class Dispatcher:
             log.warning("disconnected from %s; %d pending requests re-queued, %d failed",
                         endpoint, before - self._queue.pending - len(failures),
                         len(failures))  # fmt: skip
-            self._fail(failures, self._queue.result_timeout)
+            self._fail(failures)
             return False
         self._refused += 1
         log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
@@ -646,6 +645,7 @@ async def open_dispatcher(
     capacity: int = 5000,
     result_timeout: float = 60.0,
     max_attempts: int = 3,
+    retry_backoff: float = 2.0,
     on_full: Literal["wait", "error"] = "wait",
     outcome_buffer: float = math.inf,
     drain_timeout: float = 0.0,
@@ -671,6 +671,8 @@ async def open_dispatcher(
         capacity: send-queue size limit in requests.
         result_timeout: seconds to wait for a reply before retrying.
         max_attempts: hand-overs per request, counting the first.
+        retry_backoff: each retry waits this many times longer for its reply than the
+            attempt before it.
         on_full: what :meth:`Dispatcher.submit` does on a full queue: ``"wait"`` for
             room (backpressure) or ``"error"`` (raise :class:`~backtest_queue.QueueFull`).
         outcome_buffer: outcomes :attr:`Dispatcher.outcomes` holds before the receivers
@@ -718,6 +720,7 @@ async def open_dispatcher(
         flush_interval=flush_interval,
         result_timeout=result_timeout,
         max_attempts=max_attempts,
+        retry_backoff=retry_backoff,
         clock=anyio.current_time,
     )
     options = _requester_options(

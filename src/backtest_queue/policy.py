@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from heapq import heapify, heappop, heappush
 from typing import Final, Generic, Literal, Protocol, TypeVar
 
 from .errors import DuplicateRequest, QueueFull, UsageError
@@ -168,7 +169,10 @@ class BacktestQueue(Generic[R]):
             default ``max(1, rate)``. Only with ``rate``.
         flush_interval: seconds between periodic flushes (:meth:`maybe_flush`). Default 1.0.
         result_timeout: seconds a handed-over request may wait for its reply before it is
-            retried or fails. Default 60.0.
+            retried or fails, on its first attempt. Default 60.0.
+        retry_backoff: each later attempt waits this many times longer than the one
+            before (attempt ``n`` waits ``result_timeout * retry_backoff ** (n - 1)``), so a
+            slow service gets more time instead of the same timeout again. Default 2.0.
         max_attempts: how many times a request may be handed to a service, counting the
             first. Default 3.
         clock: the monotonic clock, in seconds, read when a method gets ``now=None``.
@@ -187,6 +191,7 @@ class BacktestQueue(Generic[R]):
         flush_interval: float = 1.0,
         result_timeout: float = 60.0,
         max_attempts: int = 3,
+        retry_backoff: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if capacity < 1:
@@ -199,6 +204,8 @@ class BacktestQueue(Generic[R]):
             raise UsageError(f"result_timeout must be > 0 seconds, got {result_timeout!r}")
         if max_attempts < 1:
             raise UsageError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if not (math.isfinite(retry_backoff) and retry_backoff >= 1.0):
+            raise UsageError(f"retry_backoff must be a factor >= 1.0, got {retry_backoff!r}")
         if burst is not None and rate is None:
             raise UsageError("burst needs a rate (requests per second)")
         self.capacity = capacity
@@ -207,6 +214,7 @@ class BacktestQueue(Generic[R]):
         self.flush_interval = flush_interval
         self.result_timeout = result_timeout
         self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
         self._clock = clock
         self.last_flush = -math.inf
         self._latest_now = -math.inf
@@ -222,10 +230,10 @@ class BacktestQueue(Generic[R]):
         self._queued = 0
         self._pending: dict[str, dict[str, _Entry[R]]] = {}  # connection -> id -> entry
         self._pending_count = 0
-        # (deadline_at, entry) in send order, which is deadline order since ``now`` never
-        # goes back and result_timeout is fixed. Stale pairs (resolved, or re-sent with a
-        # later deadline) are skipped lazily and compacted away.
-        self._deadlines: deque[tuple[float, _Entry[R]]] = deque()
+        # A heap of (deadline_at, seq, entry). Stale items (resolved, or re-sent with a new
+        # deadline) are skipped lazily and compacted away.
+        self._deadlines: list[tuple[float, int, _Entry[R]]] = []
+        self._seq = 0
         self._up: set[str] = set()
         self._resolved: set[str] = set()
         self._resolved_order: deque[str] = deque()
@@ -389,8 +397,9 @@ class BacktestQueue(Generic[R]):
 
         Each returned request is recorded as pending on a connection (the least loaded
         one that is up; see :meth:`connection_of`) with the deadline
-        ``now + result_timeout``. The shell must send each one, and report any it could
-        not send with :meth:`send_failed`.
+        ``now + result_timeout`` (times ``retry_backoff ** (attempt - 1)`` on a retry).
+        The shell must send each one, and report any it could not send with
+        :meth:`send_failed`.
 
         Returns:
             The requests to send, oldest first; empty when disconnected or throttled.
@@ -400,7 +409,6 @@ class BacktestQueue(Generic[R]):
             return []
         out: list[R] = []
         bucket, max_pending, pending = self._bucket, self.max_pending, self._pending
-        deadline = t + self.result_timeout
         single = next(iter(self._up)) if len(self._up) == 1 else None
         while self._queued:
             if max_pending is not None and self._pending_count >= max_pending:
@@ -411,11 +419,13 @@ class BacktestQueue(Generic[R]):
             conn = single or min(self._up, key=lambda c: len(pending[c]))
             entry.state = _PENDING
             entry.attempts += 1
+            deadline = t + self.result_timeout * self.retry_backoff ** (entry.attempts - 1)
             entry.deadline_at = deadline
             entry.connection = conn
             pending[conn][entry.request_id] = entry
             self._pending_count += 1
-            self._deadlines.append((deadline, entry))
+            self._seq += 1
+            heappush(self._deadlines, (deadline, self._seq, entry))
             out.append(entry.request)
         if out:
             self._sent += len(out)
@@ -501,7 +511,7 @@ class BacktestQueue(Generic[R]):
         expired: list[_Entry[R]] = []
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= t:
-            deadline, entry = deadlines.popleft()
+            deadline, _, entry = heappop(deadlines)
             if entry.state != _PENDING or entry.deadline_at != deadline:
                 continue  # resolved or re-sent since: a stale deadline
             del self._pending[entry.connection][entry.request_id]
@@ -571,9 +581,9 @@ class BacktestQueue(Generic[R]):
     def _earliest_deadline(self) -> float:
         deadlines = self._deadlines
         while deadlines and (
-            deadlines[0][1].state != _PENDING or deadlines[0][1].deadline_at != deadlines[0][0]
+            deadlines[0][2].state != _PENDING or deadlines[0][2].deadline_at != deadlines[0][0]
         ):
-            deadlines.popleft()
+            heappop(deadlines)
         return deadlines[0][0] if deadlines else math.inf
 
     def _pop_front(self) -> _Entry[R]:
@@ -640,6 +650,9 @@ class BacktestQueue(Generic[R]):
     def _compact_deadlines(self) -> None:
         """Drop stale deadline entries so memory stays O(pending), not O(sent)."""
         if len(self._deadlines) > 2 * self._pending_count + 1024:
-            self._deadlines = deque(
-                (at, e) for at, e in self._deadlines if e.state == _PENDING and e.deadline_at == at
-            )
+            self._deadlines = [
+                item
+                for item in self._deadlines
+                if item[2].state == _PENDING and item[2].deadline_at == item[0]
+            ]
+            heapify(self._deadlines)
