@@ -21,6 +21,7 @@ from backtest_queue import (
 )
 from backtest_queue.dispatcher import Dispatcher, open_dispatcher
 from backtest_queue.outcome import Outcome
+from backtest_queue.protocol import ErrorReply, encode_message
 
 from stubs import echo, free_tcp_endpoint, result_for, silent, stub_service
 
@@ -304,3 +305,34 @@ async def test_drain_timeout_lets_outstanding_requests_finish() -> None:
             outcomes = [o async for o in d.outcomes]
     assert [o.ok for o in outcomes] == [True] * 5
     assert math.isinf(d.stats().queue.last_flush)  # maybe_flush never ran
+
+
+async def test_unavailable_replies_are_sent_again_until_attempts_run_out() -> None:
+    """A service that declines a request ('unavailable': stopping, overloaded) did not
+    run it: the request goes out again, and fails only after max_attempts."""
+    endpoint = free_tcp_endpoint()
+    seen: Counter[str] = Counter()
+
+    def decline_first(request: BacktestRequest) -> list[bytes]:
+        seen[request.request_id] += 1
+        if request.request_id == "req-00000" and seen[request.request_id] == 1:
+            reply = ErrorReply(request_id=request.request_id, code="unavailable", message="busy")
+            return [encode_message(reply)]
+        if request.request_id == "req-00001":  # always declined
+            reply = ErrorReply(request_id=request.request_id, code="unavailable", message="busy")
+            return [encode_message(reply)]
+        return [result_for(request)]
+
+    async with (
+        stub_service(endpoint, decline_first),
+        open_dispatcher([endpoint], max_attempts=3) as d,
+    ):
+        await d.submit(make_request(0))
+        await d.submit(make_request(1))
+        with anyio.fail_after(5):
+            outcomes = {o.request_id: o for o in await collect(d, 2)}
+    assert outcomes["req-00000"].ok
+    assert outcomes["req-00000"].attempts == 2
+    assert outcomes["req-00001"].reason == "service_error"
+    assert "unavailable" in outcomes["req-00001"].detail
+    assert seen == {"req-00000": 2, "req-00001": 3}

@@ -443,8 +443,9 @@ class Dispatcher:
             if f.reason == "timeout":
                 detail = f"no reply in time on any of {f.attempts} attempt(s)"
             else:
-                detail = f"service disconnected, {f.attempts} attempt(s)"
-            self._deliver(Outcome(f.request, None, f.reason, detail, f.attempts))
+                detail = f"service {f.reason}, {f.attempts} attempt(s)"
+            reason: FailureReason = "service_error" if f.reason == "unavailable" else f.reason
+            self._deliver(Outcome(f.request, None, reason, detail, f.attempts))
 
     # -- tasks -------------------------------------------------------------------
 
@@ -496,6 +497,14 @@ class Dispatcher:
                 log.warning("service %s could not read a request: %s: %s",
                             endpoint, message.code, message.message)  # fmt: skip
                 return False
+            if message.code == "unavailable":  # not run: send it again
+                failure = queue.retry(message.request_id, now)
+                if failure is not None:
+                    detail = f"unavailable on all {failure.attempts} attempts: {message.message}"
+                    self._deliver(
+                        Outcome(failure.request, None, "service_error", detail, failure.attempts)
+                    )
+                return True
             attempts = self._attempts(message.request_id)
             request = queue.on_error(message.request_id, now)
             if request is None:

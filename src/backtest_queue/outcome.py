@@ -14,7 +14,8 @@ __all__ = ["DispatcherStats", "FailureReason", "Outcome", "SubmitState"]
 #:
 #: * ``timeout``: no reply by its deadline on its last attempt;
 #: * ``disconnected``: its service disconnected while it was on its last attempt;
-#: * ``service_error``: the service answered with an ``ERROR`` reply (see ``detail``);
+#: * ``service_error``: the service answered with an ``ERROR`` reply (see ``detail``),
+#:   or declined every attempt as ``unavailable``;
 #: * ``shutdown``: the dispatcher closed while it was still queued or pending.
 FailureReason = Literal["timeout", "disconnected", "service_error", "shutdown"]
 

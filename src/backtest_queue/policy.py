@@ -92,12 +92,13 @@ class FailedRequest(Generic[R]):
     Attributes:
         request: the request as enqueued.
         reason: ``"timeout"`` (no reply by its deadline, ``max_attempts`` times),
-            ``"disconnected"`` (its service disconnected on its last attempt).
+            ``"disconnected"`` (its service disconnected on its last attempt),
+            ``"unavailable"`` (its service declined to run it on its last attempt).
         attempts: how many times it was handed to a service.
     """
 
     request: R
-    reason: Literal["timeout", "disconnected"]
+    reason: Literal["timeout", "disconnected", "unavailable"]
     attempts: int
 
 
@@ -498,6 +499,27 @@ class BacktestQueue(Generic[R]):
         self._failed += 1
         return entry.request
 
+    def retry(self, request_id: str, now: float | None = None) -> FailedRequest[R] | None:
+        """Put a pending request back because its service said it could not run it.
+
+        Like a missed deadline, without the wait: it goes back to the **front** of the
+        send queue with its attempt counted, or fails with reason ``"unavailable"`` after
+        ``max_attempts``. An unknown or already-resolved id is counted and ignored.
+
+        Returns:
+            The failure when that was its last attempt, else ``None``.
+        """
+        self._now(now)
+        entry = self._live.get(request_id)
+        if entry is None or entry.state != _PENDING:
+            if entry is None:
+                self._count_unknown(request_id)
+            return None
+        del self._pending[entry.connection][request_id]
+        self._pending_count -= 1
+        failed = self._retry_or_fail([entry], "unavailable")
+        return failed[0] if failed else None
+
     def expire(self, now: float | None = None) -> list[FailedRequest[R]]:
         """Release pending requests whose deadline is at or before ``now``.
 
@@ -602,7 +624,7 @@ class BacktestQueue(Generic[R]):
         self._queued += len(entries)
 
     def _retry_or_fail(
-        self, entries: list[_Entry[R]], reason: Literal["timeout", "disconnected"]
+        self, entries: list[_Entry[R]], reason: Literal["timeout", "disconnected", "unavailable"]
     ) -> list[FailedRequest[R]]:
         failed: list[FailedRequest[R]] = []
         retry: list[_Entry[R]] = []
@@ -621,10 +643,7 @@ class BacktestQueue(Generic[R]):
     def _resolve(self, request_id: str) -> _Entry[R] | None:
         entry = self._live.get(request_id)
         if entry is None:
-            if request_id in self._resolved:
-                self._duplicates += 1
-            else:
-                self._unknown += 1
+            self._count_unknown(request_id)
             return None
         if entry.state == _PENDING:
             del self._pending[entry.connection][request_id]
@@ -635,6 +654,12 @@ class BacktestQueue(Generic[R]):
         if len(self._deadlines) > 2 * self._pending_count + 1024:
             self._compact_deadlines()
         return entry
+
+    def _count_unknown(self, request_id: str) -> None:
+        if request_id in self._resolved:
+            self._duplicates += 1
+        else:
+            self._unknown += 1
 
     def _finish(self, entry: _Entry[R]) -> None:
         entry.state = _DONE

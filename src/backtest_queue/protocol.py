@@ -56,8 +56,16 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
 MAX_REQUEST_ID_LENGTH: Final = 64
 MAX_NAME_LENGTH: Final = 128
 
+#: Error codes. All are final for the request except ``unavailable``: the service did
+#: not run it (it is stopping or overloaded) and the requester should send it again,
+#: to this service later or to another one.
 ErrorCode = Literal[
-    "invalid_request", "unknown_data", "unsupported_version", "too_large", "engine_error"
+    "invalid_request",
+    "unknown_data",
+    "unsupported_version",
+    "too_large",
+    "engine_error",
+    "unavailable",
 ]
 ERROR_CODES: Final[tuple[str, ...]] = (
     "invalid_request",
@@ -65,6 +73,7 @@ ERROR_CODES: Final[tuple[str, ...]] = (
     "unsupported_version",
     "too_large",
     "engine_error",
+    "unavailable",
 )
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)]
