@@ -1,0 +1,566 @@
+"""The evolution cycle and its outcome collector: two sibling tasks and one memory channel.
+
+::
+
+    dispatcher's task group:  connector · flusher · receivers ──▶ dispatcher.outcomes
+                                                                         │
+    run_evolution's task group:                                          ▼
+      cycle: ask ─▶ submit ─▶ maybe_flush ─▶ take ─▶ tell      ◀─inbox── collector
+
+:func:`run_evolution` runs inside a dispatcher's ``async with`` block, so the cycle and
+the collector live next to the dispatcher's connector, flusher and receivers. They share
+no state with those tasks: requests go in through :meth:`Dispatcher.submit`, outcomes
+come back through the dispatcher's outcome stream, which the collector drains into the
+cycle's inbox (an unbounded memory channel) as they arrive. A stalled cycle therefore
+stalls nothing else: the flusher still flushes right after a connect event and on its
+interval, the collector still counts results for the progress display, and the
+proposer's ``ask`` / ``tell`` run in a worker thread so even a CPU-bound optimizer
+leaves the event loop free.
+
+One **cycle**: if the current generation is complete, tell the proposer and ask it for
+the next one, submitting each new candidate; call ``dispatcher.maybe_flush()`` (once per
+cycle: the original system's contract); take the outcomes that arrived (waiting at most
+``cycle_interval`` seconds for the first); report progress.
+
+**Generation barrier**: results arrive in any order, but a generation is told to the
+proposer only once every candidate in it has an outcome, in ask order. With a seeded
+proposer and a deterministic engine the search is therefore reproducible: same seed,
+same data, same settings, same evaluations.
+
+**Clones**: a candidate identical to one already evaluated with the same
+:class:`RunSettings` reuses its result (status ``"clone"``) and is not sent; one
+identical to a candidate still in flight waits for that one's outcome. Only results are
+reused: a failed evaluation (timeout, service error) is not cached, so the same
+candidate in a later generation is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..errors import UsageError
+from ..outcome import Outcome
+from ..protocol import BacktestRequest, Metrics
+from .proposer import Proposal, Proposer
+from .search_space import Candidate
+
+if TYPE_CHECKING:
+    from ..dispatcher import Dispatcher
+
+__all__ = [
+    "CycleHook",
+    "Evaluation",
+    "EvolutionObserver",
+    "GenerationSummary",
+    "Progress",
+    "ResultCache",
+    "RunSettings",
+    "run_evolution",
+]
+
+log = logging.getLogger("backtest_queue.evolution")
+
+Status = Literal["ok", "clone", "failed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSettings:
+    """What every request of a search shares besides the strategy.
+
+    Attributes:
+        data_id: the service's dataset id, e.g. ``"EURUSD-H1"``.
+        start: inclusive ISO-8601 lower bound on the bars used, or ``None``.
+        end: inclusive ISO-8601 upper bound on the bars used, or ``None``.
+        cash: starting cash, in the dataset's quote currency.
+        commission: commission per trade, as a fraction of the trade value.
+    """
+
+    data_id: str = "EURUSD-H1"
+    start: str | None = None
+    end: str | None = None
+    cash: float = 10_000.0
+    commission: float = 0.0002
+
+    def request_for(self, candidate: Candidate) -> BacktestRequest:
+        """A new request (fresh ``request_id``) for ``candidate`` with these settings."""
+        return BacktestRequest(
+            strategy=candidate.strategy(),
+            data_id=self.data_id,
+            start=self.start,
+            end=self.end,
+            cash=self.cash,
+            commission=self.commission,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evaluation:
+    """How one proposal was evaluated.
+
+    Attributes:
+        number: the proposal's number (Optuna's trial number for NSGA-II).
+        generation: 0-based generation it belongs to.
+        candidate: the strategy.
+        status: ``"ok"`` (a result from the service), ``"clone"`` (the result of an
+            identical candidate, reused), ``"failed"`` (no result; see ``reason``).
+        metrics: the result, ``None`` when failed.
+        reason: why it failed (an outcome's reason: ``"timeout"``, ``"disconnected"``,
+            ``"service_error"``, ``"shutdown"``), ``None`` otherwise.
+        detail: one line for people (the service's error, or which evaluation a clone
+            reused).
+        request_id: the request whose outcome this is (for a clone, the original's).
+        source: for a clone, the number of the evaluation whose result it reused; else
+            its own number.
+    """
+
+    number: int
+    generation: int
+    candidate: Candidate
+    status: Status
+    metrics: Metrics | None = None
+    reason: str | None = None
+    detail: str = ""
+    request_id: str | None = None
+    source: int = -1
+
+    @property
+    def ok(self) -> bool:
+        """Whether it has a result (its own or a clone's)."""
+        return self.metrics is not None
+
+    @property
+    def sharpe(self) -> float | None:
+        """The Sharpe ratio, ``None`` when failed or undefined."""
+        return None if self.metrics is None else self.metrics.sharpe
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    metrics: Metrics
+    request_id: str
+    number: int
+
+
+class ResultCache:
+    """Results by ``(candidate, run settings)``: what makes clones free.
+
+    Share one between :func:`run_evolution` calls to reuse results across them.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[Candidate, RunSettings], _Cached] = {}
+        self.hits = 0
+
+    def __repr__(self) -> str:
+        return f"<ResultCache results={len(self._results)} hits={self.hits}>"
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def _get(self, key: tuple[Candidate, RunSettings]) -> _Cached | None:
+        cached = self._results.get(key)
+        if cached is not None:
+            self.hits += 1
+        return cached
+
+    def _put(self, key: tuple[Candidate, RunSettings], cached: _Cached) -> None:
+        self._results.setdefault(key, cached)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """A snapshot of a running evolution, for progress displays.
+
+    Attributes:
+        phase: a label for the run, e.g. ``"in-sample"``.
+        generation: the generation being evaluated, 1-based (0 before the first ask).
+        generations: how many generations the run has.
+        planned: evaluations the run will make (``generations * population``).
+        evaluated: evaluations finished (results, clones and failures).
+        results: results that reached the collector (clones not counted).
+        clones: evaluations that reused an identical candidate's result.
+        failures: evaluations that ended without a result.
+        queued: requests in the dispatcher's send queue now.
+        pending: requests in flight now.
+        connected: whether a service is up.
+        best_sharpe: the best Sharpe ratio seen so far in this run, or ``None``.
+        elapsed: seconds since the run started.
+    """
+
+    phase: str
+    generation: int
+    generations: int
+    planned: int
+    evaluated: int
+    results: int
+    clones: int
+    failures: int
+    queued: int
+    pending: int
+    connected: bool
+    best_sharpe: float | None
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationSummary:
+    """One finished generation.
+
+    Attributes:
+        phase: the run's label.
+        generation: 1-based.
+        generations: how many the run has.
+        evaluations: the generation's evaluations, in ask order.
+        best_sharpe: the generation's best Sharpe ratio (``None``: none defined).
+        median_sharpe: the median of its defined Sharpe ratios.
+        best_so_far: the best Sharpe ratio of the run up to and including it.
+        clones: its evaluations that were clones.
+        failures: its evaluations that failed.
+        elapsed: seconds since the run started.
+    """
+
+    phase: str
+    generation: int
+    generations: int
+    evaluations: tuple[Evaluation, ...]
+    best_sharpe: float | None
+    median_sharpe: float | None
+    best_so_far: float | None
+    clones: int
+    failures: int
+    elapsed: float
+
+
+class EvolutionObserver(Protocol):
+    """Receives progress from a running evolution (called on the event loop: be quick)."""
+
+    def progress(self, progress: Progress) -> None:
+        """A snapshot after each cycle and each arriving outcome."""
+        ...
+
+    def generation_done(self, summary: GenerationSummary) -> None:
+        """A generation finished and was told to the proposer."""
+        ...
+
+
+#: Awaited at the end of every cycle with its progress snapshot. A slow hook stalls the
+#: cycle - and only the cycle.
+CycleHook = Callable[[Progress], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Slot:
+    proposal: Proposal
+    generation: int
+    key: tuple[Candidate, RunSettings]
+    evaluation: Evaluation | None = None
+
+
+@dataclass(slots=True)
+class _Counts:
+    evaluated: int = 0
+    results: int = 0
+    clones: int = 0
+    failures: int = 0
+    best_sharpe: float | None = None
+    generation: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class _Evolution:
+    """The state the two sibling tasks share; only they touch it (one event loop)."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        proposer: Proposer,
+        *,
+        generations: int,
+        population: int,
+        run: RunSettings,
+        cache: ResultCache,
+        observer: EvolutionObserver | None,
+        cycle_hook: CycleHook | None,
+        cycle_interval: float,
+        phase: str,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._proposer = proposer
+        self._generations = generations
+        self._population = population
+        self._run = run
+        self._cache = cache
+        self._observer = observer
+        self._hook = cycle_hook
+        self._cycle_interval = cycle_interval
+        self._phase = phase
+        self._owners: dict[str, tuple[Candidate, RunSettings]] = {}  # request_id -> key
+        self._waiting: dict[tuple[Candidate, RunSettings], list[_Slot]] = {}
+        self._counts = _Counts()
+        self._best_so_far: float | None = None
+        self.evaluations: list[Evaluation] = []
+
+    # -- the collector -----------------------------------------------------------
+
+    async def collect(
+        self,
+        inbox: MemoryObjectSendStream[Outcome],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Move outcomes from the dispatcher to the cycle's inbox as they arrive."""
+        with inbox:
+            task_status.started()
+            async for outcome in self._dispatcher.outcomes:
+                if outcome.request_id in self._owners and outcome.result is not None:
+                    self._counts.results += 1
+                    self._counts.best_sharpe = _best(
+                        self._counts.best_sharpe, outcome.result.sharpe
+                    )
+                    self._report()
+                inbox.send_nowait(outcome)  # unbounded: never blocks, never full
+
+    # -- the cycle ---------------------------------------------------------------
+
+    async def cycle(
+        self, inbox: MemoryObjectReceiveStream[Outcome], done: anyio.CancelScope
+    ) -> None:
+        """Run cycles until the last generation is told; then cancel ``done``."""
+        slots: list[_Slot] = []
+        while True:
+            if all(slot.evaluation is not None for slot in slots):
+                if slots:
+                    await self._tell(slots)
+                if self._counts.generation == self._generations:
+                    break
+                slots = await self._ask_and_submit()
+            self._dispatcher.maybe_flush()
+            await self._take(inbox)
+            progress = self._report()
+            if self._hook is not None:
+                await self._hook(progress)
+        done.cancel()
+
+    async def _ask_and_submit(self) -> list[_Slot]:
+        generation = self._counts.generation
+        self._counts.generation += 1
+        proposals = await anyio.to_thread.run_sync(
+            self._proposer.ask, self._population, abandon_on_cancel=True
+        )
+        if len(proposals) != self._population:
+            raise UsageError(
+                f"the proposer returned {len(proposals)} proposals for {self._population} asked"
+            )
+        slots = [_Slot(p, generation, (p.candidate, self._run)) for p in proposals]
+        for slot in slots:
+            await self._place(slot)
+        return slots
+
+    async def _place(self, slot: _Slot) -> None:
+        cached = self._cache._get(slot.key)
+        if cached is not None:
+            self._resolve(slot, "clone", cached.metrics, cached.request_id, cached.number)
+            return
+        waiting = self._waiting.get(slot.key)
+        if waiting is not None:  # an identical candidate is in flight: share its outcome
+            waiting.append(slot)
+            return
+        request = self._run.request_for(slot.proposal.candidate)
+        self._waiting[slot.key] = [slot]
+        self._owners[request.request_id] = slot.key
+        await self._dispatcher.submit(request)
+
+    async def _take(self, inbox: MemoryObjectReceiveStream[Outcome]) -> None:
+        """Apply the outcomes that arrived, waiting up to ``cycle_interval`` for one."""
+        arrived: list[Outcome] = []
+        try:
+            with anyio.move_on_after(self._cycle_interval):
+                arrived.append(await inbox.receive())
+            while True:
+                arrived.append(inbox.receive_nowait())
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            if self._owners:
+                raise UsageError(
+                    f"the dispatcher's outcome stream ended with {len(self._owners)} "
+                    "evaluations outstanding"
+                ) from None
+        for outcome in arrived:
+            self._apply(outcome)
+
+    def _apply(self, outcome: Outcome) -> None:
+        key = self._owners.pop(outcome.request_id, None)
+        if key is None:
+            log.debug("ignored an outcome for request %s: not this evolution's",
+                      outcome.request_id)  # fmt: skip
+            return
+        first, *clones = self._waiting.pop(key)
+        if outcome.result is not None:
+            number = first.proposal.number
+            self._cache._put(key, _Cached(outcome.result, outcome.request_id, number))
+            self._resolve(first, "ok", outcome.result, outcome.request_id, number)
+            for slot in clones:
+                self._resolve(slot, "clone", outcome.result, outcome.request_id, number)
+            return
+        for slot in (first, *clones):
+            evaluation = Evaluation(
+                number=slot.proposal.number,
+                generation=slot.generation,
+                candidate=slot.proposal.candidate,
+                status="failed",
+                reason=outcome.reason,
+                detail=outcome.detail,
+                request_id=outcome.request_id,
+                source=first.proposal.number,
+            )
+            slot.evaluation = evaluation
+            self._counts.evaluated += 1
+            self._counts.failures += 1
+            log.warning("evaluation #%d (%s) failed: %s %s", evaluation.number,
+                        evaluation.candidate.name, outcome.reason, outcome.detail)  # fmt: skip
+
+    def _resolve(
+        self, slot: _Slot, status: Status, metrics: Metrics, request_id: str, source: int
+    ) -> None:
+        detail = f"reused the result of #{source}" if status == "clone" else ""
+        slot.evaluation = Evaluation(
+            number=slot.proposal.number,
+            generation=slot.generation,
+            candidate=slot.proposal.candidate,
+            status=status,
+            metrics=metrics,
+            detail=detail,
+            request_id=request_id,
+            source=source,
+        )
+        self._counts.evaluated += 1
+        if status == "clone":
+            self._counts.clones += 1
+            self._counts.best_sharpe = _best(self._counts.best_sharpe, metrics.sharpe)
+
+    async def _tell(self, slots: list[_Slot]) -> None:
+        evaluations = [slot.evaluation for slot in slots if slot.evaluation is not None]
+        results = [(slot.proposal, e.metrics) for slot, e in zip(slots, evaluations, strict=True)]
+        await anyio.to_thread.run_sync(self._proposer.tell, results, abandon_on_cancel=True)
+        self.evaluations.extend(evaluations)
+        if self._observer is not None:
+            self._observer.generation_done(self._summary(evaluations))
+
+    def _summary(self, evaluations: Sequence[Evaluation]) -> GenerationSummary:
+        sharpes = [e.sharpe for e in evaluations if e.sharpe is not None]
+        best = max(sharpes) if sharpes else None
+        self._best_so_far = _best(self._best_so_far, best)
+        return GenerationSummary(
+            phase=self._phase,
+            generation=self._counts.generation,
+            generations=self._generations,
+            evaluations=tuple(evaluations),
+            best_sharpe=best,
+            median_sharpe=statistics.median(sharpes) if sharpes else None,
+            best_so_far=self._best_so_far,
+            clones=sum(e.status == "clone" for e in evaluations),
+            failures=sum(e.status == "failed" for e in evaluations),
+            elapsed=time.monotonic() - self._counts.started_at,
+        )
+
+    def _report(self) -> Progress:
+        counts = self._counts
+        queue = self._dispatcher.queue
+        progress = Progress(
+            phase=self._phase,
+            generation=counts.generation,
+            generations=self._generations,
+            planned=self._generations * self._population,
+            evaluated=counts.evaluated,
+            results=counts.results,
+            clones=counts.clones,
+            failures=counts.failures,
+            queued=queue.queued,
+            pending=queue.pending,
+            connected=self._dispatcher.connected,
+            best_sharpe=counts.best_sharpe,
+            elapsed=time.monotonic() - counts.started_at,
+        )
+        if self._observer is not None:
+            self._observer.progress(progress)
+        return progress
+
+
+def _best(current: float | None, value: float | None) -> float | None:
+    if value is None:
+        return current
+    return value if current is None else max(current, value)
+
+
+async def run_evolution(
+    dispatcher: Dispatcher,
+    proposer: Proposer,
+    *,
+    generations: int,
+    population: int,
+    run: RunSettings,
+    cache: ResultCache | None = None,
+    observer: EvolutionObserver | None = None,
+    cycle_hook: CycleHook | None = None,
+    cycle_interval: float = 0.25,
+    phase: str = "in-sample",
+) -> list[Evaluation]:
+    """Evolve strategies through a dispatcher: the cycle and the collector as siblings.
+
+    Call it inside the dispatcher's ``async with`` block. While it runs it owns
+    ``dispatcher.outcomes`` (do not read that stream elsewhere meanwhile; use
+    :meth:`Dispatcher.wait` for your own requests). It returns once every generation
+    has been told to the proposer; requests it submitted have all had their outcome.
+
+    Args:
+        dispatcher: an open dispatcher; services may come and go.
+        proposer: where candidates come from (see :class:`Proposer`).
+        generations: how many generations (asks of ``population`` candidates), >= 1.
+        population: candidates per generation, >= 1.
+        run: dataset, bar range, cash and commission for every request.
+        cache: results to reuse for clones (default: a fresh one); results of this run
+            are added to it.
+        observer: receives progress snapshots and generation summaries.
+        cycle_hook: awaited at the end of every cycle (instrumentation, tests).
+        cycle_interval: the longest a cycle waits for an outcome, in seconds; the cycle
+            runs at least this often, so ``maybe_flush`` does too.
+        phase: a label for progress reports.
+
+    Returns:
+        Every evaluation, in generation and ask order (``generations * population``).
+
+    Raises:
+        UsageError: bad settings, a proposer that returned the wrong number of
+            proposals, or a dispatcher whose outcome stream ended before every
+            outcome arrived (it was closed).
+        DispatcherClosed: the dispatcher's block ended while submitting.
+    """
+    if generations < 1 or population < 1:
+        raise UsageError(
+            f"generations and population must be >= 1, got {generations} and {population}"
+        )
+    if not (cycle_interval > 0 and math.isfinite(cycle_interval)):
+        raise UsageError(f"cycle_interval must be > 0 seconds, got {cycle_interval!r}")
+    evolution = _Evolution(
+        dispatcher, proposer, generations=generations, population=population, run=run,
+        cache=cache if cache is not None else ResultCache(), observer=observer,
+        cycle_hook=cycle_hook, cycle_interval=cycle_interval, phase=phase,
+    )  # fmt: skip
+    inbox_send, inbox = anyio.create_memory_object_stream[Outcome](math.inf)
+    with inbox_send, inbox:  # closed here too, should a task never get to start
+        async with anyio.create_task_group() as tg:
+            await tg.start(evolution.collect, inbox_send)
+            tg.start_soon(evolution.cycle, inbox, tg.cancel_scope)
+    return evolution.evaluations
