@@ -2,8 +2,9 @@
 
 Usage: python echo_service.py ENDPOINT [DELAY_SECONDS]
 
-Real process, real ROUTER socket, real wire protocol, no backtest work. Prints "ready"
-once bound. Stops on SIGTERM/SIGINT.
+Real process, real ROUTER socket, real wire protocol, no backtest work: answers PING
+with PONG and each BACKTEST, after DELAY_SECONDS, with a fake result. Prints "ready" once
+bound. Stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from backtest_queue.protocol import (
     BacktestRequest,
     BacktestResult,
     Metrics,
+    Ping,
+    Pong,
     decode_message,
     encode_message,
 )
@@ -36,6 +39,9 @@ def main() -> None:
         while True:
             identity, _, body = router.recv_multipart()
             message = decode_message(body)
+            if isinstance(message, Ping):
+                router.send_multipart([identity, b"", encode_message(Pong(workers=1))])
+                continue
             assert isinstance(message, BacktestRequest)
             if delay:
                 time.sleep(delay)
