@@ -138,6 +138,7 @@ async def test_timeouts_are_told_as_failed_trials() -> None:
                 ) as dispatcher,
             ):
                 opened.append(dispatcher)
+                await dispatcher.wait_connected()  # so submit() hands every request over
                 evaluations = await run_evolution(
                     dispatcher, proposer, generations=1, population=8, run=RUN
                 )

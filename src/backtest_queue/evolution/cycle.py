@@ -66,11 +66,13 @@ __all__ = [
     "Progress",
     "ResultCache",
     "RunSettings",
+    "Status",
     "run_evolution",
 ]
 
 log = logging.getLogger("backtest_queue.evolution")
 
+#: How an evaluation ended: a result, a reused result, or no result.
 Status = Literal["ok", "clone", "failed"]
 
 

@@ -154,7 +154,10 @@ class SearchSpace:
                     f"{name} must be (low, high) with {minimum} <= low <= high, got {(lo, hi)!r}"
                 )
         if not 0 < self.lower[0] <= self.lower[1] < self.upper[0] <= self.upper[1] < 100:
-            raise ValueError("RSI levels need 0 < lower <= ... < upper <= ... < 100")
+            raise ValueError(
+                "lower and upper must be RSI level ranges with 0 < lower[0] <= lower[1] < "
+                f"upper[0] <= upper[1] < 100, got {self.lower!r} and {self.upper!r}"
+            )
         lo, hi = self.bracket
         on_grid = all(abs(v * 1000 - round(v * 1000)) < 1e-9 for v in self.bracket)
         if not (0.0 < lo <= hi < 1.0 and on_grid):

@@ -1,0 +1,290 @@
+"""What a search leaves behind: the leaderboard, the results files and the charts.
+
+Files written by :func:`write_outputs` into the output directory:
+
+``results.csv``
+    One row per evaluation, in-sample and out-of-sample (column ``phase``): generation,
+    number, status, strategy, parameters, every metric.
+``results.json``
+    The same evaluations plus the settings, the split and the leaderboard.
+``leaderboard.csv``
+    The leaderboard rows.
+``sharpe_by_generation.png``
+    Best and median in-sample Sharpe ratio per generation, and the best so far.
+``equity_curve.png``
+    The leaderboard winner's equity, in-sample then out-of-sample (see :mod:`.equity`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from .cycle import Evaluation
+from .proposer import objectives
+from .search_space import Candidate
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = [
+    "LeaderboardRow",
+    "best_candidates",
+    "evaluation_record",
+    "leaderboard",
+    "leaderboard_records",
+    "leaderboard_table",
+    "pareto_front",
+    "plot_sharpe_by_generation",
+    "sharpe_by_generation",
+    "write_csv",
+    "write_json",
+]
+
+_METRICS: Final = (
+    "sharpe", "sortino", "return_pct", "max_drawdown_pct", "trades", "win_rate",
+    "profit_factor", "bars", "elapsed_ms",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaderboardRow:
+    """One line of the leaderboard.
+
+    Attributes:
+        rank: 1-based, by in-sample Sharpe ratio.
+        candidate: the strategy.
+        in_sample: its in-sample evaluation (the first one with a result).
+        out_of_sample: its out-of-sample re-run, ``None`` when not run.
+        pareto: whether it is on the in-sample Pareto front (no other candidate has
+            both a higher Sharpe ratio and a smaller drawdown).
+    """
+
+    rank: int
+    candidate: Candidate
+    in_sample: Evaluation
+    out_of_sample: Evaluation | None
+    pareto: bool
+
+
+def best_candidates(evaluations: Iterable[Evaluation], top: int = 10) -> list[Evaluation]:
+    """The ``top`` distinct candidates by Sharpe ratio, best first.
+
+    A candidate counts once (its first evaluation with a result); evaluations without a
+    defined Sharpe ratio are left out. Ties go to the earlier evaluation, so the order
+    is deterministic.
+    """
+    seen: dict[Candidate, Evaluation] = {}
+    for evaluation in evaluations:
+        if evaluation.sharpe is not None and evaluation.candidate not in seen:
+            seen[evaluation.candidate] = evaluation
+    ranked = sorted(seen.values(), key=lambda e: (-(e.sharpe or 0.0), e.number))
+    return ranked[:top]
+
+
+def pareto_front(evaluations: Iterable[Evaluation]) -> set[Candidate]:
+    """The candidates no other candidate dominates on (Sharpe up, drawdown magnitude down)."""
+    points: dict[Candidate, tuple[float, float]] = {}
+    for evaluation in evaluations:
+        values = objectives(evaluation.metrics)
+        if values is not None:
+            points.setdefault(evaluation.candidate, values)
+    front = set()
+    for candidate, (sharpe, drawdown) in points.items():
+        dominated = any(
+            s >= sharpe and d <= drawdown and (s > sharpe or d < drawdown)
+            for s, d in points.values()
+        )
+        if not dominated:
+            front.add(candidate)
+    return front
+
+
+def leaderboard(
+    evaluations: Sequence[Evaluation],
+    out_of_sample: Sequence[Evaluation] = (),
+    *,
+    top: int = 10,
+) -> list[LeaderboardRow]:
+    """Rank the ``top`` candidates by in-sample Sharpe ratio; attach their re-runs."""
+    front = pareto_front(evaluations)
+    oos = {e.candidate: e for e in out_of_sample}
+    return [
+        LeaderboardRow(
+            rank=rank,
+            candidate=e.candidate,
+            in_sample=e,
+            out_of_sample=oos.get(e.candidate),
+            pareto=e.candidate in front,
+        )
+        for rank, e in enumerate(best_candidates(evaluations, top), start=1)
+    ]
+
+
+def sharpe_by_generation(
+    evaluations: Iterable[Evaluation],
+) -> list[tuple[int, float | None, float | None]]:
+    """``(generation, best, median)`` of the defined Sharpe ratios, per generation (0-based)."""
+    by_generation: dict[int, list[float]] = {}
+    for e in evaluations:
+        values = by_generation.setdefault(e.generation, [])
+        if e.sharpe is not None:
+            values.append(e.sharpe)
+    return [
+        (g, max(v) if v else None, statistics.median(v) if v else None)
+        for g, v in sorted(by_generation.items())
+    ]
+
+
+def evaluation_record(evaluation: Evaluation, phase: str) -> dict[str, Any]:
+    """One evaluation as a flat JSON-ready dict (metrics ``None`` when failed)."""
+    c = evaluation.candidate
+    record: dict[str, Any] = {
+        "phase": phase,
+        "generation": evaluation.generation,
+        "number": evaluation.number,
+        "status": evaluation.status,
+        "reason": evaluation.reason,
+        "detail": evaluation.detail,
+        "strategy": c.name,
+        "kind": c.kind,
+        "params": c.param_dict,
+        "sl": c.sl,
+        "tp": c.tp,
+        "request_id": evaluation.request_id,
+        "source": evaluation.source,
+    }
+    for name in _METRICS:
+        record[name] = None if evaluation.metrics is None else getattr(evaluation.metrics, name)
+    return record
+
+
+def _row_record(row: LeaderboardRow) -> dict[str, Any]:
+    def metric(e: Evaluation | None, name: str) -> Any:
+        return None if e is None or e.metrics is None else getattr(e.metrics, name)
+
+    return {
+        "rank": row.rank,
+        "strategy": row.candidate.name,
+        "kind": row.candidate.kind,
+        "params": row.candidate.describe(),
+        "pareto": row.pareto,
+        "in_sample_sharpe": metric(row.in_sample, "sharpe"),
+        "out_of_sample_sharpe": metric(row.out_of_sample, "sharpe"),
+        "in_sample_max_drawdown_pct": metric(row.in_sample, "max_drawdown_pct"),
+        "out_of_sample_max_drawdown_pct": metric(row.out_of_sample, "max_drawdown_pct"),
+        "in_sample_return_pct": metric(row.in_sample, "return_pct"),
+        "out_of_sample_return_pct": metric(row.out_of_sample, "return_pct"),
+        "in_sample_trades": metric(row.in_sample, "trades"),
+        "out_of_sample_trades": metric(row.out_of_sample, "trades"),
+    }
+
+
+def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> Path:
+    """Write flat records as CSV (dict values, e.g. ``params``, as compact JSON)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        if not records:
+            return path
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        for record in records:
+            writer.writerow(
+                {
+                    k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+                    for k, v in record.items()
+                }
+            )
+    return path
+
+
+def write_json(path: Path, document: dict[str, Any]) -> Path:
+    """Write ``document`` as indented JSON (UTF-8)."""
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def leaderboard_records(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
+    """The leaderboard as flat JSON-ready dicts."""
+    return [_row_record(row) for row in rows]
+
+
+def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], title: str) -> Path:
+    """Draw best and median Sharpe ratio per generation, and the best so far, into a PNG.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = sharpe_by_generation(evaluations)
+    generations = [g + 1 for g, _, _ in points]
+    best = [b for _, b, _ in points]
+    median = [m for _, _, m in points]
+    so_far: list[float | None] = []
+    running: float | None = None
+    for b in best:
+        if b is not None:
+            running = b if running is None else max(running, b)
+        so_far.append(running)
+
+    def nan(values: list[float | None]) -> list[float]:
+        return [float("nan") if v is None else v for v in values]
+
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(generations, nan(best), marker="o", label="best of generation")
+    axes.plot(generations, nan(median), marker="s", label="median of generation")
+    axes.step(generations, nan(so_far), where="post", linestyle="--", label="best so far")
+    axes.axhline(0.0, color="black", linewidth=0.5)
+    axes.set_xlabel("generation")
+    axes.set_ylabel("Sharpe ratio (in-sample)")
+    axes.set_xticks(generations)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def leaderboard_table(rows: Sequence[LeaderboardRow], *, title: str = "Leaderboard") -> Table:
+    """The leaderboard as a rich table: rank, strategy, parameters, Sharpe in and out of
+    sample, max drawdown (percent) and trades in and out of sample."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("strategy", no_wrap=True)
+    table.add_column("parameters", no_wrap=True)
+    table.add_column("Sharpe IS", justify="right")
+    table.add_column("Sharpe OOS", justify="right")
+    table.add_column("max DD IS", justify="right")
+    table.add_column("max DD OOS", justify="right")
+    table.add_column("trades IS/OOS", justify="right")
+    for row in rows:
+        i, o = row.in_sample.metrics, row.out_of_sample and row.out_of_sample.metrics
+        mark = " *" if row.pareto else ""
+        table.add_row(
+            str(row.rank),
+            row.candidate.kind + mark,
+            row.candidate.describe(),
+            _fmt(i.sharpe if i else None, "{:.2f}"),
+            _fmt(o.sharpe if o else None, "{:.2f}"),
+            _fmt(i.max_drawdown_pct if i else None, "{:.1f}%"),
+            _fmt(o.max_drawdown_pct if o else None, "{:.1f}%"),
+            f"{i.trades if i else '-'}/{o.trades if o else '-'}",
+        )
+    if any(row.pareto for row in rows):
+        table.caption = "* on the in-sample Pareto front (Sharpe up, drawdown down)"
+        table.caption_justify = "left"
+    return table
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else spec.format(value)

@@ -1,0 +1,272 @@
+"""The whole job behind ``backtest-queue demo`` and ``evolve``, as a library call.
+
+:func:`run_search`, inside an open dispatcher:
+
+1. evolves strategies on the in-sample bars (the first 70 % by default) with
+   :func:`~backtest_queue.evolution.cycle.run_evolution` and NSGA-II;
+2. re-runs the best ``top`` distinct candidates (by in-sample Sharpe ratio) on the
+   out-of-sample bars, through the same cycle with a :class:`ListProposer`;
+3. returns a :class:`SearchReport` with the leaderboard.
+
+:func:`write_outputs` then writes the files described in :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..errors import BacktestQueueError
+from .cycle import (
+    CycleHook,
+    Evaluation,
+    EvolutionObserver,
+    GenerationSummary,
+    Progress,
+    ResultCache,
+    RunSettings,
+    run_evolution,
+)
+from .proposer import ListProposer, NSGAIIProposer, Proposer
+from .report import (
+    LeaderboardRow,
+    best_candidates,
+    evaluation_record,
+    leaderboard,
+    leaderboard_records,
+    plot_sharpe_by_generation,
+    write_csv,
+    write_json,
+)
+from .search_space import SearchSpace
+from .split import SampleSplit
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..dispatcher import Dispatcher
+
+__all__ = ["SearchConfig", "SearchFailed", "SearchReport", "run_search", "write_outputs"]
+
+log = logging.getLogger("backtest_queue.evolution")
+
+
+class SearchFailed(BacktestQueueError):
+    """The search cannot go on: e.g. the whole first generation failed (wrong dataset id,
+    a service that cannot run these strategies)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchConfig:
+    """Settings of a search.
+
+    Attributes:
+        generations: evolution generations, >= 1.
+        population: candidates per generation (NSGA-II's population), >= 1.
+        seed: the optimizer's random seed (``None``: a different search every run).
+        data_id: the dataset to search on.
+        in_sample_fraction: share of the bars to evolve on; the rest is out-of-sample.
+        top: how many of the best candidates to re-run out-of-sample and rank.
+        cash: starting cash per backtest, in the dataset's quote currency.
+        commission: commission per trade, as a fraction of the trade value.
+        space: the search space.
+        cycle_interval: the longest an evolution cycle waits for outcomes, in seconds.
+    """
+
+    generations: int = 8
+    population: int = 16
+    seed: int | None = 7
+    data_id: str = "EURUSD-H1"
+    in_sample_fraction: float = 0.7
+    top: int = 10
+    cash: float = 10_000.0
+    commission: float = 0.0002
+    space: SearchSpace = field(default_factory=SearchSpace)
+    cycle_interval: float = 0.25
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchReport:
+    """What a search found.
+
+    Attributes:
+        config: its settings.
+        split: where the bars were cut.
+        in_sample: every in-sample evaluation, by generation and ask order.
+        out_of_sample: the re-runs of the leaderboard's candidates, best first.
+        leaderboard: the best ``config.top`` candidates with both results.
+        elapsed: wall time of the search, in seconds.
+    """
+
+    config: SearchConfig
+    split: SampleSplit
+    in_sample: list[Evaluation]
+    out_of_sample: list[Evaluation]
+    leaderboard: list[LeaderboardRow]
+    elapsed: float
+
+    def counts(self) -> dict[str, int]:
+        """In-sample evaluations by status (``ok``, ``clone``, ``failed``) and in total."""
+        counts = {"evaluations": len(self.in_sample), "ok": 0, "clone": 0, "failed": 0}
+        for e in self.in_sample:
+            counts[e.status] += 1
+        return counts
+
+
+class _FailFast:
+    """Passes progress on; stops the search when its whole first generation failed."""
+
+    def __init__(self, observer: EvolutionObserver | None) -> None:
+        self._observer = observer
+
+    def progress(self, progress: Progress) -> None:
+        if self._observer is not None:
+            self._observer.progress(progress)
+
+    def generation_done(self, summary: GenerationSummary) -> None:
+        if self._observer is not None:
+            self._observer.generation_done(summary)
+        if summary.generation == 1 and not any(e.ok for e in summary.evaluations):
+            first = summary.evaluations[0]
+            raise SearchFailed(
+                f"every evaluation of the first generation failed, e.g. #{first.number}: "
+                f"{first.reason}: {first.detail}"
+            )
+
+
+async def run_search(
+    dispatcher: Dispatcher,
+    config: SearchConfig,
+    split: SampleSplit,
+    *,
+    proposer: Proposer | None = None,
+    observer: EvolutionObserver | None = None,
+    cycle_hook: CycleHook | None = None,
+) -> SearchReport:
+    """Evolve in-sample, re-run the best out-of-sample, rank (see the module docstring).
+
+    Call it inside the dispatcher's ``async with`` block; it owns the dispatcher's outcome
+    stream while it runs.
+
+    Args:
+        dispatcher: an open dispatcher whose services have ``config.data_id``.
+        config: the search settings.
+        split: the in-sample / out-of-sample bounds (see :func:`.split.split_bars`).
+        proposer: the optimizer (default: :class:`NSGAIIProposer` with ``config.seed``).
+        observer: receives progress from both runs.
+        cycle_hook: awaited at the end of every cycle of both runs.
+
+    Returns:
+        The report.
+
+    Raises:
+        SearchFailed: the whole first generation failed.
+        UsageError: bad settings (see :func:`run_evolution`).
+    """
+    started = time.monotonic()
+    run = RunSettings(
+        data_id=config.data_id,
+        start=split.in_sample[0],
+        end=split.in_sample[1],
+        cash=config.cash,
+        commission=config.commission,
+    )
+    if proposer is None:
+        proposer = NSGAIIProposer(
+            seed=config.seed, population=config.population, space=config.space
+        )
+    cache = ResultCache()
+    in_sample = await run_evolution(
+        dispatcher, proposer, generations=config.generations, population=config.population,
+        run=run, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
+        cycle_interval=config.cycle_interval, phase="in-sample",
+    )  # fmt: skip
+    best = [e.candidate for e in best_candidates(in_sample, config.top)]
+    out_of_sample: list[Evaluation] = []
+    if best:
+        oos_run = replace(run, start=split.out_of_sample[0], end=split.out_of_sample[1])
+        out_of_sample = await run_evolution(
+            dispatcher, ListProposer(best), generations=1, population=len(best), run=oos_run,
+            cache=cache, observer=observer, cycle_hook=cycle_hook,
+            cycle_interval=config.cycle_interval, phase="out-of-sample",
+        )  # fmt: skip
+    else:
+        log.warning("no candidate had a defined Sharpe ratio: nothing to re-run out-of-sample")
+    return SearchReport(
+        config=config,
+        split=split,
+        in_sample=in_sample,
+        out_of_sample=out_of_sample,
+        leaderboard=leaderboard(in_sample, out_of_sample, top=config.top),
+        elapsed=time.monotonic() - started,
+    )
+
+
+def write_outputs(
+    report: SearchReport, out_dir: Path, *, bars: pd.DataFrame | None = None
+) -> dict[str, Path]:
+    """Write the results files and charts (see :mod:`.report`) into ``out_dir``.
+
+    Args:
+        report: what :func:`run_search` returned.
+        out_dir: the output directory (created if missing; files in it are replaced).
+        bars: the dataset's bars, to draw the winner's equity curve; ``None`` skips it.
+
+    Returns:
+        File role -> path, for the files written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [evaluation_record(e, "in-sample") for e in report.in_sample]
+    records += [evaluation_record(e, "out-of-sample") for e in report.out_of_sample]
+    board = leaderboard_records(report.leaderboard)
+    config = asdict(report.config)
+    document: dict[str, Any] = {
+        "backtest_queue_version": __version__,
+        "config": config,
+        "split": {**asdict(report.split), "out_of_sample_bars": report.split.out_of_sample_bars},
+        "counts": report.counts(),
+        "elapsed_s": round(report.elapsed, 3),
+        "leaderboard": board,
+        "evaluations": records,
+    }
+    files = {
+        "results_csv": write_csv(out_dir / "results.csv", records),
+        "results_json": write_json(out_dir / "results.json", document),
+        "leaderboard_csv": write_csv(out_dir / "leaderboard.csv", board),
+        "sharpe_by_generation": plot_sharpe_by_generation(
+            out_dir / "sharpe_by_generation.png",
+            report.in_sample,
+            f"{report.config.data_id} in-sample ({report.split.in_sample_bars} bars), "
+            f"population {report.config.population}, seed {report.config.seed}",
+        ),
+    }
+    if bars is not None and report.leaderboard:
+        files["equity_curve"] = _write_equity(report, out_dir, bars)
+    return files
+
+
+def _write_equity(report: SearchReport, out_dir: Path, bars: pd.DataFrame) -> Path:
+    from .equity import equity_segments, plot_equity
+
+    row = report.leaderboard[0]
+    cut = report.split.in_sample_bars
+    run = RunSettings(cash=report.config.cash, commission=report.config.commission)
+    segments = equity_segments(
+        row.candidate, [("in-sample", bars.iloc[:cut]), ("out-of-sample", bars.iloc[cut:])], run
+    )
+    for segment, evaluation in zip(segments, (row.in_sample, row.out_of_sample), strict=True):
+        reported = None if evaluation is None or evaluation.metrics is None else (
+            evaluation.metrics.return_pct
+        )  # fmt: skip
+        if reported is not None and abs(reported - segment.return_pct) > 1e-6 * max(
+            1.0, abs(reported)
+        ):
+            log.warning("the %s equity curve (return %.4f %%) disagrees with the service's "
+                        "result (%.4f %%): is the service running another engine?",
+                        segment.label, segment.return_pct, reported)  # fmt: skip
+    title = f"#1 {row.candidate.kind} {row.candidate.describe()} on {report.config.data_id}"
+    return plot_equity(out_dir / "equity_curve.png", title, segments, report.config.cash)
