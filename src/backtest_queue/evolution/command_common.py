@@ -1,0 +1,267 @@
+"""What ``backtest-queue demo`` and ``evolve`` share: options, the run, the report.
+
+Importing this module is cheap (the CLI imports every command to list it); Optuna,
+pandas, matplotlib and rich are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import anyio
+
+    from .search import SearchReport
+
+__all__ = ["add_search_arguments", "print_report", "run_command", "search_and_report"]
+
+log = logging.getLogger("backtest_queue.evolution")
+
+#: Launches helpers next to the search (the demo's delayed service): it gets an event
+#: that is set once the first generation has been submitted.
+Companion = Callable[["anyio.Event"], Coroutine[Any, Any, None]]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
+def add_search_arguments(
+    parser: argparse.ArgumentParser, *, generations: int, population: int
+) -> None:
+    """Add the options every search command has."""
+    parser.add_argument(
+        "--generations",
+        type=_positive_int,
+        default=generations,
+        metavar="N",
+        help="evolution generations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--population",
+        type=_positive_int,
+        default=population,
+        metavar="N",
+        help="candidates per generation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data",
+        default="EURUSD-H1",
+        metavar="DATA_ID",
+        help="dataset to search on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory of <data_id>.csv datasets (the service's --data); "
+        "read here too, to split the bars",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="optimizer seed: same seed, same search (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--in-sample",
+        type=_fraction,
+        default=0.7,
+        metavar="FRACTION",
+        help="share of the bars to evolve on; the rest is the "
+        "out-of-sample check (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="candidates to re-run out-of-sample and rank (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("backtest-queue-output"),
+        metavar="DIR",
+        help="output directory (default: ./%(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="async backend (default: %(default)s)",
+    )
+
+
+def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
+    """Run a search command's async ``main`` on ``args.backend``; report our errors.
+
+    Returns:
+        ``main``'s status; 1 when it failed with one of this package's errors (logged),
+        2 when an optional dependency is missing.
+    """
+    try:
+        import anyio
+        import matplotlib
+        import optuna  # noqa: F401
+        import pandas  # noqa: F401
+        import rich  # noqa: F401
+    except ModuleNotFoundError as exc:
+        print(
+            f"backtest-queue {args.command} needs {exc.name!r}, which is not installed.\n"
+            "Install the extras: pip install 'backtest-queue[all]'",
+            file=sys.stderr,
+        )
+        return 2
+    matplotlib.use("Agg")
+    from ..errors import BacktestQueueError
+
+    try:
+        return anyio.run(main, backend=args.backend)
+    except BaseException as exc:
+        leaves = _leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            raise KeyboardInterrupt from exc  # the CLI's exit status 130
+        ours = [e for e in leaves if isinstance(e, (BacktestQueueError, OSError))]
+        if not ours or len(ours) != len(leaves):
+            raise
+        for error in ours:
+            log.error("%s", error)
+        return 1
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+async def search_and_report(
+    args: argparse.Namespace,
+    endpoints: Sequence[str],
+    dispatcher_options: dict[str, Any],
+    *,
+    companion: Companion | None = None,
+) -> int:
+    """Open a dispatcher, run the search, write the outputs and print the leaderboard.
+
+    Args:
+        args: parsed options of :func:`add_search_arguments`.
+        endpoints: the services' endpoints.
+        dispatcher_options: keyword arguments for :func:`open_dispatcher`.
+        companion: started next to the search in the dispatcher's block, and cancelled
+            when the search is done (the demo's service launcher).
+
+    Returns:
+        0.
+    """
+    import anyio
+    import rich
+    import rich.console
+
+    from ..dispatcher import Dispatcher, open_dispatcher
+    from .progress import make_observer
+    from .search import SearchConfig, run_search, write_outputs
+    from .split import load_bars, split_bars
+
+    bars = load_bars(args.data, args.data_dir)
+    split = split_bars(bars.index, args.data, fraction=args.in_sample)
+    config = SearchConfig(
+        generations=args.generations,
+        population=args.population,
+        seed=args.seed,
+        data_id=args.data,
+        in_sample_fraction=args.in_sample,
+        top=args.top,
+    )
+    log.info(
+        "evolving on %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
+        "out-of-sample %s .. %s (%d bars)",
+        config.data_id,
+        config.generations,
+        config.population,
+        *split.in_sample,
+        split.in_sample_bars,
+        *split.out_of_sample,
+        split.out_of_sample_bars,
+    )
+    console = rich.get_console()
+    if not console.is_terminal:  # a pipe or a file: room for the leaderboard's columns
+        console = rich.console.Console(width=max(console.width, 132))
+    submitting = anyio.Event()
+
+    async def on_cycle(_: object) -> None:
+        submitting.set()
+
+    async def watch(dispatcher: Dispatcher) -> None:
+        with anyio.move_on_after(10.0):
+            await dispatcher.wait_connected()
+            return
+        log.warning(
+            "no backtest service reachable at %s yet; requests stay queued (Ctrl-C to stop)",
+            ", ".join(endpoints),
+        )
+
+    # The companion (the demo's service) outlives the dispatcher: the dispatcher closes
+    # first, so stopping the service at the end is not reported as a lost connection.
+    with make_observer(console) as observer:
+        async with anyio.create_task_group() as outer:
+            if companion is not None:
+                outer.start_soon(companion, submitting)
+            opened: list[Dispatcher] = []
+            try:
+                async with (
+                    open_dispatcher(list(endpoints), **dispatcher_options) as dispatcher,
+                    anyio.create_task_group() as tg,
+                ):
+                    opened.append(dispatcher)
+                    tg.start_soon(watch, dispatcher)
+                    report = await run_search(
+                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle
+                    )
+                    tg.cancel_scope.cancel()
+            finally:
+                for d in opened:  # on an error, 'shutdown' outcomes are left unread
+                    d.outcomes.close()
+            outer.cancel_scope.cancel()
+    files = write_outputs(report, args.out, bars=bars)
+    print_report(console, report, files)
+    return 0
+
+
+def print_report(console: Any, report: SearchReport, files: dict[str, Path]) -> None:
+    """Print the leaderboard, the counts and the files written."""
+    from .report import leaderboard_table
+
+    split = report.split
+    title = (
+        f"Top {len(report.leaderboard)} on {report.config.data_id}: in-sample "
+        f"{split.in_sample[0][:10]}..{split.in_sample[1][:10]}, out-of-sample "
+        f"{split.out_of_sample[0][:10]}..{split.out_of_sample[1][:10]}"
+    )
+    console.print(leaderboard_table(report.leaderboard, title=title))
+    counts = report.counts()
+    console.print(
+        f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "
+        f"clones reused, {counts['failed']} failed) and {len(report.out_of_sample)} "
+        f"out-of-sample re-runs in {report.elapsed:.1f} s",
+        highlight=False,
+    )
+    for path in files.values():
+        console.print(f"  wrote {path}", highlight=False)

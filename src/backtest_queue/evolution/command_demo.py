@@ -1,0 +1,115 @@
+"""``backtest-queue demo``: a strategy search end to end, on this machine, in one command.
+
+It starts evolving at once with no service running, so the first generation queues;
+a couple of seconds later it starts a real backtest service as a child process on a
+free loopback port; the dispatcher logs the connect and the flush right after it
+(``flushed N queued requests X ms after connect``). When the search is done the service
+is stopped (``SIGTERM``, then ``SIGKILL``), also on Ctrl-C or an error.
+
+Needs no arguments, no configuration and no network. With ``--connect`` it uses a
+service you already run instead of starting one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .command_common import add_search_arguments, run_command, search_and_report
+
+if TYPE_CHECKING:
+    import anyio
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger("backtest_queue.evolution")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options (all optional)."""
+    add_search_arguments(parser, generations=8, population=16)
+    parser.add_argument(
+        "--connect",
+        default=None,
+        metavar="ENDPOINT",
+        help="use the service already running at ENDPOINT instead of starting one",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="the started service's worker processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--service-delay",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="start the service this long after the first requests were "
+        "submitted, to show them queueing (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit status."""
+    return run_command(args, partial(_main, args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from .service_process import free_tcp_endpoint
+
+    endpoint = args.connect or free_tcp_endpoint()
+    # Requests wait in the send queue until the service is up; its results come back
+    # well within a minute even when the service is still warming up its workers.
+    options = {
+        "flush_interval": 0.5,
+        "max_pending": max(4, 4 * args.workers),
+        "result_timeout": 60.0,
+        "max_attempts": 2,
+    }
+    companion = None
+    if args.connect is None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        companion = partial(
+            _service_after,
+            endpoint=endpoint,
+            workers=args.workers,
+            data_dir=args.data_dir,
+            log_path=args.out / "service.log",
+            delay=args.service_delay,
+        )
+    return await search_and_report(args, [endpoint], options, companion=companion)
+
+
+async def _service_after(
+    submitting: anyio.Event,
+    *,
+    endpoint: str,
+    workers: int,
+    data_dir: Path | None,
+    log_path: Path,
+    delay: float,
+) -> None:
+    """Start the service ``delay`` seconds after the first submit; keep it until cancelled.
+
+    Raises:
+        ServiceExited: the service ended on its own.
+    """
+    import anyio
+
+    from .service_process import ServiceExited, open_service_process, tail
+
+    await submitting.wait()
+    log.info(
+        "requests are queueing and no service is up; starting one on %s in %g s", endpoint, delay
+    )
+    await anyio.sleep(delay)  # on purpose: the queue holds the requests meanwhile
+    async with open_service_process(
+        endpoint, workers=workers, data_dir=data_dir, log_path=log_path
+    ) as process:
+        returncode = await process.wait()
+    raise ServiceExited(returncode, tail(log_path))

@@ -1,0 +1,75 @@
+"""``backtest-queue evolve``: the demo's search against backtest services you run.
+
+Start one or more services (``backtest-queue service --bind ENDPOINT``), then point
+``evolve`` at them with ``--connect`` (repeat it for several). Requests queue until a
+service is reachable, so the order you start things in does not matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+from .command_common import add_search_arguments, run_command, search_and_report
+
+__all__ = ["add_arguments", "run"]
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``evolve``."""
+    parser.add_argument(
+        "--connect",
+        action="append",
+        required=True,
+        metavar="ENDPOINT",
+        help="a backtest service's endpoint, e.g. tcp://127.0.0.1:5580 "
+        "(repeat for several services)",
+    )
+    add_search_arguments(parser, generations=8, population=16)
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=16,
+        metavar="N",
+        help="most requests in flight at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        metavar="PER_SECOND",
+        help="most requests handed to services per second (default: no limit)",
+    )
+    parser.add_argument(
+        "--result-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for a result before retrying (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flush-interval",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="seconds between periodic flushes (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``evolve``; returns the exit status."""
+    options = {
+        "flush_interval": args.flush_interval,
+        "max_pending": args.max_pending,
+        "rate": args.rate,
+        "result_timeout": args.result_timeout,
+        "max_attempts": 2,
+    }
+    return run_command(args, partial(search_and_report, args, args.connect, options))
