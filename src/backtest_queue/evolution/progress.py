@@ -10,7 +10,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cycle import GenerationSummary, Progress
 
@@ -131,20 +131,19 @@ class RichProgress(AbstractContextManager["RichProgress"]):
 
     def progress(self, progress: Progress) -> None:
         """See :meth:`EvolutionObserver.progress`."""
+        fields: dict[str, Any] = {
+            "gen": f"{progress.generation}/{progress.generations}",
+            "results": progress.results,
+            "queued": progress.queued,
+            "pending": progress.pending,
+            "link": "connected" if progress.connected else "[yellow]no service yet[/]",
+            "best": _sharpe(progress.best_sharpe),
+        }
         task = self._tasks.get(progress.phase)
-        if task is None:
-            task = self._bar.add_task(progress.phase, total=progress.planned)
+        if task is None:  # the fields go in at once: the bar renders from another thread
+            task = self._bar.add_task(progress.phase, total=progress.planned, **fields)
             self._tasks[progress.phase] = task
-        self._bar.update(
-            task,
-            completed=progress.evaluated,
-            gen=f"{progress.generation}/{progress.generations}",
-            results=progress.results,
-            queued=progress.queued,
-            pending=progress.pending,
-            link="connected" if progress.connected else "[yellow]no service yet[/]",
-            best=_sharpe(progress.best_sharpe),
-        )
+        self._bar.update(task, completed=progress.evaluated, **fields)
 
     def generation_done(self, summary: GenerationSummary) -> None:
         """See :meth:`EvolutionObserver.generation_done`."""
