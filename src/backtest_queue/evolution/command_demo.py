@@ -30,7 +30,7 @@ log = logging.getLogger("backtest_queue.evolution")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the demo's options (all optional)."""
-    add_search_arguments(parser, generations=8, population=16)
+    add_search_arguments(parser, generations=12, population=24)
     parser.add_argument(
         "--connect",
         default=None,

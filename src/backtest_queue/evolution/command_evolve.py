@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a backtest service's endpoint, e.g. tcp://127.0.0.1:5580 "
         "(repeat for several services)",
     )
-    add_search_arguments(parser, generations=8, population=16)
+    add_search_arguments(parser, generations=12, population=24)
     parser.add_argument(
         "--max-pending",
         type=int,

@@ -77,8 +77,8 @@ class SearchConfig:
         cycle_interval: the longest an evolution cycle waits for outcomes, in seconds.
     """
 
-    generations: int = 8
-    population: int = 16
+    generations: int = 12
+    population: int = 24
     seed: int | None = 7
     data_id: str = "EURUSD-H1"
     in_sample_fraction: float = 0.7
