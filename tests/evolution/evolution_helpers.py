@@ -102,7 +102,7 @@ async def fake_service(
     fake = FakeService(endpoint)
     rng = random.Random(reply_seed)
     ctx: zmq.Context[Any] = zmq.Context()
-    options = {zmq.LINGER: 0, zmq.ROUTER_MANDATORY: 1}
+    options: dict[int, Any] = {zmq.LINGER: 0, zmq.ROUTER_MANDATORY: 1}
     events_send, events = anyio.create_memory_object_stream[ConnectionEvent](16)
 
     async def watch() -> None:

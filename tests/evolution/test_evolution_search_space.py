@@ -42,7 +42,9 @@ class RandomTrial:
 def test_every_suggestion_is_valid_for_the_service_and_covers_the_space() -> None:
     space = SearchSpace()
     rng = random.Random(0)
-    seen_kinds, seen_sl, seen_tp = set(), set(), set()
+    seen_kinds: set[str] = set()
+    seen_sl: set[float | None] = set()
+    seen_tp: set[float | None] = set()
     for _ in range(3000):
         candidate = space.suggest(RandomTrial(rng))
         checked = check_strategy(candidate.strategy())  # raises if the service would refuse
