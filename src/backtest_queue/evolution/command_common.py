@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
     from .search import SearchReport
 
-__all__ = ["add_search_arguments", "print_report", "run_command", "search_and_report"]
+__all__ = [
+    "add_search_arguments",
+    "non_negative_float",
+    "positive_int",
+    "print_report",
+    "run_command",
+    "search_and_report",
+]
 
 log = logging.getLogger("backtest_queue.evolution")
 
@@ -27,10 +34,19 @@ log = logging.getLogger("backtest_queue.evolution")
 Companion = Callable[["anyio.Event"], Coroutine[Any, Any, None]]
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -47,14 +63,14 @@ def add_search_arguments(
     """Add the options every search command has."""
     parser.add_argument(
         "--generations",
-        type=_positive_int,
+        type=positive_int,
         default=generations,
         metavar="N",
         help="evolution generations (default: %(default)s)",
     )
     parser.add_argument(
         "--population",
-        type=_positive_int,
+        type=positive_int,
         default=population,
         metavar="N",
         help="candidates per generation (default: %(default)s)",
@@ -89,7 +105,7 @@ def add_search_arguments(
     )
     parser.add_argument(
         "--top",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         metavar="N",
         help="candidates to re-run out-of-sample and rank (default: %(default)s)",

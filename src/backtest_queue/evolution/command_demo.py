@@ -18,7 +18,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .command_common import add_search_arguments, run_command, search_and_report
+from .command_common import (
+    add_search_arguments,
+    non_negative_float,
+    positive_int,
+    run_command,
+    search_and_report,
+)
 
 if TYPE_CHECKING:
     import anyio
@@ -39,14 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=2,
         metavar="N",
         help="the started service's worker processes (default: %(default)s)",
     )
     parser.add_argument(
         "--service-delay",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         metavar="SECONDS",
         help="start the service this long after the first requests were "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from .command_common import add_search_arguments, run_command, search_and_report
+from .command_common import add_search_arguments, positive_int, run_command, search_and_report
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_search_arguments(parser, generations=12, population=24)
     parser.add_argument(
         "--max-pending",
-        type=int,
+        type=positive_int,
         default=16,
         metavar="N",
         help="most requests in flight at once (default: %(default)s)",
