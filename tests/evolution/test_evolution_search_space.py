@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from optuna.trial import TrialState
 
+from backtest_queue import Metrics
 from backtest_queue.evolution.proposer import ListProposer, NSGAIIProposer
 from backtest_queue.evolution.search_space import KINDS, Candidate, SearchSpace
 from backtest_queue.service.strategies import check_strategy
@@ -78,6 +80,20 @@ def test_nsga2_proposals_are_valid_and_reproducible() -> None:
     for p in first:
         check_strategy(p.candidate.strategy())
     assert len({p.candidate.kind for p in first}) == 3
+
+
+def test_min_trades_makes_few_trades_infeasible() -> None:
+    """A result with fewer trades than the minimum is a constraint violation: NSGA-II's
+    best trials are the feasible ones even when an infeasible one scores higher."""
+    proposer = NSGAIIProposer(seed=1, population=4, min_trades=20)
+    proposals = proposer.ask(4)
+    results = [
+        Metrics(strategy_name="x", sharpe=sharpe, max_drawdown_pct=-2.0, trades=trades)
+        for sharpe, trades in ((3.0, 5), (1.0, 20), (0.5, 40), (2.0, 19))
+    ]
+    proposer.tell(list(zip(proposals, results, strict=True)))
+    assert [t.number for t in proposer.study.best_trials] == [1]
+    assert all(t.state is TrialState.COMPLETE for t in proposer.study.trials)
 
 
 def test_candidates_that_differ_in_inactive_genes_are_clones() -> None:

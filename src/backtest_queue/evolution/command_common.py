@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_search_arguments",
     "non_negative_float",
+    "non_negative_int",
     "positive_int",
     "print_report",
     "run_command",
@@ -39,6 +40,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -109,6 +118,14 @@ def add_search_arguments(
         default=10,
         metavar="N",
         help="candidates to re-run out-of-sample and rank (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-trades",
+        type=non_negative_int,
+        default=20,
+        metavar="N",
+        help="fewest in-sample trades a strategy needs to rank; fewer is an infeasible "
+        "solution for the optimizer (default: %(default)s; 0: no minimum)",
     )
     parser.add_argument(
         "--out",
@@ -205,6 +222,7 @@ async def search_and_report(
         data_id=args.data,
         in_sample_fraction=args.in_sample,
         top=args.top,
+        min_trades=args.min_trades,
     )
     log.info(
         "evolving on %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
@@ -271,7 +289,10 @@ def print_report(console: Any, report: SearchReport, files: dict[str, Path]) -> 
         f"{split.in_sample[0][:10]}..{split.in_sample[1][:10]}, out-of-sample "
         f"{split.out_of_sample[0][:10]}..{split.out_of_sample[1][:10]}"
     )
-    console.print(leaderboard_table(report.leaderboard, title=title))
+    note = ""
+    if report.config.min_trades:
+        note = f"ranked: strategies with at least {report.config.min_trades} in-sample trades"
+    console.print(leaderboard_table(report.leaderboard, title=title, note=note))
     counts = report.counts()
     console.print(
         f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "

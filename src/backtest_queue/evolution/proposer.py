@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..protocol import Metrics
 from .search_space import Candidate, SearchSpace
@@ -85,25 +85,41 @@ class NSGAIIProposer:
 
     Objectives: Sharpe ratio (maximise), ``abs(max_drawdown_pct)`` (minimise). A failed
     evaluation, or one whose objectives are undefined, is told as ``TrialState.FAIL``.
-    Same seed, same tells in the same order: same proposals.
+    With ``min_trades``, a result with fewer trades is a *constraint violation*
+    (``min_trades - trades > 0``): NSGA-II ranks every feasible trial above it, so a
+    lucky handful of trades cannot lead the search. Same seed, same tells in the same
+    order: same proposals.
 
     Args:
         seed: the sampler's random seed (``None``: not reproducible).
         population: NSGA-II's population size (use the evolution's population).
         space: the search space.
+        min_trades: the fewest closed trades a feasible result has (0: no constraint).
 
     Attributes:
         study: the Optuna study (in memory): every trial, its state and values.
     """
 
     def __init__(
-        self, *, seed: int | None = None, population: int = 16, space: SearchSpace | None = None
+        self,
+        *,
+        seed: int | None = None,
+        population: int = 16,
+        space: SearchSpace | None = None,
+        min_trades: int = 0,
     ) -> None:
         import optuna
 
         silence_optuna()
         self.space = space or SearchSpace()
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+        self.min_trades = min_trades
+        # Optuna 5 takes constraints per trial (set_constraint); before it, through
+        # constraints_func, which Optuna 5 deprecates with a FutureWarning.
+        self._per_trial = hasattr(optuna.trial.Trial, "set_constraint")
+        options: dict[str, Any] = {}
+        if min_trades > 0 and not self._per_trial:
+            options["constraints_func"] = _trades_constraint
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population, **options)
         self.study: optuna.Study = optuna.create_study(
             directions=["maximize", "minimize"], sampler=sampler
         )
@@ -132,10 +148,24 @@ class NSGAIIProposer:
         for proposal, metrics in results:
             trial = self._trials.pop(proposal.number)
             values = objectives(metrics)
-            if values is None:
+            if values is None or metrics is None:
                 self.study.tell(trial, state=TrialState.FAIL)
-            else:
-                self.study.tell(trial, list(values))
+                continue
+            if self.min_trades > 0:
+                shortfall = float(self.min_trades - metrics.trades)
+                if self._per_trial:
+                    trial.set_constraint("min_trades", shortfall)
+                else:
+                    trial.set_user_attr(_SHORTFALL, shortfall)
+            self.study.tell(trial, list(values))
+
+
+_SHORTFALL = "min_trades_shortfall"
+
+
+def _trades_constraint(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """``constraints_func`` for Optuna < 5: the shortfall stored at tell time."""
+    return [float(trial.user_attrs.get(_SHORTFALL, 0.0))]
 
 
 class ListProposer:

@@ -71,6 +71,9 @@ class SearchConfig:
         data_id: the dataset to search on.
         in_sample_fraction: share of the bars to evolve on; the rest is out-of-sample.
         top: how many of the best candidates to re-run out-of-sample and rank.
+        min_trades: the fewest in-sample trades a candidate needs to rank, and to be a
+            feasible solution for NSGA-II (0: no minimum). Sharpe ratios from a handful
+            of trades are mostly luck.
         cash: starting cash per backtest, in the dataset's quote currency.
         commission: commission per trade, as a fraction of the trade value.
         space: the search space.
@@ -83,6 +86,7 @@ class SearchConfig:
     data_id: str = "EURUSD-H1"
     in_sample_fraction: float = 0.7
     top: int = 10
+    min_trades: int = 20
     cash: float = 10_000.0
     commission: float = 0.0002
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -177,7 +181,10 @@ async def run_search(
     )
     if proposer is None:
         proposer = NSGAIIProposer(
-            seed=config.seed, population=config.population, space=config.space
+            seed=config.seed,
+            population=config.population,
+            space=config.space,
+            min_trades=config.min_trades,
         )
     cache = ResultCache()
     in_sample = await run_evolution(
@@ -185,7 +192,11 @@ async def run_search(
         run=run, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
         cycle_interval=config.cycle_interval, phase="in-sample",
     )  # fmt: skip
-    best = [e.candidate for e in best_candidates(in_sample, config.top)]
+    min_trades = config.min_trades
+    if not best_candidates(in_sample, 1, min_trades=min_trades):
+        log.warning("no candidate made %d trades in-sample; ranking all of them", min_trades)
+        min_trades = 0
+    best = [e.candidate for e in best_candidates(in_sample, config.top, min_trades=min_trades)]
     out_of_sample: list[Evaluation] = []
     if best:
         oos_run = replace(run, start=split.out_of_sample[0], end=split.out_of_sample[1])
@@ -201,7 +212,7 @@ async def run_search(
         split=split,
         in_sample=in_sample,
         out_of_sample=out_of_sample,
-        leaderboard=leaderboard(in_sample, out_of_sample, top=config.top),
+        leaderboard=leaderboard(in_sample, out_of_sample, top=config.top, min_trades=min_trades),
         elapsed=time.monotonic() - started,
     )
 
