@@ -54,6 +54,7 @@ EVALUATIONS = [
     ev(4, 1, 11, 1.0, dd=-9.0, status="clone"),
     ev(5, 1, 14, 1.0, dd=-3.0),  # ties #1 on Sharpe, later: ranked after it
     ev(6, 1, 15, 0.2, dd=-2.0),
+    ev(7, 1, 16, 0.2, dd=-2.0),  # the same results as #6: folded into its row
 ]
 
 
@@ -61,6 +62,7 @@ def test_leaderboard_ranks_distinct_candidates_by_sharpe() -> None:
     best = best_candidates(EVALUATIONS, top=10)
     assert [e.number for e in best] == [1, 5, 0, 6]  # #4 is #1's clone
     assert [e.number for e in best_candidates(EVALUATIONS, top=2)] == [1, 5]
+    assert best_candidates(EVALUATIONS, min_trades=8) == []  # each made 7 trades
     oos = [ev(100, 0, 14, -0.3)]
     rows = leaderboard(EVALUATIONS, oos, top=3)
     assert [r.rank for r in rows] == [1, 2, 3]
@@ -69,8 +71,11 @@ def test_leaderboard_ranks_distinct_candidates_by_sharpe() -> None:
     assert rows[0].out_of_sample is None
     # #1 (1.0, 9) is dominated by #5 (1.0, 3); #0 by #5 too; #6 has the least drawdown.
     assert [r.pareto for r in rows] == [False, True, False]
-    assert pareto_front(EVALUATIONS) == {EVALUATIONS[5].candidate, EVALUATIONS[6].candidate}
-    assert sharpe_by_generation(EVALUATIONS) == [(0, 1.0, 0.75), (1, 1.0, 1.0)]
+    assert pareto_front(EVALUATIONS) == {EVALUATIONS[i].candidate for i in (5, 6, 7)}
+    assert sharpe_by_generation(EVALUATIONS) == [(0, 1.0, 0.75), (1, 1.0, 0.6)]
+    assert [(r.in_sample.number, r.alike) for r in leaderboard(EVALUATIONS)] == [
+        (1, 0), (5, 0), (0, 0), (6, 1)
+    ]  # fmt: skip
     table = leaderboard_table(rows)
     assert table.row_count == 3
 
@@ -94,13 +99,13 @@ def test_outputs_are_written_and_parse(tmp_path: Path) -> None:
     assert set(files) == {"results_csv", "results_json", "leaderboard_csv", "sharpe_by_generation"}
     with files["results_csv"].open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 8
+    assert len(rows) == 9
     assert rows[3]["status"] == "failed"
     assert rows[3]["sharpe"] == ""
     assert json.loads(rows[0]["params"]) == {"fast": 10, "slow": 100}
     assert rows[-1]["phase"] == "out-of-sample"
     document = json.loads(files["results_json"].read_text())
-    assert document["counts"] == {"evaluations": 7, "ok": 5, "clone": 1, "failed": 1}
+    assert document["counts"] == {"evaluations": 8, "ok": 6, "clone": 1, "failed": 1}
     assert document["leaderboard"][1]["out_of_sample_sharpe"] == -0.3
-    assert [e["generation"] for e in document["evaluations"][:7]] == [0, 0, 0, 0, 1, 1, 1]
+    assert [e["generation"] for e in document["evaluations"][:8]] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert files["sharpe_by_generation"].read_bytes().startswith(b"\x89PNG")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ..protocol import Metrics
 from .cycle import Evaluation
 from .proposer import objectives
 from .search_space import Candidate
@@ -63,6 +64,9 @@ class LeaderboardRow:
         out_of_sample: its out-of-sample re-run, ``None`` when not run.
         pareto: whether it is on the in-sample Pareto front (no other candidate has
             both a higher Sharpe ratio and a smaller drawdown).
+        alike: how many other candidates had exactly the same in-sample metrics (the
+            same trades, typically: a stop loss that never triggers) and were folded
+            into this row, the earliest evaluated standing for them all.
     """
 
     rank: int
@@ -70,29 +74,55 @@ class LeaderboardRow:
     in_sample: Evaluation
     out_of_sample: Evaluation | None
     pareto: bool
+    alike: int = 0
 
 
-def best_candidates(evaluations: Iterable[Evaluation], top: int = 10) -> list[Evaluation]:
+def _signature(metrics: Metrics) -> tuple[object, ...]:
+    """What makes two results indistinguishable (everything but run time and name)."""
+    return (
+        metrics.sharpe, metrics.sortino, metrics.return_pct, metrics.max_drawdown_pct,
+        metrics.trades, metrics.win_rate, metrics.profit_factor, metrics.bars,
+    )  # fmt: skip
+
+
+def _ranked(evaluations: Iterable[Evaluation], min_trades: int) -> list[tuple[Evaluation, int]]:
+    """Distinct results by Sharpe ratio, best first, each with its count of look-alikes."""
+    seen: set[Candidate] = set()
+    groups: dict[tuple[object, ...], list[Evaluation]] = {}
+    for evaluation in evaluations:
+        m = evaluation.metrics
+        if m is None or m.sharpe is None or m.trades < min_trades:
+            continue
+        if evaluation.candidate in seen:
+            continue
+        seen.add(evaluation.candidate)
+        groups.setdefault(_signature(m), []).append(evaluation)
+    firsts = sorted(groups.values(), key=lambda g: (-(g[0].sharpe or 0.0), g[0].number))
+    return [(group[0], len(group) - 1) for group in firsts]
+
+
+def best_candidates(
+    evaluations: Iterable[Evaluation], top: int = 10, *, min_trades: int = 0
+) -> list[Evaluation]:
     """The ``top`` distinct candidates by Sharpe ratio, best first.
 
-    A candidate counts once (its first evaluation with a result); evaluations without a
-    defined Sharpe ratio are left out. Ties go to the earlier evaluation, so the order
-    is deterministic.
+    A candidate counts once (its first evaluation with a result), and so does a group of
+    candidates with exactly the same metrics (the earliest stands for the group);
+    evaluations without a defined Sharpe ratio, or with fewer than ``min_trades``
+    trades, are left out. Ties go to the earlier evaluation, so the order is
+    deterministic.
     """
-    seen: dict[Candidate, Evaluation] = {}
-    for evaluation in evaluations:
-        if evaluation.sharpe is not None and evaluation.candidate not in seen:
-            seen[evaluation.candidate] = evaluation
-    ranked = sorted(seen.values(), key=lambda e: (-(e.sharpe or 0.0), e.number))
-    return ranked[:top]
+    return [evaluation for evaluation, _ in _ranked(evaluations, min_trades)[:top]]
 
 
-def pareto_front(evaluations: Iterable[Evaluation]) -> set[Candidate]:
-    """The candidates no other candidate dominates on (Sharpe up, drawdown magnitude down)."""
+def pareto_front(evaluations: Iterable[Evaluation], *, min_trades: int = 0) -> set[Candidate]:
+    """The candidates no other candidate dominates on (Sharpe up, drawdown magnitude down),
+    among those with at least ``min_trades`` trades."""
     points: dict[Candidate, tuple[float, float]] = {}
     for evaluation in evaluations:
         values = objectives(evaluation.metrics)
-        if values is not None:
+        trades = 0 if evaluation.metrics is None else evaluation.metrics.trades
+        if values is not None and trades >= min_trades:
             points.setdefault(evaluation.candidate, values)
     front = set()
     for candidate, (sharpe, drawdown) in points.items():
@@ -110,9 +140,11 @@ def leaderboard(
     out_of_sample: Sequence[Evaluation] = (),
     *,
     top: int = 10,
+    min_trades: int = 0,
 ) -> list[LeaderboardRow]:
-    """Rank the ``top`` candidates by in-sample Sharpe ratio; attach their re-runs."""
-    front = pareto_front(evaluations)
+    """Rank the ``top`` candidates by in-sample Sharpe ratio (those with at least
+    ``min_trades`` trades); attach their re-runs."""
+    front = pareto_front(evaluations, min_trades=min_trades)
     oos = {e.candidate: e for e in out_of_sample}
     return [
         LeaderboardRow(
@@ -121,8 +153,9 @@ def leaderboard(
             in_sample=e,
             out_of_sample=oos.get(e.candidate),
             pareto=e.candidate in front,
+            alike=alike,
         )
-        for rank, e in enumerate(best_candidates(evaluations, top), start=1)
+        for rank, (e, alike) in enumerate(_ranked(evaluations, min_trades)[:top], start=1)
     ]
 
 
@@ -174,6 +207,7 @@ def _row_record(row: LeaderboardRow) -> dict[str, Any]:
         "kind": row.candidate.kind,
         "params": row.candidate.describe(),
         "pareto": row.pareto,
+        "alike": row.alike,
         "in_sample_sharpe": metric(row.in_sample, "sharpe"),
         "out_of_sample_sharpe": metric(row.out_of_sample, "sharpe"),
         "in_sample_max_drawdown_pct": metric(row.in_sample, "max_drawdown_pct"),
@@ -253,9 +287,12 @@ def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], tit
     return path
 
 
-def leaderboard_table(rows: Sequence[LeaderboardRow], *, title: str = "Leaderboard") -> Table:
+def leaderboard_table(
+    rows: Sequence[LeaderboardRow], *, title: str = "Leaderboard", note: str = ""
+) -> Table:
     """The leaderboard as a rich table: rank, strategy, parameters, Sharpe in and out of
-    sample, max drawdown (percent) and trades in and out of sample."""
+    sample, max drawdown (percent) and trades in and out of sample; ``note`` goes in the
+    caption."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -273,15 +310,20 @@ def leaderboard_table(rows: Sequence[LeaderboardRow], *, title: str = "Leaderboa
         table.add_row(
             str(row.rank),
             row.candidate.kind + mark,
-            row.candidate.describe(),
+            row.candidate.describe() + (f" (+{row.alike} alike)" if row.alike else ""),
             _fmt(i.sharpe if i else None, "{:.2f}"),
             _fmt(o.sharpe if o else None, "{:.2f}"),
             _fmt(i.max_drawdown_pct if i else None, "{:.1f}%"),
             _fmt(o.max_drawdown_pct if o else None, "{:.1f}%"),
             f"{i.trades if i else '-'}/{o.trades if o else '-'}",
         )
+    caption = [note] if note else []
     if any(row.pareto for row in rows):
-        table.caption = "* on the in-sample Pareto front (Sharpe up, drawdown down)"
+        caption.append("* on the in-sample Pareto front (Sharpe up, drawdown down)")
+    if any(row.alike for row in rows):
+        caption.append("+N alike: N more candidates with exactly the same in-sample results")
+    if caption:
+        table.caption = "\n".join(caption)
         table.caption_justify = "left"
     return table
 
