@@ -336,3 +336,36 @@ async def test_unavailable_replies_are_sent_again_until_attempts_run_out() -> No
     assert outcomes["req-00001"].reason == "service_error"
     assert "unavailable" in outcomes["req-00001"].detail
     assert seen == {"req-00000": 2, "req-00001": 3}
+
+
+async def test_deadline_of_a_request_sent_inside_submit_wakes_the_flusher() -> None:
+    """Sent by submit() itself while the flusher sleeps with nothing to wait for: its
+    deadline must still be kept (the flusher is re-armed), or the slot is held forever."""
+    endpoint = free_tcp_endpoint()
+    async with (
+        stub_service(endpoint, silent),
+        open_dispatcher([endpoint], result_timeout=0.2, max_attempts=1, flush_interval=3600) as d,
+    ):
+        with anyio.fail_after(5):
+            await d.wait_connected()
+            state = await d.submit(make_request(0))
+            assert state.state == "sent"
+            outcome = await d.wait(state.request_id)
+        assert outcome.reason == "timeout"
+        assert d.stats().queue.pending == 0
+
+
+async def test_request_queued_behind_the_rate_limit_goes_at_its_token_time() -> None:
+    endpoint = free_tcp_endpoint()
+    async with (
+        stub_service(endpoint, echo),
+        open_dispatcher([endpoint], rate=5.0, burst=1, flush_interval=3600) as d,
+    ):
+        with anyio.fail_after(5):
+            await d.wait_connected()
+            first = await d.submit(make_request(0))
+            second = await d.submit(make_request(1))
+            assert (first.state, second.state, second.reason) == ("sent", "queued", "rate")
+            outcome = await d.wait(second.request_id)  # at ~0.2 s, not the 3600 s tick
+            assert (await d.outcomes.receive()).request_id == first.request_id
+        assert outcome.ok

@@ -181,6 +181,7 @@ class Dispatcher:
         self._errors_without_id = 0
         self._would_block = 0
         self._refused = 0
+        self._flusher_wakes_at = math.inf  # the deadline the flusher is waiting for
         self._overflow: list[Outcome] = []  # outcomes waiting for room in a bounded stream
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
         self._writer = writer
@@ -276,6 +277,7 @@ class Dispatcher:
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         now = anyio.current_time()
         self._send(q.flush(now))
+        self._rearm()
         if q.state_of(rid) == "pending":
             return SubmitState(rid, "sent", None, q.queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
@@ -322,7 +324,9 @@ class Dispatcher:
             How many requests were handed to services.
         """
         self._check_open()
-        return self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
+        sent = self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
+        self._rearm()
+        return sent
 
     async def wait_connected(self) -> None:
         """Wait until at least one service is up (bound it with ``fail_after``)."""
@@ -372,6 +376,16 @@ class Dispatcher:
             self._room = anyio.Event()
             log.debug("sent %d requests (%s)", sent, trigger)
         return sent
+
+    def _rearm(self) -> None:
+        """Kick the flusher if the policy now needs it earlier than it plans to wake.
+
+        Called after work done outside the flusher (submit, maybe_flush): a request
+        handed over there has a deadline, and one queued behind the rate limit a token
+        time, that the sleeping flusher does not know about.
+        """
+        if self._queue.next_deadline_at() < self._flusher_wakes_at:
+            self._kick()
 
     def _block(self, endpoint: str) -> None:
         """Stop routing to a socket that hit its high-water mark until it is writable."""
@@ -529,8 +543,10 @@ class Dispatcher:
             now = anyio.current_time()
             self._fail(queue.expire(now))
             wakes: list[ConnectionEvent | _Kick] = []
-            with anyio.move_on_at(queue.next_deadline_at(now)):
+            self._flusher_wakes_at = queue.next_deadline_at(now)
+            with anyio.move_on_at(self._flusher_wakes_at):
                 wakes.append(await self._wake_receive.receive())
+            self._flusher_wakes_at = -math.inf  # awake: nobody needs to kick it
             while True:
                 try:
                     wakes.append(self._wake_receive.receive_nowait())
