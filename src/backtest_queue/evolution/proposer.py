@@ -95,6 +95,8 @@ class NSGAIIProposer:
         population: NSGA-II's population size (use the evolution's population).
         space: the search space.
         min_trades: the fewest closed trades a feasible result has (0: no constraint).
+        mutation_prob: the chance that a child's parameter is drawn afresh instead of
+            inherited (``None``: Optuna's default, 1 / number of parameters).
 
     Attributes:
         study: the Optuna study (in memory): every trial, its state and values.
@@ -107,6 +109,7 @@ class NSGAIIProposer:
         population: int = 16,
         space: SearchSpace | None = None,
         min_trades: int = 0,
+        mutation_prob: float | None = None,
     ) -> None:
         import optuna
 
@@ -119,7 +122,9 @@ class NSGAIIProposer:
         options: dict[str, Any] = {}
         if min_trades > 0 and not self._per_trial:
             options["constraints_func"] = _trades_constraint
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population, **options)
+        sampler = optuna.samplers.NSGAIISampler(
+            seed=seed, population_size=population, mutation_prob=mutation_prob, **options
+        )
         self.study: optuna.Study = optuna.create_study(
             directions=["maximize", "minimize"], sampler=sampler
         )

@@ -74,6 +74,11 @@ class SearchConfig:
         min_trades: the fewest in-sample trades a candidate needs to rank, and to be a
             feasible solution for NSGA-II (0: no minimum). Sharpe ratios from a handful
             of trades are mostly luck.
+        mutation_prob: NSGA-II's chance to redraw each parameter of a child. Half of
+            every genome is inactive (the other kinds' parameters), so Optuna's default
+            of 1 / 10 parameters mutates about one active gene every other child, and
+            the demo's population collapsed onto one strategy within a few generations;
+            0.4 keeps it exploring (``None``: Optuna's default).
         cash: starting cash per backtest, in the dataset's quote currency.
         commission: commission per trade, as a fraction of the trade value.
         space: the search space.
@@ -87,6 +92,7 @@ class SearchConfig:
     in_sample_fraction: float = 0.7
     top: int = 10
     min_trades: int = 20
+    mutation_prob: float | None = 0.4
     cash: float = 10_000.0
     commission: float = 0.0002
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -185,6 +191,7 @@ async def run_search(
             population=config.population,
             space=config.space,
             min_trades=config.min_trades,
+            mutation_prob=config.mutation_prob,
         )
     cache = ResultCache()
     in_sample = await run_evolution(
