@@ -31,8 +31,10 @@ if TYPE_CHECKING:
     from .proposer import Proposal as Proposal
     from .proposer import Proposer as Proposer
     from .search import SearchConfig as SearchConfig
+    from .search import SearchFailed as SearchFailed
     from .search import SearchReport as SearchReport
     from .search import run_search as run_search
+    from .search import write_outputs as write_outputs
     from .search_space import Candidate as Candidate
     from .search_space import SearchSpace as SearchSpace
     from .split import SampleSplit as SampleSplit
@@ -52,8 +54,10 @@ _LAZY = {
     "Proposal": "proposer",
     "Proposer": "proposer",
     "SearchConfig": "search",
+    "SearchFailed": "search",
     "SearchReport": "search",
     "run_search": "search",
+    "write_outputs": "search",
     "Candidate": "search_space",
     "SearchSpace": "search_space",
     "SampleSplit": "split",
@@ -70,4 +74,26 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "Candidate",
+    "CycleHook",
+    "Evaluation",
+    "EvolutionObserver",
+    "GenerationSummary",
+    "ListProposer",
+    "NSGAIIProposer",
+    "Progress",
+    "Proposal",
+    "Proposer",
+    "ResultCache",
+    "RunSettings",
+    "SampleSplit",
+    "SearchConfig",
+    "SearchFailed",
+    "SearchReport",
+    "SearchSpace",
+    "run_evolution",
+    "run_search",
+    "split_bars",
+    "write_outputs",
+]
