@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,3 +134,15 @@ def test_list_proposer() -> None:
     assert [p.number for p in proposer.ask(2)] == [0, 1]
     with pytest.raises(ValueError, match="asked for 2 candidates, 1 left"):
         proposer.ask(2)
+
+
+def test_the_cli_can_list_the_commands_without_the_heavy_imports() -> None:
+    """The CLI imports every command module to list it: ours must not pull in Optuna,
+    pandas, matplotlib or rich until a command runs."""
+    code = (
+        "import sys, backtest_queue.evolution as e, backtest_queue.evolution.command_demo, "
+        "backtest_queue.evolution.command_evolve\n"
+        "heavy = {'optuna', 'pandas', 'matplotlib', 'rich'} & set(sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
