@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from backtest_queue import BacktestRequest, Outcome, QueueFull, Strategy, open_dispatcher
-from service_process import echo_process, service_process
 
+from service_process import echo_process, service_process
 from stubs import free_tcp_endpoint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -8,7 +8,6 @@ from functools import partial
 
 import anyio
 import pytest
-from evolution_helpers import fake_metrics, fake_service
 from optuna.trial import TrialState
 
 from backtest_queue import BacktestRequest, Strategy
@@ -25,6 +24,7 @@ from backtest_queue.evolution.search import SearchConfig, run_search
 from backtest_queue.evolution.search_space import Candidate
 from backtest_queue.evolution.split import SampleSplit
 
+from evolution_helpers import fake_metrics, fake_service
 from stubs import free_tcp_endpoint
 
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from anyio.from_thread import start_blocking_portal
-from evolution_helpers import FakeService, Rule, fake_service
 
 from backtest_queue.evolution import command_evolve
 
+from evolution_helpers import FakeService, Rule, fake_service
 from stubs import free_tcp_endpoint
 
 
