@@ -128,6 +128,15 @@ def add_search_arguments(
         "solution for the optimizer (default: %(default)s; 0: no minimum)",
     )
     parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="SQLite file that keeps the send queue durable and caches results by "
+        "content, so a rerun or a restart after a crash does not run finished backtests "
+        "again (default: none)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("backtest-queue-output"),

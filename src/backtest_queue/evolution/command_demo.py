@@ -76,6 +76,7 @@ async def _main(args: argparse.Namespace) -> int:
         "max_pending": max(4, 4 * args.workers),
         "result_timeout": 60.0,
         "max_attempts": 2,
+        "store": args.store,
     }
     companion = None
     if args.connect is None:

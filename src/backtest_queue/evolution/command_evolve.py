@@ -71,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
         "rate": args.rate,
         "result_timeout": args.result_timeout,
         "max_attempts": 2,
+        "store": args.store,
     }
     return run_command(args, partial(search_and_report, args, args.connect, options))
