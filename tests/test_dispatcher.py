@@ -367,3 +367,36 @@ async def test_request_queued_behind_the_rate_limit_goes_at_its_token_time() -> 
             outcome = await d.wait(second.request_id)  # at ~0.2 s, not the 3600 s tick
             assert (await d.outcomes.receive()).request_id == first.request_id
         assert outcome.ok
+
+
+async def test_a_bounded_outcome_stream_gets_every_failure_in_order() -> None:
+    """Outcomes that do not fit a bounded stream wait, in order, and are delivered as
+    the caller reads, also those raised by the flusher (timeouts), not only replies."""
+    endpoint = free_tcp_endpoint()
+    async with (
+        stub_service(endpoint, silent),
+        open_dispatcher([endpoint], result_timeout=0.1, max_attempts=1, outcome_buffer=1) as d,
+    ):
+        with anyio.fail_after(5):
+            await d.wait_connected()
+            for i in range(4):
+                await d.submit(make_request(i))
+            outcomes = await collect(d, 4)
+    assert [o.request_id for o in outcomes] == [f"req-{i:05d}" for i in range(4)]
+    assert {o.reason for o in outcomes} == {"timeout"}
+
+
+async def test_submit_nowait_batches_and_every_request_gets_its_outcome() -> None:
+    endpoint = free_tcp_endpoint()
+    n = 500
+    async with stub_service(endpoint, echo), open_dispatcher([endpoint], max_pending=None) as d:
+        with anyio.fail_after(5):
+            await d.wait_connected()
+        for i in range(n):
+            d.submit_nowait(make_request(i))
+        with pytest.raises(DuplicateRequest):
+            d.submit_nowait(make_request(0))
+        with anyio.fail_after(10):
+            outcomes = await collect(d, n)
+        assert d.stats().queue.flushes < n  # batched: fewer flushes than requests
+    assert sorted(o.request_id for o in outcomes) == [f"req-{i:05d}" for i in range(n)]

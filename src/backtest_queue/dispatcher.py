@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ __all__ = ["Dispatcher", "open_dispatcher"]
 log = logging.getLogger("backtest_queue")
 
 _WAKE_BUFFER: Final = 64
+_FLUSH_CHUNK: Final = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +184,8 @@ class Dispatcher:
         self._would_block = 0
         self._refused = 0
         self._flusher_wakes_at = math.inf  # the deadline the flusher is waiting for
-        self._overflow: list[Outcome] = []  # outcomes waiting for room in a bounded stream
+        self._overflow: deque[Outcome] = deque()  # outcomes waiting for room in the stream
+        self._overflow_ready = anyio.Event()
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
         self._writer = writer
         #: ids of the requests restored from the store when it opened (queued again).
@@ -276,19 +279,42 @@ class Dispatcher:
             break
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         now = anyio.current_time()
-        self._send(q.flush(now))
-        self._rearm()
+        self._flush(now, "submit")
+        self._rearm_flusher()
         if q.state_of(rid) == "pending":
             return SubmitState(rid, "sent", None, q.queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)
-        if not q.connected:
+        if not self._up:
             reason = "not_connected"
+        elif not q.connected:  # up, but every socket is at its high-water mark
+            reason = "backlog"
         elif throttle.reason is not None:
             reason = throttle.reason
         else:
             reason = "backlog"
         return SubmitState(rid, "queued", reason, q.queued, q.pending)
+
+    def submit_nowait(self, request: BacktestRequest) -> None:
+        """Queue a request without waiting; the flusher sends what was queued during
+        this scheduler pass in one batch (one wake-up, one send_batch, one re-arm).
+
+        Raises:
+            QueueFull: the send queue is full (never waits).
+            DuplicateRequest: a request with this id is already queued or pending.
+            DispatcherClosed: the dispatcher's block has ended.
+            UsageError: the dispatcher has a store (submit must wait for its commit).
+        """
+        self._check_open()
+        if self._writer is not None:
+            raise UsageError("submit_nowait cannot be used with a store; use submit")
+        rid = request.request_id
+        if rid in self._instant:
+            raise DuplicateRequest(rid)
+        self._queue.enqueue(request)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._kick()
 
     async def wait(self, request_id: str) -> Outcome:
         """Wait for one request's outcome; it is then not put on :attr:`outcomes`.
@@ -325,7 +351,7 @@ class Dispatcher:
         """
         self._check_open()
         sent = self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
-        self._rearm()
+        self._rearm_flusher()
         return sent
 
     async def wait_connected(self) -> None:
@@ -372,12 +398,13 @@ class Dispatcher:
         if unsent:
             queue.send_failed(unsent, anyio.current_time())
         if sent:
-            self._room.set()
-            self._room = anyio.Event()
+            if self._room.statistics().tasks_waiting:  # no Event churn per send
+                self._room.set()
+                self._room = anyio.Event()
             log.debug("sent %d requests (%s)", sent, trigger)
         return sent
 
-    def _rearm(self) -> None:
+    def _rearm_flusher(self) -> None:
         """Kick the flusher if the policy now needs it earlier than it plans to wake.
 
         Called after work done outside the flusher (submit, maybe_flush): a request
@@ -386,6 +413,19 @@ class Dispatcher:
         """
         if self._queue.next_deadline_at() < self._flusher_wakes_at:
             self._kick()
+
+    def _flush(self, now: float, trigger: str) -> int:
+        """Flush in chunks, so the first request leaves at once; stop at the first
+        chunk that could not all go (EAGAIN: the rest stays queued, not re-queued)."""
+        total = 0
+        while True:
+            batch = self._queue.flush(now, limit=_FLUSH_CHUNK)
+            if not batch:
+                return total
+            sent = self._send(batch, trigger)
+            total += sent
+            if sent < len(batch):
+                return total
 
     def _block(self, endpoint: str) -> None:
         """Stop routing to a socket that hit its high-water mark until it is writable."""
@@ -430,11 +470,14 @@ class Dispatcher:
         if waiter is not None:
             waiter.outcome = outcome
             waiter.event.set()
+        elif self._overflow:  # keep the order: behind those already waiting for room
+            self._overflow.append(outcome)
         else:
             try:
                 self._outcome_send.send_nowait(outcome)
             except anyio.WouldBlock:
                 self._overflow.append(outcome)
+                self._overflow_ready.set()
             except anyio.BrokenResourceError:
                 log.debug("outcome for %s dropped: the caller closed the outcome stream",
                           outcome.request_id)  # fmt: skip
@@ -446,11 +489,24 @@ class Dispatcher:
         for outcome in instant.values():
             self._deliver(outcome, stored=False)
 
-    async def _flush_overflow(self) -> None:
-        """Deliver outcomes that did not fit in a bounded outcome stream (backpressure)."""
-        while self._overflow:
-            outcome = self._overflow.pop(0)
-            await self._outcome_send.send(outcome)
+    async def _outcome_pump(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver outcomes that did not fit in a bounded outcome stream, in order, as
+        the caller reads (backpressure without holding up the flusher or receivers)."""
+        task_status.started()
+        while True:
+            await self._overflow_ready.wait()
+            self._overflow_ready = anyio.Event()
+            while self._overflow:
+                try:
+                    await self._outcome_send.send(self._overflow[0])
+                except anyio.BrokenResourceError:
+                    log.debug("%d outcomes dropped: the caller closed the outcome stream",
+                              len(self._overflow))  # fmt: skip
+                    self._overflow.clear()
+                    break
+                self._overflow.popleft()
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         for f in failures:
@@ -480,8 +536,6 @@ class Dispatcher:
                 freed |= self._handle_reply(endpoint, frames, now)
             if freed and self._queue.queued:
                 self._kick()
-            if self._overflow:
-                await self._flush_overflow()
 
     def _handle_reply(self, endpoint: str, frames: list[bytes], now: float) -> bool:
         """Apply one reply; return whether it resolved a request."""
@@ -564,16 +618,16 @@ class Dispatcher:
             if not wakes:
                 sent = self._send(queue.maybe_flush(now), "interval")
                 if not sent:
-                    self._send(queue.flush(now), "token")
+                    self._flush(now, "token")
             elif connected_to:
                 count = queue.queued
-                sent = self._send(queue.flush(now), "connect")
+                sent = self._flush(now, "connect")
                 ev = connected_to[-1]
                 ms = (anyio.current_time() - ev.at) * 1000
                 log.info("flushed %d queued requests %.1f ms after connect to %s "
                          "(%d still queued)", sent, ms, ev.source, count - sent)  # fmt: skip
             else:
-                self._send(queue.flush(now), "kick")
+                self._flush(now, "kick")
 
     def _apply(self, event: ConnectionEvent, now: float) -> bool:
         """Apply a connection event to the policy; return whether a service came up."""
@@ -783,6 +837,7 @@ async def open_dispatcher(
                     if writer is not None:
                         await tg.start(writer.run)
                     await tg.start(dispatcher._flusher)
+                    await tg.start(dispatcher._outcome_pump)
                     for endpoint, sock in sockets.items():
                         await tg.start(dispatcher._receiver, endpoint)
                         await tg.start(run_monitor, ctx, sock, dispatcher._wake_send.clone())

@@ -393,7 +393,7 @@ class BacktestQueue(Generic[R]):
 
     # -- flushing --------------------------------------------------------------------
 
-    def flush(self, now: float | None = None) -> list[R]:
+    def flush(self, now: float | None = None, limit: int | None = None) -> list[R]:
         """Hand over requests: pop them FIFO while connected and not throttled.
 
         Each returned request is recorded as pending on a connection (the least loaded
@@ -401,6 +401,11 @@ class BacktestQueue(Generic[R]):
         ``now + result_timeout`` (times ``retry_backoff ** (attempt - 1)`` on a retry).
         The shell must send each one, and report any it could not send with
         :meth:`send_failed`.
+
+        Args:
+            now: seconds, monotonic.
+            limit: hand over at most this many (``None``: as many as allowed), so a
+                shell can send a first chunk before handing over the rest.
 
         Returns:
             The requests to send, oldest first; empty when disconnected or throttled.
@@ -411,7 +416,7 @@ class BacktestQueue(Generic[R]):
         out: list[R] = []
         bucket, max_pending, pending = self._bucket, self.max_pending, self._pending
         single = next(iter(self._up)) if len(self._up) == 1 else None
-        while self._queued:
+        while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
                 break
             if bucket is not None and not bucket.try_take(t):

@@ -58,6 +58,12 @@ _REFUSED_EVENTS: Final = (
 )
 
 
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+
+
 class SendStatus(enum.Enum):
     """What :meth:`ZmqSocket.try_send` did."""
 
@@ -83,6 +89,7 @@ class ZmqSocket:
         # through zmq-anyio's futures (its send() schedules a task and cannot fail).
         self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._stash: list[Frames] = []
+        self._writer_waiting = False
         self.name = name
 
     def __repr__(self) -> str:
@@ -124,12 +131,18 @@ class ZmqSocket:
         Raises:
             TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
         """
-        send = self._raw.send_multipart
+        send = self._raw.send
         sent = 0
         status = SendStatus.SENT
         try:
             for frames in messages:
-                send(frames, flags=zmq.NOBLOCK)
+                # Frame by frame with int flags: pyzmq's send_multipart does enum
+                # arithmetic and type checks per frame. A multipart message is atomic:
+                # EAGAIN can only come on its first frame.
+                *head, last = frames
+                for frame in head:
+                    send(frame, _SNDMORE_NOBLOCK)
+                send(last, _NOBLOCK)
                 sent += 1
         except zmq.Again:
             status = SendStatus.WOULD_BLOCK
@@ -149,7 +162,13 @@ class ZmqSocket:
         and a waiter on the FD would then sleep through it. Reading ``EVENTS`` through
         the zmq-anyio socket makes it dispatch whatever is ready to its waiters.
         """
-        if not self._raw.closed:
+        # Only a message waiting (or a writer waiting for room) needs zmq-anyio's
+        # dispatch: with none, the next message re-arms the FD by itself (libzmq
+        # re-activates a pipe it found empty). Reading EVENTS raw is cheap; the
+        # zmq-anyio path spawns tasks.
+        if self._raw.closed:
+            return
+        if self._writer_waiting or cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN:
             self._sock.get(zmq.EVENTS)  # type: ignore[no-untyped-call]
 
     def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
@@ -158,13 +177,13 @@ class ZmqSocket:
         recv = self._raw.recv_multipart
         try:
             while len(batch) < max_messages:
-                batch.append(recv(zmq.NOBLOCK))
+                batch.append(recv(_NOBLOCK))
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:
-            if batch:  # hand over what we have; the error repeats on the next call
-                self._stash = batch
-            raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+            if not batch:
+                raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+            # Hand over what we have; the error repeats on the next call.
         self._rearm()
         return batch
 
@@ -181,6 +200,12 @@ class ZmqSocket:
         if batch:
             await anyio.lowlevel.checkpoint()
             return batch
+        # Yield once and look again before arming a zmq-anyio future (which costs
+        # task spawns): under load the next replies arrive meanwhile.
+        await anyio.lowlevel.checkpoint()
+        batch = self.receive_nowait(max_messages)
+        if batch:
+            return batch
         future = self._sock.arecv_multipart()
         try:
             first = await future
@@ -196,11 +221,14 @@ class ZmqSocket:
     async def wait_writable(self) -> None:
         """Wait until a send could succeed (a peer is up and below its high-water mark)."""
         future = self._sock.apoll(flags=zmq.POLLOUT)
+        self._writer_waiting = True
         try:
             await future
         except BaseException:
             future.cancel()
             raise
+        finally:
+            self._writer_waiting = False
 
 
 def _apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
