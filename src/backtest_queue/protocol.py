@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
@@ -67,14 +67,7 @@ ErrorCode = Literal[
     "engine_error",
     "unavailable",
 ]
-ERROR_CODES: Final[tuple[str, ...]] = (
-    "invalid_request",
-    "unknown_data",
-    "unsupported_version",
-    "too_large",
-    "engine_error",
-    "unavailable",
-)
+ERROR_CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
