@@ -618,15 +618,6 @@ def test_send_failed_puts_back_to_the_front_without_counting_an_attempt() -> Non
     assert q.stats().sent == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason=(
-        "BUG: send_failed() with an id twice in one call raises KeyError: the entry is "
-        "still marked pending until the loop ends, so the second occurrence tries to "
-        "delete it from the pending table again; the request is then in neither place"
-    ),
-)
 def test_send_failed_ignores_an_id_given_twice() -> None:
     q = filled("a", "b")
     q.flush(0.0)
@@ -645,17 +636,6 @@ def test_send_failed_from_a_later_flush_keeps_deadlines_straight() -> None:
     assert failed_ids(q.expire(7.0)) == ["b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason=(
-        "BUG: a request put back (send_failed, on_disconnected with requeue, retry) and "
-        "flushed again at the same `now` gets the same deadline as its first send; "
-        "expire() then meets two live-looking (deadline, seq, entry) items for it and the "
-        "second `del self._pending[...]` raises KeyError, losing the request (with "
-        "retry_backoff > 1 the disconnect and retry paths get a longer deadline and escape)"
-    ),
-)
 @pytest.mark.parametrize(
     ("put_back", "retry_backoff"),
     [("send_failed", 2.0), ("send_failed", 1.0), ("disconnect", 1.0), ("retry", 1.0)],
@@ -750,16 +730,6 @@ def test_next_deadline_at_ignores_the_token_when_pending_is_full() -> None:
     assert q.next_deadline_at(0.0) == 60.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: at next_deadline_at() for a rate wait, flush() can find no token and "
-        "next_deadline_at() returns the same instant again (the remaining wait is below "
-        "one ulp of now): a flusher doing move_on_at(next_deadline_at(now)) spins without "
-        "time advancing (a hang under trio's MockClock). Root cause in TokenBucket."
-        "seconds_until_token; see tests/test_ratelimit.py"
-    ),
-)
 def test_calling_in_at_next_deadline_at_makes_progress_under_rate_limit() -> None:
     start = 55039.62724604522  # a plausible time.monotonic() reading (15 h of uptime)
     q = filled("a", "b", start=start, connect_at=start, rate=0.5, burst=1.0)

@@ -34,14 +34,6 @@ from backtest_queue.policy import (
     Throttle,
 )
 
-# Known bug (tests/test_policy.py::test_resend_at_the_same_instant_then_expire): a request
-# put back by send_failed / on_disconnected / retry and flushed again at the *same*
-# instant can get a duplicate deadline, and expire() raises KeyError. Until it is fixed,
-# the machine lets 1 ms pass after every put-back so that it can explore everything else.
-# Set this to False once the bug is fixed.
-AVOID_SAME_INSTANT_RESEND = True
-PUT_BACK_STEP = 1e-3
-
 # Tolerance on the token count (the bucket's rounding slack is 1e-9 of a token).
 TOKEN_TOL = Fraction(1, 10**6)
 
@@ -227,10 +219,6 @@ class QueueMachine(RuleBasedStateMachine):
         self.queue[:0] = retry
         return failed
 
-    def _put_back_done(self) -> None:
-        if AVOID_SAME_INSTANT_RESEND:
-            self.now += PUT_BACK_STEP
-
     def _record_take(self, t: float) -> None:
         """Append a send time and check the bound for every window ending at it."""
         self.taken_at.append(t)
@@ -364,8 +352,6 @@ class QueueMachine(RuleBasedStateMachine):
         if requeue:
             on_conn = [rid for rid, p in self.pending.items() if p.connection == conn]
             expected = self._retry_or_fail(on_conn, "disconnected")
-            if on_conn:
-                self._put_back_done()
         assert failed == expected
         if restart:
             self.q.on_connected(self._arg(when), conn)
@@ -440,7 +426,6 @@ class QueueMachine(RuleBasedStateMachine):
         self.queue[:0] = [p.request for p in back]
         self.count["send_failures"] += len(back)
         self.count["sent"] -= len(back)
-        self._put_back_done()
 
     @precondition(lambda self: self.ready)
     @rule(when=whens)
@@ -462,8 +447,6 @@ class QueueMachine(RuleBasedStateMachine):
             got = self.q.retry(rid, self._arg("now"))
             expected = self._retry_or_fail([rid], "unavailable")
             assert got == (expected[0] if expected else None)
-            if not expected:
-                self._put_back_done()
             return
         # Not pending: queued (ignored), resolved (a duplicate) or never seen (unknown).
         choices = [f"unknown-{self.next_serial}"]

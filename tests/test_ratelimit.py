@@ -192,14 +192,6 @@ def test_seconds_until_token_is_not_late_within_tolerance(
     assert bucket.try_take(now + wait + late)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: seconds_until_token() aims at exactly 1 - _EPSILON tokens, the same threshold "
-        "try_take() uses, so the epsilon leaves no slack: when now + wait rounds down, the "
-        "token is not there at the instant named (about 1 call in 3 with a clock near 1e5 s)"
-    ),
-)
 @given(
     rate=rates,
     burst=bursts,

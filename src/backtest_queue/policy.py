@@ -74,8 +74,9 @@ class Throttle:
         max_pending: the cap on in-flight requests (``None``: no cap).
         rate: the rate limit in requests per second (``None``: no limit).
         retry_after: seconds until a send may be allowed without a reply arriving: for
-            ``"rate"`` the time to the next token, for ``"pending"`` the time to the
-            earliest pending deadline (the latest a slot frees); ``0.0`` when not throttled.
+            ``"rate"`` the time to the next token; for ``"pending"`` the later of the time
+            to the earliest pending deadline (the latest a slot frees) and the time to the
+            next token; ``0.0`` when not throttled.
     """
 
     reason: Literal["pending", "rate"] | None
@@ -146,7 +147,9 @@ class QueueStats:
 
 
 class _Entry(Generic[R]):
-    __slots__ = ("attempts", "connection", "deadline_at", "request", "request_id", "state")
+    __slots__ = (
+        "attempts", "connection", "deadline_at", "request", "request_id", "send_seq", "state"
+    )  # fmt: skip
 
     def __init__(self, request: R) -> None:
         self.request = request
@@ -154,6 +157,7 @@ class _Entry(Generic[R]):
         self.attempts = 0
         self.state = _QUEUED
         self.deadline_at = math.inf
+        self.send_seq = 0  # which hand-over the live deadline belongs to (0: none)
         self.connection = DEFAULT_CONNECTION
 
 
@@ -219,11 +223,13 @@ class BacktestQueue(Generic[R]):
         self._clock = clock
         self.last_flush = -math.inf
         self._latest_now = -math.inf
-        start = clock()
+        # The bucket starts full, at the first time it is given (no clock read here).
         self._bucket = (
             None
             if rate is None
-            else TokenBucket(rate=rate, burst=max(1.0, rate) if burst is None else burst, now=start)
+            else TokenBucket(
+                rate=rate, burst=max(1.0, rate) if burst is None else burst, now=-math.inf
+            )
         )
         self.burst = None if self._bucket is None else self._bucket.burst
         self._live: dict[str, _Entry[R]] = {}
@@ -231,8 +237,9 @@ class BacktestQueue(Generic[R]):
         self._queued = 0
         self._pending: dict[str, dict[str, _Entry[R]]] = {}  # connection -> id -> entry
         self._pending_count = 0
-        # A heap of (deadline_at, seq, entry). Stale items (resolved, or re-sent with a new
-        # deadline) are skipped lazily and compacted away.
+        # A heap of (deadline_at, send_seq, entry), one item per hand-over. An item is
+        # live while its entry is pending under that very hand-over (entry.send_seq);
+        # stale ones (resolved, put back, re-sent) are skipped lazily and compacted away.
         self._deadlines: list[tuple[float, int, _Entry[R]]] = []
         self._seq = 0
         self._up: set[str] = set()
@@ -325,6 +332,9 @@ class BacktestQueue(Generic[R]):
         Raises:
             QueueFull: the queue already holds ``capacity`` requests; nothing changed.
             DuplicateRequest: a request with this ``request_id`` is queued or pending.
+
+        An id whose request was already resolved may be used again; a late reply to the
+        old one then resolves the new one, so prefer fresh ids (the default ones are).
         """
         if self._queued >= self.capacity and request.request_id not in self._live:
             raise QueueFull(self.capacity)
@@ -431,6 +441,7 @@ class BacktestQueue(Generic[R]):
             pending[conn][entry.request_id] = entry
             self._pending_count += 1
             self._seq += 1
+            entry.send_seq = self._seq
             heappush(self._deadlines, (deadline, self._seq, entry))
             out.append(entry.request)
         if out:
@@ -466,6 +477,7 @@ class BacktestQueue(Generic[R]):
             del self._pending[entry.connection][rid]
             self._pending_count -= 1
             entry.attempts -= 1
+            entry.state = _QUEUED  # now, so an id given twice is not put back twice
             back.append(entry)
         self._send_failures += len(back)
         self._sent -= len(back)
@@ -509,7 +521,8 @@ class BacktestQueue(Generic[R]):
 
         Like a missed deadline, without the wait: it goes back to the **front** of the
         send queue with its attempt counted, or fails with reason ``"unavailable"`` after
-        ``max_attempts``. An unknown or already-resolved id is counted and ignored.
+        ``max_attempts``. An unknown or already-resolved id is counted (as an unknown or
+        duplicate reply) and ignored; so is an id that is queued, not pending.
 
         Returns:
             The failure when that was its last attempt, else ``None``.
@@ -528,8 +541,8 @@ class BacktestQueue(Generic[R]):
     def expire(self, now: float | None = None) -> list[FailedRequest[R]]:
         """Release pending requests whose deadline is at or before ``now``.
 
-        Each goes back to the **front** of the send queue (oldest first) with its attempt
-        counted, or, after ``max_attempts``, fails with reason ``"timeout"``.
+        Each goes back to the **front** of the send queue (in deadline order) with its
+        attempt counted, or, after ``max_attempts``, fails with reason ``"timeout"``.
 
         Returns:
             The requests that failed for good.
@@ -538,16 +551,17 @@ class BacktestQueue(Generic[R]):
         expired: list[_Entry[R]] = []
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= t:
-            deadline, _, entry = heappop(deadlines)
-            if entry.state != _PENDING or entry.deadline_at != deadline:
-                continue  # resolved or re-sent since: a stale deadline
+            _, seq, entry = heappop(deadlines)
+            if entry.state != _PENDING or entry.send_seq != seq:
+                continue  # resolved, put back or re-sent since: a stale deadline
             del self._pending[entry.connection][entry.request_id]
             self._pending_count -= 1
             expired.append(entry)
         return self._retry_or_fail(expired, "timeout") if expired else []
 
     def drain(self) -> list[R]:
-        """Remove every queued and pending request and return them, queued first (FIFO).
+        """Remove every queued and pending request and return them: queued ones first
+        (FIFO), then pending ones in the order they were handed over.
 
         For shutdown: each counts as failed; the shell reports them to their callers.
         """
@@ -556,10 +570,14 @@ class BacktestQueue(Generic[R]):
             entry = self._pop_front()
             out.append(entry.request)
             self._finish(entry)
+        pending = sorted(
+            (e for on_conn in self._pending.values() for e in on_conn.values()),
+            key=lambda e: e.send_seq,
+        )
+        for entry in pending:  # in the order they were handed over
+            out.append(entry.request)
+            self._finish(entry)
         for on_conn in self._pending.values():
-            for entry in on_conn.values():
-                out.append(entry.request)
-                self._finish(entry)
             on_conn.clear()
         self._pending_count = 0
         self._queue.clear()
@@ -585,7 +603,10 @@ class BacktestQueue(Generic[R]):
         return Throttle(reason, self._pending_count, self.max_pending, self.rate, retry_after)
 
     def next_deadline_at(self, now: float | None = None) -> float:
-        """Return when the shell should next call in, absent new events (``inf``: never).
+        """Return when the shell should next call in, absent new events.
+
+        ``inf``: never; ``-inf``: now (the queue is not empty and :meth:`maybe_flush` has
+        never run).
 
         The earliest of: the next periodic flush (``last_flush + flush_interval``, when
         the queue is not empty), the next rate-limit token (when connected and only the
@@ -608,7 +629,7 @@ class BacktestQueue(Generic[R]):
     def _earliest_deadline(self) -> float:
         deadlines = self._deadlines
         while deadlines and (
-            deadlines[0][2].state != _PENDING or deadlines[0][2].deadline_at != deadlines[0][0]
+            deadlines[0][2].state != _PENDING or deadlines[0][2].send_seq != deadlines[0][1]
         ):
             heappop(deadlines)
         return deadlines[0][0] if deadlines else math.inf
@@ -625,6 +646,7 @@ class BacktestQueue(Generic[R]):
         for entry in entries:
             entry.state = _QUEUED
             entry.deadline_at = math.inf
+            entry.send_seq = 0
         self._queue.extendleft(reversed(entries))
         self._queued += len(entries)
 
@@ -683,6 +705,6 @@ class BacktestQueue(Generic[R]):
             self._deadlines = [
                 item
                 for item in self._deadlines
-                if item[2].state == _PENDING and item[2].deadline_at == item[0]
+                if item[2].state == _PENDING and item[2].send_seq == item[1]
             ]
             heapify(self._deadlines)

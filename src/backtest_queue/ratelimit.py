@@ -8,8 +8,9 @@ from .errors import UsageError
 
 __all__ = ["TokenBucket"]
 
-# A token counts as whole from 1 - _EPSILON: waking at the instant seconds_until_token()
-# named must find it, whatever the rounding of ``now + wait``. The bound loses 1e-9.
+# A token counts as whole from 1 - _EPSILON, so float rounding in refills never leaves a
+# token a hair short; seconds_until_token() names an instant at which one is there. The
+# window bound loses 1e-9 of a token.
 _EPSILON = 1e-9
 
 
@@ -26,7 +27,8 @@ class TokenBucket:
     Args:
         rate: tokens added per second; > 0.
         burst: bucket size in tokens; >= 1.
-        now: the time the bucket starts full at, in seconds.
+        now: the time the bucket starts full at, in seconds (``-inf``: at the first time
+            it is given).
 
     Raises:
         UsageError: ``rate`` is not a finite number > 0, or ``burst`` is < 1.
@@ -70,5 +72,11 @@ class TokenBucket:
     def seconds_until_token(self, now: float) -> float:
         """Return the seconds from ``now`` until one whole token is available (0.0 if now)."""
         self._refill(now)
-        missing = 1.0 - _EPSILON - self._tokens
-        return 0.0 if missing <= 0 else missing / self.rate
+        if self._tokens >= 1.0 - _EPSILON:
+            return 0.0
+        base = max(now, self._updated_at)
+        at = base + (1.0 - self._tokens) / self.rate
+        # Floating point: make sure the token is really there at the instant named.
+        while self._tokens + (at - base) * self.rate < 1.0 - _EPSILON:
+            at = math.nextafter(at, math.inf)
+        return at - base
