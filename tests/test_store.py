@@ -128,3 +128,22 @@ def test_requester_killed_mid_run_resumes_from_its_store(tmp_path: Path) -> None
     assert set(before) <= cached | restored
     assert len(cached) >= len(before) - 2
     assert not (cached & restored)
+
+
+@pytest.mark.anyio
+async def test_submit_many_commits_a_batch_in_one_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    endpoint = free_tcp_endpoint()
+    async with stub_service(endpoint, echo), open_dispatcher([endpoint], store=db) as d:
+        states = await d.submit_many([make_request(i) for i in range(50)])
+        assert len(states) == 50
+        assert d._writer is not None
+        assert d._writer.commits == 1  # fifty requests, one commit
+        with anyio.fail_after(5):
+            outcomes = [await d.outcomes.receive() for _ in range(50)]
+            await d.wait_idle()
+        assert all(o.ok for o in outcomes)
+        again = await d.submit_many([make_request(i, rid=f"again-{i}") for i in range(3)])
+        assert [s.state for s in again] == ["cached"] * 3
+        with anyio.fail_after(5):
+            assert [(await d.outcomes.receive()).detail for _ in range(3)] == ["cached result"] * 3

@@ -95,9 +95,10 @@ class _StoreWriter:
         self._lock = anyio.Lock()  # one thread touches the connection at a time
         self.commits = 0
 
-    async def cached_result(self, request: BacktestRequest) -> Metrics | None:
+    async def cached_results(self, requests: Sequence[BacktestRequest]) -> dict[str, Metrics]:
+        """Look all of them up in the result cache in one thread call."""
         async with self._lock:
-            return await anyio.to_thread.run_sync(self.store.cached_result, request)
+            return await anyio.to_thread.run_sync(self.store.cached_results, requests)
 
     def write_nowait(self, op: StoreOp) -> anyio.Event:
         """Queue a write for the next transaction; the event is set once it is committed."""
@@ -105,9 +106,12 @@ class _StoreWriter:
         self._wake.set()
         return self._batch_done
 
-    async def write(self, op: StoreOp) -> None:
-        """Queue a write and wait until it is committed."""
-        await self.write_nowait(op).wait()
+    async def write_many(self, ops: Sequence[StoreOp]) -> None:
+        """Queue writes and wait until they are committed (in one transaction)."""
+        done = self._batch_done
+        self._batch.extend(ops)
+        self._wake.set()
+        await done.wait()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -243,45 +247,76 @@ class Dispatcher:
         survives the process being killed), and a request whose content already has a
         cached result is not sent: its outcome (``detail="cached result"``) follows at once.
         """
+        return (await self.submit_many([request]))[0]
+
+    async def submit_many(self, requests: Sequence[BacktestRequest]) -> list[SubmitState]:
+        """Submit several requests at once: one store transaction, one hand-over.
+
+        Like :meth:`submit` for each request, in order, but with a ``store`` all of them
+        are looked up in the result cache and committed together, which is what makes a
+        durable queue fast (one commit per batch, not per request). With
+        ``on_full="wait"`` it waits until there is room for all the uncached ones.
+
+        Returns:
+            One :class:`SubmitState` per request, in order.
+
+        Raises:
+            QueueFull: with ``on_full="error"``, the queue has no room for all of them
+                (none was accepted); with either setting, more requests than ``capacity``.
+            DuplicateRequest: an id is queued or pending already, or given twice (none
+                was accepted).
+            DispatcherClosed: the dispatcher's block has ended.
+        """
         await anyio.lowlevel.checkpoint()  # before, not after: see wait()
         self._check_open()
-        rid = request.request_id
         q = self._queue
-        if q.state_of(rid) is not None or rid in self._instant:
-            raise DuplicateRequest(rid)
+        ids: set[str] = set()
+        for request in requests:
+            rid = request.request_id
+            if rid in ids or q.state_of(rid) is not None or rid in self._instant:
+                raise DuplicateRequest(rid)
+            ids.add(rid)
         writer = self._writer
-        if writer is not None:
-            cached = await writer.cached_result(request)
-            if cached is not None:
-                # Delivered by the flusher, after this returns, so wait() can claim it.
-                self._instant[rid] = Outcome(request, cached, None, "cached result", 0)
-                self._idle = anyio.Event() if self._idle.is_set() else self._idle
-                self._kick()
-                return SubmitState(rid, "cached", None, q.queued, q.pending)
-        while True:
+        cached = {} if writer is None else await writer.cached_results(requests)
+        fresh = [r for r in requests if r.request_id not in cached]
+        if len(fresh) > q.capacity:
+            raise QueueFull(q.capacity)
+        while q.capacity - q.queued < len(fresh):
+            if self._on_full == "error":
+                raise QueueFull(q.capacity)
+            await self._room.wait()
             self._check_open()
-            if q.queued >= q.capacity:
-                if self._on_full == "error":
-                    raise QueueFull(q.capacity)
-                await self._room.wait()
-                continue
-            if writer is not None:
-                await writer.write(StoreOp("add", request))  # durable before accepted
-                self._check_open()
-            try:
-                q.enqueue(request)
-            except QueueFull:  # another submit took the room while we were writing
-                if self._on_full == "error":
-                    if writer is not None:
-                        writer.write_nowait(StoreOp("remove", request))
-                    raise
-                continue
-            break
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        if writer is not None and fresh:
+            await writer.write_many([StoreOp("add", r) for r in fresh])  # durable first
+            self._check_open()
+        for request in fresh:
+            while True:
+                try:
+                    q.enqueue(request)
+                    break
+                except QueueFull:  # another submit took the room while we were writing
+                    await self._room.wait()  # already durable: it must go in, so wait
+                    self._check_open()
+        for request in requests:
+            metrics = cached.get(request.request_id)
+            if metrics is not None:
+                # Delivered by the flusher, after this returns, so wait() can claim it.
+                outcome = Outcome(request, metrics, None, "cached result", 0)
+                self._instant[request.request_id] = outcome
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         now = anyio.current_time()
         self._flush(now, "submit")
+        if cached:
+            self._kick()
         self._rearm_flusher()
-        if q.state_of(rid) == "pending":
+        return [self._state(r.request_id, now, r.request_id in cached) for r in requests]
+
+    def _state(self, rid: str, now: float, cached: bool) -> SubmitState:
+        q = self._queue
+        if cached:
+            return SubmitState(rid, "cached", None, q.queued, q.pending)
+        if q.state_of(rid) != "queued":  # handed over (maybe answered already)
             return SubmitState(rid, "sent", None, q.queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)

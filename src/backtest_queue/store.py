@@ -121,6 +121,15 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else _metrics_decoder.decode(row[0])
 
+    def cached_results(self, requests: Iterable[BacktestRequest]) -> dict[str, Metrics]:
+        """Return the cached results of those requests that have one, by request id."""
+        out: dict[str, Metrics] = {}
+        for request in requests:
+            metrics = self.cached_result(request)
+            if metrics is not None:
+                out[request.request_id] = metrics
+        return out
+
     def apply(self, ops: Iterable[StoreOp]) -> int:
         """Apply a batch of writes in one transaction; return how many were applied.
 
