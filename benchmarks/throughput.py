@@ -280,6 +280,40 @@ async def _dispatcher_window_in(target: Target, extra: dict[str, Any]) -> Timing
     return timing
 
 
+async def _dispatcher_window_many(target: Target) -> Timing:
+    """Like the caller window with a store, but the caller hands over whole batches with
+    ``submit_many`` (one commit per batch): each wake-up it takes every outcome that is
+    ready and submits their replacements together."""
+    with tempfile.TemporaryDirectory(prefix="bq-bench-") as tmp:
+        requests, window = target.requests, target.window
+        n = len(requests) - 1  # requests[-1] is the warm-up
+        settings = {**_settings(n), "store": Path(tmp) / "queue.sqlite"}
+        async with open_dispatcher([target.endpoint], max_pending=None, **settings) as d:
+            await _warm_up(d, requests[-1])
+            clock = _Clock(target)
+            clock.start()
+            sent = min(window, n)
+            await d.submit_many(requests[:sent])
+            got = failed = 0
+            while got < n:
+                ready = [await d.outcomes.receive()]
+                while True:
+                    try:
+                        ready.append(d.outcomes.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                got += len(ready)
+                failed += sum(not o.ok for o in ready)
+                refill = requests[sent : min(n, sent + len(ready))]
+                if refill:
+                    await d.submit_many(refill)
+                    sent += len(refill)
+            timing = clock.stop(n)
+    if failed:
+        raise RuntimeError(f"{failed} of {n} requests failed")
+    return timing
+
+
 async def _dispatcher_bulk(target: Target, *, paced: bool) -> Timing:
     """The caller submits all ``n`` from one task while another reads the outcomes.
 
@@ -468,6 +502,14 @@ STORE_VARIANTS: tuple[Variant, ...] = tuple(
         f"dispatcher_store_{b}",
         f"7. dispatcher + SQLite store, caller window ({b})",
         _on(b, partial(_dispatcher_window, store=True)),
+        section="durable",
+    )
+    for b in _BACKENDS
+) + tuple(
+    Variant(
+        f"dispatcher_store_many_{b}",
+        f"7b. dispatcher + SQLite store, submit_many batches ({b})",
+        _on(b, _dispatcher_window_many),
         section="durable",
     )
     for b in _BACKENDS
