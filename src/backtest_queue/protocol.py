@@ -12,7 +12,9 @@ description is ``docs/protocol.md``; in short:
 * A metric undefined for a run is ``null``, never NaN.
 
 No pickle, ever: bodies are JSON decoded into frozen ``msgspec`` structs, which
-validate types and bounds while decoding.
+validate types and bounds while decoding. The structs are ``gc=False`` (they hold only
+strings, numbers and dicts of numbers, so they cannot form reference cycles): 16 bytes
+less per object and no garbage-collector passes over a large send queue.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-class Strategy(msgspec.Struct, frozen=True, kw_only=True):
+class Strategy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A trading strategy to backtest.
 
     Attributes:
@@ -103,7 +105,9 @@ class Strategy(msgspec.Struct, frozen=True, kw_only=True):
     tp: Fraction | None = None
 
 
-class BacktestRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="BACKTEST"):
+class BacktestRequest(
+    msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="BACKTEST"
+):
     """One backtest request (``"type": "BACKTEST"``).
 
     Attributes:
@@ -127,7 +131,7 @@ class BacktestRequest(msgspec.Struct, frozen=True, kw_only=True, tag_field="type
     commission: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0002
 
 
-class Metrics(msgspec.Struct, frozen=True, kw_only=True):
+class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What a backtest measured. ``None`` (JSON ``null``) where undefined for the run.
 
     Attributes:
@@ -163,7 +167,7 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BacktestResult(
-    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="BACKTEST_RESULT"
+    msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="BACKTEST_RESULT"
 ):
     """The service's answer to a :class:`BacktestRequest` (``"type": "BACKTEST_RESULT"``)."""
 
@@ -172,7 +176,9 @@ class BacktestResult(
     result: Metrics
 
 
-class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="ERROR"):
+class ErrorReply(
+    msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="ERROR"
+):
     """An explicit failure (``"type": "ERROR"``).
 
     Attributes:
@@ -187,14 +193,14 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", ta
     message: str
 
 
-class Ping(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="PING"):
+class Ping(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="PING"):
     """A health check; the service answers with a :class:`Pong`."""
 
     v: int = PROTOCOL_VERSION
     request_id: RequestId | None = None
 
 
-class Pong(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="PONG"):
+class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="PONG"):
     """The answer to a :class:`Ping`: what the service is and has.
 
     Attributes:
