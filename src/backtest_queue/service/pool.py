@@ -1,22 +1,30 @@
 """The backtest process pool: a ``ProcessPoolExecutor`` the event loop can await.
 
 Workers are *spawned* (never forked: the service process has event-loop and ZeroMQ
-threads), each initialised once with the engine and the datasets. A worker that dies
-(segfault, ``os._exit``, out of memory) breaks a ``ProcessPoolExecutor`` for good; the
-pool then answers the affected backtests with :class:`EngineError` and replaces the
-executor, so the service lives on.
+threads), each initialised once with the engine and the datasets. The datasets travel
+through a temporary file written once per pool, not through the spawn pipe: a spawn
+writes its arguments into a pipe and blocks until the child reads them, and nothing
+that can block is done on the event loop. For the same reason jobs are submitted (which
+may spawn a worker) from a thread, which then waits for the result.
+
+A worker that dies (segfault, ``os._exit``, out of memory) breaks a
+``ProcessPoolExecutor`` for good; the pool then answers the affected backtests with
+:class:`EngineError` and replaces the executor, so the service lives on. Workers exit by
+themselves when the service process dies (see :mod:`.worker`).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
-from collections.abc import AsyncIterator, Mapping
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pandas as pd
@@ -30,43 +38,87 @@ __all__ = ["WorkerPool", "open_pool"]
 
 log = logging.getLogger("backtest_queue.service")
 
+T = TypeVar("T")
+
+
+class _Job:
+    """One submission: the thread fills in ``future`` so a cancelled caller can withdraw it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: Future[Any] | None = None
+
 
 class WorkerPool:
     """Runs backtests in worker processes; use :func:`open_pool`.
 
     At most ``workers`` backtests should be awaited at once (the service has one runner
-    task per worker); each waits in a thread of its own.
+    task per worker); each submits and waits in a thread of its own.
     """
 
-    def __init__(self, engine: Engine, bars: Mapping[str, pd.DataFrame], *, workers: int) -> None:
+    def __init__(self, engine: Engine, datasets_path: str, *, workers: int) -> None:
         try:
             self._engine_pickle = pickle.dumps(engine)
         except Exception as exc:
             raise UsageError(f"the engine {engine!r} cannot be pickled: {exc}") from exc
-        self._bars = dict(bars)
+        self._datasets_path = datasets_path
         self.workers = workers
         self._context = multiprocessing.get_context("spawn")
         self._executor = self._new_executor()
         self._generation = 0
         self._closed = False
         # Futures submitted and not done yet (a done-callback removes them).
-        self._unfinished: set[Future[Metrics]] = set()
+        self._unfinished: set[Future[Any]] = set()
         #: How many times a broken executor was replaced.
         self.restarts = 0
-        # One waiting thread per running backtest, apart from anyio's default limiter.
+        # The threads that submit and wait, apart from anyio's default limiter.
         self._limiter = anyio.CapacityLimiter(workers)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"restarts={self.restarts}"
-        return f"<WorkerPool workers={self.workers} {state}>"
+        return f"<WorkerPool workers={self.workers} running={self.running} {state}>"
+
+    @property
+    def running(self) -> int:
+        """Backtests handed to the workers and not finished (including abandoned ones)."""
+        return len(self._unfinished)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=self._context,
             initializer=worker.initialize,
-            initargs=(self._engine_pickle, self._bars),
+            initargs=(self._engine_pickle, self._datasets_path),
         )
+
+    def _submit_and_wait(
+        self, executor: ProcessPoolExecutor, job: _Job, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """In a thread: submit (which may spawn a worker) and wait for the result."""
+        future = executor.submit(fn, *args)
+        job.future = future
+        self._unfinished.add(future)
+        future.add_done_callback(self._unfinished.discard)
+        return future.result()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker; a cancelled call withdraws it if not started."""
+        job = _Job()
+        try:
+            return await anyio.to_thread.run_sync(
+                self._submit_and_wait,
+                self._executor,
+                job,
+                fn,
+                *args,
+                abandon_on_cancel=True,
+                limiter=self._limiter,
+            )
+        except BaseException:
+            if job.future is not None:
+                job.future.cancel()  # no effect once it runs: the result is discarded
+            raise
 
     async def warm_up(self) -> None:
         """Start the workers and wait until they are initialised.
@@ -75,13 +127,17 @@ class WorkerPool:
             EngineError: a worker failed to start (its initializer or ``engine.prepare``
                 raised, or it died).
         """
-        futures = [self._executor.submit(worker.ready) for _ in range(self.workers)]
+        pids: list[int] = []
+
+        async def ready() -> None:
+            pids.append(await self._call(worker.ready))
+
         try:
-            pids = [
-                await anyio.to_thread.run_sync(f.result, abandon_on_cancel=True) for f in futures
-            ]
-        except BrokenProcessPool as exc:
-            raise EngineError(f"backtest workers failed to start: {exc}") from exc
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.workers):
+                    tg.start_soon(ready)
+        except* BrokenProcessPool as group:
+            raise EngineError(f"backtest workers failed to start: {group.exceptions[0]}") from None
         log.debug("backtest workers ready: pids %s", sorted(set(pids)))
 
     async def run(self, request: BacktestRequest, first: int, stop: int) -> Metrics:
@@ -98,18 +154,7 @@ class WorkerPool:
             raise EngineError("the service is stopping; the backtest was not run")
         generation = self._generation
         try:
-            future = self._executor.submit(worker.run_backtest, request, first, stop)
-        except BrokenProcessPool:
-            self._restart(generation)
-            raise EngineError(
-                "the backtest worker pool was broken and has been restarted; resend the request"
-            ) from None
-        self._unfinished.add(future)
-        future.add_done_callback(self._unfinished.discard)
-        try:
-            result: Metrics = await anyio.to_thread.run_sync(
-                future.result, abandon_on_cancel=True, limiter=self._limiter
-            )
+            return await self._call(worker.run_backtest, request, first, stop)
         except BrokenProcessPool:
             if self._closed:
                 raise EngineError("the service stopped before the backtest finished") from None
@@ -120,12 +165,10 @@ class WorkerPool:
             ) from None
         except EngineError:
             raise
+        except RuntimeError as exc:  # submit() after shutdown: stopping
+            raise EngineError(f"the backtest was not run: {exc}") from None
         except Exception as exc:  # e.g. a result that does not unpickle
             raise EngineError(f"{type(exc).__name__}: {exc}") from None
-        except BaseException:  # cancelled: withdraw the job if it has not started
-            future.cancel()
-            raise
-        return result
 
     def _restart(self, generation: int) -> None:
         if generation != self._generation or self._closed:
@@ -135,11 +178,6 @@ class WorkerPool:
         self._executor = self._new_executor()
         self._generation += 1
         self.restarts += 1
-
-    @property
-    def running(self) -> int:
-        """Backtests handed to the workers and not finished (including abandoned ones)."""
-        return len(self._unfinished)
 
     async def aclose(self) -> None:
         """Stop the workers: cancel queued work, terminate running backtests, reap them."""
@@ -167,6 +205,14 @@ def _terminate_workers(executor: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
+def _write_datasets(bars: Mapping[str, pd.DataFrame]) -> str:
+    """Pickle the datasets to a private temporary file; return its path."""
+    handle, path = tempfile.mkstemp(prefix="backtest-queue-datasets-", suffix=".pickle")
+    with os.fdopen(handle, "wb") as stream:
+        pickle.dump(dict(bars), stream, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
 @asynccontextmanager
 async def open_pool(
     engine: Engine, bars: Mapping[str, pd.DataFrame], *, workers: int, warm_up: bool = True
@@ -175,7 +221,8 @@ async def open_pool(
 
     Args:
         engine: the engine (pickled to each worker).
-        bars: data_id -> OHLCV frame, handed to each worker once.
+        bars: data_id -> OHLCV frame, handed to each worker once (through a temporary
+            file that is removed on exit).
         workers: number of worker processes (>= 1).
         warm_up: start every worker and wait for its initialisation before returning.
 
@@ -183,11 +230,15 @@ async def open_pool(
         UsageError: the engine cannot be pickled.
         EngineError: ``warm_up`` and a worker failed to start.
     """
-    pool = WorkerPool(engine, bars, workers=workers)
+    path = await anyio.to_thread.run_sync(_write_datasets, bars)
     try:
-        if warm_up:
-            await pool.warm_up()
-        yield pool
+        pool = WorkerPool(engine, path, workers=workers)
+        try:
+            if warm_up:
+                await pool.warm_up()
+            yield pool
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.aclose()
     finally:
-        with anyio.CancelScope(shield=True):
-            await pool.aclose()
+        os.unlink(path)

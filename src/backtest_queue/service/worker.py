@@ -7,9 +7,12 @@ backtesting.py, and tqdm) is imported.
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
+import threading
 import warnings
 from collections.abc import Mapping
 
@@ -24,24 +27,44 @@ _engine: Engine | None = None
 _bars: Mapping[str, pd.DataFrame] = {}
 
 
-def initialize(engine_pickle: bytes, bars: Mapping[str, pd.DataFrame]) -> None:
+def initialize(engine_pickle: bytes, datasets_path: str) -> None:
     """Prepare this worker process once: quiet output, datasets, engine.
 
     Args:
         engine_pickle: the engine, pickled, so it is unpickled (and its modules imported)
             only after ``TQDM_DISABLE`` is set.
-        bars: data_id -> OHLCV frame, loaded and checked once by the service process.
+        datasets_path: a pickle file of data_id -> OHLCV frame that the service process
+            wrote after loading and checking the datasets once.
     """
     global _engine, _bars
+    _exit_with_parent()
     # tqdm reads its settings from the environment when it is imported.
     os.environ["TQDM_DISABLE"] = "1"
     warnings.simplefilter("ignore")
     # Ctrl-C reaches the whole process group; the service decides when work stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _bars = bars
+    with open(datasets_path, "rb") as stream:
+        _bars = pickle.load(stream)
     engine = pickle.loads(engine_pickle)
     engine.prepare()
     _engine = engine
+
+
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as the service process is gone, even mid-backtest.
+
+    A ``ProcessPoolExecutor`` worker whose parent was killed (SIGKILL, out of memory)
+    would otherwise wait forever for work: it holds both ends of its call queue.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always set in a spawned worker
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(70)  # EX_SOFTWARE; nothing to clean up that the OS does not
+
+    threading.Thread(target=watch, name="exit-with-service", daemon=True).start()
 
 
 def ready() -> int:
