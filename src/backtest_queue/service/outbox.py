@@ -159,6 +159,18 @@ class Outbox:
                 del self._peers[peer]
         return dropped
 
+    def drop_gone(self) -> list[Dropped]:
+        """Drop the replies to requesters that were not connected at the last try."""
+        dropped = [
+            Dropped(peer, len(state.replies), state.reason)
+            for peer, state in self._peers.items()
+            if state.reason == "gone"
+        ]
+        for item in dropped:
+            del self._peers[item.peer]
+            self._held -= item.count
+        return dropped
+
     def drop_all(self) -> list[Dropped]:
         """Drop everything held (the service is closing)."""
         dropped = [

@@ -52,9 +52,10 @@ from ..protocol import (
     encode_message,
     peek_request_id,
 )
-from ..transport import ConnectionEvent, SendStatus, ZmqSocket, open_socket, run_monitor
+from ..transport import SendStatus, ZmqSocket, open_socket
 from .datasets import Catalog, load_catalog
 from .engine import BacktestingPyEngine, Engine, EngineError
+from .monitor import run_connection_monitor
 from .outbox import Dropped, Outbox
 from .pool import WorkerPool, open_pool
 from .statistics import ServiceStatistics
@@ -200,6 +201,8 @@ class Service:
         self._outbox = Outbox(reply_timeout=reply_timeout)
         self._in_flight: set[tuple[bytes, str]] = set()
         self._jobs_send, self._jobs_receive = anyio.create_memory_object_stream[_Job](max_queued)
+        # Kept by the service to answer what is still queued when it stops.
+        self._jobs_leftover = self._jobs_receive.clone()
         self._kick_send, self._kick_receive = anyio.create_memory_object_stream[None](1)
         self._receiver_scope = anyio.CancelScope()
         self._receiver_done = anyio.Event()
@@ -242,9 +245,12 @@ class Service:
             snapshot = self.statistics()
             if predicate(snapshot):
                 return snapshot
-            if self._changed_event is None:
-                self._changed_event = anyio.Event()
-            await self._changed_event.wait()
+            await self._next_change()
+
+    async def _next_change(self) -> None:
+        if self._changed_event is None:
+            self._changed_event = anyio.Event()
+        await self._changed_event.wait()
 
     def _changed(self) -> None:
         if self._changed_event is not None:
@@ -270,7 +276,7 @@ class Service:
             self._kick_send.send_nowait(None)
         except anyio.WouldBlock:
             pass  # a kick is already pending: kicks coalesce
-        except anyio.BrokenResourceError:
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the outbox task has ended; the shutdown drops what is held
         self._changed()
 
@@ -357,21 +363,23 @@ class Service:
                     self._flush()
                     with anyio.move_on_at(self._outbox.next_deadline_at()):
                         await self._kick_receive.receive()
+        except anyio.EndOfStream:
+            pass  # the service has stopped
         finally:
             self._outbox_done.set()
 
     async def _run_monitor(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        events_send, events_receive = anyio.create_memory_object_stream[ConnectionEvent](64)
-        async with anyio.create_task_group() as tg, events_receive:
-            await tg.start(run_monitor, self._context, self._sock, events_send)
-            task_status.started()
-            async for event in events_receive:
-                if event.kind == "up":
-                    self._count("connections")
-                    log.debug("requester connected: %s", event.endpoint)
-                elif event.kind == "down":
-                    self._count("disconnects")
-                    log.debug("requester disconnected: %s", event.endpoint)
+        await run_connection_monitor(
+            self._context, self._sock, self._on_connection, task_status=task_status
+        )
+
+    def _on_connection(self, kind: Literal["up", "down"], endpoint: str) -> None:
+        if kind == "up":
+            self._count("connections")
+            log.debug("requester connected: %s", endpoint)
+        else:
+            self._count("disconnects")
+            log.debug("requester disconnected: %s", endpoint)
 
     async def _run_receiver(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
@@ -539,10 +547,12 @@ class Service:
     async def _stop(self) -> None:
         """Stop gracefully, within ``shutdown_grace`` seconds (plus a short final flush).
 
-        Reading stops; queued requests are answered with ``engine_error``; running
+        Reading stops (messages already received are answered, backtests with
+        ``engine_error``); queued requests are answered with ``engine_error``; running
         backtests may finish until the grace period ends, then they are answered with
-        ``engine_error``; replies get until then to be handed to ZeroMQ; what is still
-        held is dropped (counted, logged).
+        ``engine_error``; replies get until then (at least 0.5 s) to be handed to
+        ZeroMQ, except those to requesters that are gone; what is still held is dropped
+        (counted, logged).
         """
         stats = self.statistics()
         log.info(
@@ -557,6 +567,12 @@ class Service:
         await self._receiver_done.wait()
         self._answer_unread()
         self._jobs_send.close()
+        while True:  # answer the queued requests now; the runners finish what they run
+            try:
+                job = self._jobs_leftover.receive_nowait()
+            except (anyio.EndOfStream, anyio.WouldBlock):
+                break
+            self._finish(job, "the service is stopping; the backtest was not run; resend it")
         with anyio.move_on_at(deadline):
             await self._runners_done.wait()
         if not self._runners_done.is_set():
@@ -572,9 +588,23 @@ class Service:
             self._flush()  # the outbox task was cancelled: one last non-blocking try
         else:
             with anyio.move_on_at(max(deadline, anyio.current_time() + 0.5)):
-                await self.wait_statistics(lambda s: s.replies_waiting == 0)
+                while True:
+                    # A requester that is gone will not come back in time: do not wait.
+                    for dropped in self._outbox.drop_gone():
+                        self._log_drop(dropped, "at shutdown")
+                    if not len(self._outbox):
+                        break
+                    await self._next_change()
         for dropped in self._outbox.drop_all():
             self._log_drop(dropped, "at shutdown")
+
+    def _close_streams(self) -> None:
+        """Close the internal channels once the tasks have ended (idempotent)."""
+        self._jobs_send.close()
+        self._jobs_receive.close()
+        self._jobs_leftover.close()
+        self._kick_send.close()
+        self._kick_receive.close()
 
     def _answer_unread(self) -> None:
         """Answer the messages that arrived but were not read (the receiver has stopped)."""
@@ -690,20 +720,23 @@ async def open_service(
                 shutdown_grace=shutdown_grace,
                 max_queued=max_queued,
             )
-            async with anyio.create_task_group() as tg:
-                await service._start(tg)
-                log.info(
-                    "service ready on %s with %d workers, datasets: %s",
-                    service.endpoint,
-                    service.workers,
-                    ", ".join(service.datasets) or "none",
-                )
-                try:
-                    yield service
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await service._stop()
-                    tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    await service._start(tg)
+                    log.info(
+                        "service ready on %s with %d workers, datasets: %s",
+                        service.endpoint,
+                        service.workers,
+                        ", ".join(service.datasets) or "none",
+                    )
+                    try:
+                        yield service
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await service._stop()
+                        tg.cancel_scope.cancel()
+            finally:
+                service._close_streams()
             stats = service.statistics()
             log.info(
                 "service stopped: %d backtest(s) completed, %d engine error(s), "
