@@ -2,7 +2,7 @@
 
 * ``zmq_context`` / ``client_factory`` - blocking pyzmq DEALER clients, closed after a test.
 * ``shared_service`` - one in-process service per anyio backend (trio, asyncio), run in a
-  blocking portal's thread and shared by a test module, so a worker is spawned once.
+  blocking portal's thread and shared by the tests, so a worker is spawned once.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ from typing import Any
 import pytest
 import zmq
 from anyio.from_thread import start_blocking_portal
-from service_helpers import PortalService, RawClient, eurusd_lines, write_csv
 
 from backtest_queue.service import open_service
+
+from service_helpers import PortalService, RawClient, eurusd_lines, write_csv
 
 
 @pytest.fixture(scope="session")
 def zmq_context() -> Iterator[zmq.Context[Any]]:
     context: zmq.Context[Any] = zmq.Context()
     yield context
-    context.term()
+    context.destroy(linger=0)
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def client_factory(zmq_context: zmq.Context[Any]) -> Iterator[Callable[..., RawC
 # -- in-process service --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory with one good CSV (``EURUSD-small``, 300 real bars) and a bad one."""
     directory = tmp_path_factory.mktemp("data")
@@ -56,11 +57,11 @@ def service_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module", params=["trio", "asyncio"])
+@pytest.fixture(scope="session", params=["trio", "asyncio"])
 def shared_service(
     request: pytest.FixtureRequest, service_data_dir: Path
 ) -> Iterator[PortalService]:
-    """One in-process service per backend for a test module (1 worker, 16 KiB cap)."""
+    """One in-process service per backend for the session (1 worker, 16 KiB cap)."""
     backend = str(request.param)
     with start_blocking_portal(backend=backend) as portal:
         manager = open_service(

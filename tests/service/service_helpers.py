@@ -14,19 +14,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pandas as pd
 import zmq
 from anyio.from_thread import BlockingPortal
 
-from backtest_queue.protocol import decode_message
+from backtest_queue.protocol import BacktestRequest, Metrics, Strategy, decode_message
 from backtest_queue.service import Service, ServiceStatistics
+from backtest_queue.transport import SendStatus, ZmqSocket, open_socket
 
 #: Generous bound for one reply; real replies take milliseconds.
 REPLY_TIMEOUT = 15.0
@@ -215,12 +217,14 @@ def wait_until_ready(
     """PING until a PONG comes back; fail early if the process exits."""
     deadline = time.monotonic() + timeout
     with RawClient(context, service.endpoint) as client:
+        # One PING: the DEALER holds it until the service is bound, which reads it once
+        # its workers are up.
+        client.send({"type": "PING", "v": 1, "request_id": "ready?"})
         while time.monotonic() < deadline:
             if service.process.poll() is not None:
                 raise AssertionError(
                     f"service exited with {service.process.returncode}:\n{service.log()}"
                 )
-            client.send({"type": "PING", "v": 1, "request_id": "ready?"})
             if client.socket.poll(100):
                 assert client.receive()["type"] == "PONG"
                 return
@@ -239,3 +243,81 @@ def run_service_process(
     finally:
         if service.process.poll() is None:
             service.stop()
+
+
+# -- async clients and a scripted engine -----------------------------------------------
+
+
+class AsyncClient:
+    """A DEALER through the package's transport adapter, for tests on the event loop."""
+
+    def __init__(self, sock: ZmqSocket) -> None:
+        self.sock = sock
+        self._ready: list[dict[str, Any]] = []
+
+    async def send(self, message: dict[str, Any] | bytes) -> None:
+        body = message if isinstance(message, bytes) else json.dumps(message).encode()
+        while self.sock.try_send([b"", body]) is SendStatus.WOULD_BLOCK:
+            await self.sock.wait_writable()
+
+    async def receive(self) -> dict[str, Any]:
+        while not self._ready:
+            for frames in await self.sock.receive_batch():
+                assert frames[0] == b""
+                decode_message(frames[1])
+                self._ready.append(json.loads(frames[1]))
+        return self._ready.pop(0)
+
+    async def request(self, message: dict[str, Any] | bytes) -> dict[str, Any]:
+        await self.send(message)
+        return await self.receive()
+
+
+@asynccontextmanager
+async def open_async_client(
+    context: zmq.Context[Any], endpoint: str, **options: Any
+) -> AsyncIterator[AsyncClient]:
+    """An :class:`AsyncClient` connected to ``endpoint`` (``options``: ``{zmq.X: value}``)."""
+    socket_options = {zmq.LINGER: 0, **{getattr(zmq, k): v for k, v in options.items()}}
+    async with open_socket(
+        context, zmq.DEALER, name="test-client", options=socket_options, connect=endpoint
+    ) as sock:
+        yield AsyncClient(sock)
+
+
+class ScriptedEngine:
+    """A test engine whose behaviour the strategy name picks.
+
+    ``"crash"`` kills the worker process, ``"fail"`` raises ``ValueError("boom")``,
+    ``"gate:<name>"`` waits (up to 30 s) until the file ``<gate_dir>/<name>`` exists;
+    anything else returns at once. Every strategy is valid and needs 2 bars.
+    """
+
+    def __init__(self, gate_dir: Path) -> None:
+        self.gate_dir = gate_dir
+
+    def validate(self, strategy: Strategy) -> int:
+        return 2
+
+    def prepare(self) -> None:
+        pass
+
+    def run(self, request: BacktestRequest, bars: pd.DataFrame) -> Metrics:
+        name = request.strategy.name
+        if name == "crash":
+            os._exit(3)
+        if name == "fail":
+            raise ValueError("boom")
+        if name.startswith("gate:"):
+            gate = self.gate_dir / name.removeprefix("gate:")
+            deadline = time.monotonic() + 30.0
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.005)  # a worker process waiting on the test, not a settle-sleep
+        return Metrics(strategy_name=name, bars=len(bars), trades=0, elapsed_ms=1.0)
+
+
+def scripted(request_id: str, name: str) -> dict[str, Any]:
+    """A BACKTEST for :class:`ScriptedEngine` on GOOG-D1."""
+    message = backtest(request_id)
+    message["strategy"]["name"] = name
+    return message

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from service_helpers import eurusd_lines, write_csv
 
 from backtest_queue.errors import ProtocolError
 from backtest_queue.service.datasets import (
@@ -19,6 +18,8 @@ from backtest_queue.service.datasets import (
     load_csv,
     parse_bound,
 )
+
+from service_helpers import eurusd_lines, write_csv
 
 HEADER = "timestamp,open,high,low,close,volume"
 

@@ -105,3 +105,15 @@ def test_every_reply_is_sent_or_dropped_exactly_once(ops: list[tuple[str, bytes,
         assert len(outbox) == put - sent - dropped
     dropped += sum(d.count for d in outbox.drop_all())
     assert put == sent + dropped
+
+
+def test_drop_gone_keeps_replies_to_slow_readers() -> None:
+    outbox = Outbox(reply_timeout=5.0)
+    outbox.put(A, b"1", now=0.0)
+    outbox.put(A, b"2", now=0.0)
+    outbox.put(B, b"x", now=0.0)
+    outbox.blocked(A, gone=True, now=0.0)
+    outbox.blocked(B, gone=False, now=0.0)
+    assert outbox.drop_gone() == [Dropped(A, 2, "gone")]
+    assert len(outbox) == 1
+    assert outbox.head(B) == b"x"

@@ -1,0 +1,234 @@
+"""``open_service`` on the test's own event loop (trio and asyncio): held and dropped
+replies, worker crashes, graceful stop, settings. Clients use the transport adapter."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import zmq
+
+from backtest_queue.errors import TransportError, UsageError
+from backtest_queue.service import Service, open_service
+from backtest_queue.service.server import is_loopback
+
+from service_helpers import (
+    ScriptedEngine,
+    backtest,
+    free_tcp_endpoint,
+    open_async_client,
+    scripted,
+)
+
+pytestmark = pytest.mark.anyio
+
+LOCAL = "tcp://127.0.0.1:*"
+
+
+@pytest.fixture
+async def context() -> AsyncIterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    with anyio.move_on_after(10):  # bounded: a test failure must not hang the run
+        await anyio.to_thread.run_sync(context.destroy, 0, abandon_on_cancel=True)
+
+
+async def test_results_failures_and_a_worker_crash(
+    tmp_path: Path, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="backtest_queue.service")
+    with anyio.fail_after(40):
+        async with (
+            open_service(bind=LOCAL, workers=1, engine=ScriptedEngine(tmp_path)) as service,
+            open_async_client(context, service.endpoint) as client,
+        ):
+            assert isinstance(service, Service)
+            assert "service ready on tcp://127.0.0.1:" in caplog.text
+            pong = await client.request({"type": "PING", "v": 1, "request_id": "p"})
+            assert pong["workers"] == 1
+            reply = await client.request(scripted("ok", "fine"))
+            assert reply["type"] == "BACKTEST_RESULT"
+            assert reply["result"]["strategy_name"] == "fine"
+            reply = await client.request(scripted("f", "fail"))
+            assert (reply["code"], reply["request_id"]) == ("engine_error", "f")
+            assert "ValueError: boom" in reply["message"]
+
+            reply = await client.request(scripted("c", "crash"))
+            assert (reply["code"], reply["request_id"]) == ("engine_error", "c")
+            assert "died" in reply["message"]
+            assert service.statistics().pool_restarts == 1
+            reply = await client.request(scripted("after", "fine"))
+            assert reply["type"] == "BACKTEST_RESULT"  # a new pool took over
+
+            stats = service.statistics()
+            assert (stats.backtests_completed, stats.engine_errors) == (2, 2)
+            assert stats.running == stats.queued == stats.replies_waiting == 0
+            assert "restarting the worker pool" in caplog.text
+    assert "service stopped: 2 backtest(s) completed, 2 engine error(s)" in caplog.text
+
+
+async def test_a_requester_that_stops_reading(
+    context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replies to a requester whose pipe stays full are held, then dropped and counted;
+    every PING ends up answered or counted as dropped, none vanishes."""
+    pings = 2000
+    small = {zmq.SNDHWM: 1, zmq.SNDBUF: 2048}
+    with anyio.fail_after(40):
+        async with (
+            open_service(
+                bind=LOCAL, workers=1, warm_up=False, reply_timeout=0.3, socket_options=small
+            ) as service,
+            open_async_client(context, service.endpoint, RCVHWM=1, RCVBUF=2048) as client,
+        ):
+            for i in range(pings):
+                await client.send({"type": "PING", "v": 1, "request_id": f"p{i}"})
+            stats = await service.wait_statistics(lambda s: s.replies_dropped > 0)
+            assert stats.reply_retries > 0
+            assert "its pipe stayed full" in caplog.text
+
+            # The requester reads again: what was held goes out, nothing else is lost.
+            await service.wait_statistics(lambda s: s.pings == pings)
+            await client.send({"type": "PING", "v": 1, "request_id": "last"})
+            received = 0
+            while (await client.receive())["request_id"] != "last":
+                received += 1
+            stats = service.statistics()
+            assert stats.pings == pings + 1
+            assert stats.replies_sent == received + 1
+            assert stats.replies_sent + stats.replies_dropped == pings + 1
+            assert 0 < received < pings
+
+
+async def test_a_reply_to_a_gone_requester_is_dropped_and_counted(
+    tmp_path: Path, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with anyio.fail_after(40):
+        async with open_service(
+            bind=LOCAL, workers=1, engine=ScriptedEngine(tmp_path), reply_timeout=0.3
+        ) as service:
+            async with open_async_client(context, service.endpoint) as client:
+                await client.send(scripted("g", "gate:gone"))
+                await service.wait_statistics(lambda s: s.running == 1)
+            await service.wait_statistics(lambda s: s.disconnects == 1)
+            (tmp_path / "gone").touch()  # the backtest finishes after its requester left
+            stats = await service.wait_statistics(lambda s: s.replies_dropped == 1)
+            assert stats.reply_retries >= 1
+            assert stats.backtests_completed == 1
+            assert "dropped 1 reply(ies) to requester" in caplog.text
+            assert "it is not connected" in caplog.text
+            async with open_async_client(context, service.endpoint) as client:
+                assert (await client.request({"type": "PING"}))["type"] == "PONG"
+
+
+async def test_stopping_does_not_wait_for_a_gone_requester(
+    tmp_path: Path, context: zmq.Context[Any]
+) -> None:
+    with anyio.fail_after(40):
+        async with open_service(
+            bind=LOCAL,
+            workers=1,
+            engine=ScriptedEngine(tmp_path),
+            reply_timeout=60.0,
+            shutdown_grace=60.0,
+        ) as service:
+            async with open_async_client(context, service.endpoint) as client:
+                await client.send(scripted("g", "gate:left"))
+                await service.wait_statistics(lambda s: s.running == 1)
+            await service.wait_statistics(lambda s: s.disconnects == 1)
+            (tmp_path / "left").touch()
+            await service.wait_statistics(lambda s: s.reply_retries >= 1)  # held
+            stopping_at = anyio.current_time()
+        assert anyio.current_time() - stopping_at < 10.0  # not the 60 s grace
+    assert service.statistics().replies_dropped == 1
+
+
+async def test_stopping_answers_running_and_queued_backtests(
+    tmp_path: Path, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = free_tcp_endpoint(context)
+    with anyio.fail_after(40):
+        async with open_async_client(context, endpoint) as client:  # outlives the service
+            async with open_service(
+                bind=endpoint, workers=1, engine=ScriptedEngine(tmp_path), shutdown_grace=0.3
+            ) as service:
+                await client.send(scripted("running", "gate:never"))
+                await client.send(scripted("queued", "fine"))
+                await service.wait_statistics(lambda s: s.running == 1 and s.queued == 1)
+            # Stopped; both replies were handed over before the socket closed (linger).
+            replies = {r["request_id"]: r for r in [await client.receive() for _ in "ab"]}
+    assert replies["queued"]["code"] == "engine_error"
+    assert "not run" in replies["queued"]["message"]
+    assert replies["running"]["code"] == "engine_error"
+    assert "stopped before the backtest finished" in replies["running"]["message"]
+    assert "still running after the 0.3 s grace period" in caplog.text
+    stats = service.statistics()
+    assert (stats.engine_errors, stats.replies_dropped, stats.running) == (2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"workers": 0}, "workers must be at least 1"),
+        ({"engine": object()}, "does not implement"),
+        ({"reply_timeout": 0}, "reply_timeout"),
+        ({"max_message_bytes": 10}, "max_message_bytes"),
+        ({"socket_options": {zmq.ROUTER_MANDATORY: 0}}, "ROUTER_MANDATORY"),
+        ({"data_dir": "/nonexistent/data"}, "not a directory"),
+    ],
+)
+async def test_bad_settings_are_usage_errors(settings: dict[str, Any], words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        async with open_service(bind=LOCAL, warm_up=False, **settings):
+            pass  # pragma: no cover
+
+
+async def test_a_busy_endpoint_is_a_transport_error(context: zmq.Context[Any]) -> None:
+    async with open_service(bind=LOCAL, workers=1, warm_up=False) as service:
+        with pytest.raises(TransportError, match="cannot open service"):
+            async with open_service(bind=service.endpoint, workers=1, warm_up=False):
+                pass  # pragma: no cover
+
+
+async def test_binding_beyond_loopback_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(TransportError):  # TEST-NET-1: not an address of this host
+        async with open_service(bind="tcp://192.0.2.1:5580", warm_up=False):
+            pass  # pragma: no cover
+    assert "beyond loopback without encryption" in caplog.text
+    assert "issue #6" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("tcp://127.0.0.1:5580", True),
+        ("tcp://127.0.0.2:*", True),
+        ("tcp://localhost:5580", True),
+        ("tcp://[::1]:5580", True),
+        ("ipc:///tmp/x.sock", True),
+        ("inproc://x", True),
+        ("tcp://*:5580", False),
+        ("tcp://0.0.0.0:5580", False),
+        ("tcp://10.1.2.3:5580", False),
+        ("tcp://eth0:5580", False),
+        ("ws://127.0.0.1:5580", False),
+    ],
+)
+async def test_is_loopback(endpoint: str, local: bool) -> None:
+    assert is_loopback(endpoint) is local
+
+
+async def test_backtests_on_real_data_in_process(context: zmq.Context[Any]) -> None:
+    with anyio.fail_after(40):
+        async with (
+            open_service(bind=LOCAL, workers=1) as service,
+            open_async_client(context, service.endpoint) as client,
+        ):
+            reply = await client.request(backtest("real", data_id="EURUSD-H1", sl=0.01))
+            assert reply["type"] == "BACKTEST_RESULT"
+            assert reply["result"]["bars"] == 5000
+            assert repr(service).startswith(f"<Service {service.endpoint} serving workers=1")
