@@ -212,11 +212,14 @@ def start_service_process(
 
 
 def wait_until_ready(
-    context: zmq.Context[Any], service: ServiceProcess, timeout: float = 40.0
+    context: zmq.Context[Any],
+    service: ServiceProcess,
+    timeout: float = 40.0,
+    client_options: dict[int, Any] | None = None,
 ) -> None:
     """PING until a PONG comes back; fail early if the process exits."""
     deadline = time.monotonic() + timeout
-    with RawClient(context, service.endpoint) as client:
+    with RawClient(context, service.endpoint, options=client_options) as client:
         # One PING: the DEALER holds it until the service is bound, which reads it once
         # its workers are up.
         client.send({"type": "PING", "v": 1, "request_id": "ready?"})
@@ -233,12 +236,15 @@ def wait_until_ready(
 
 @contextmanager
 def run_service_process(
-    context: zmq.Context[Any], log_path: Path, *args: str
+    context: zmq.Context[Any],
+    log_path: Path,
+    *args: str,
+    client_options: dict[int, Any] | None = None,
 ) -> Iterator[ServiceProcess]:
     """A ready service process, stopped with SIGTERM afterwards if still running."""
     service = start_service_process(context, log_path, *args)
     try:
-        wait_until_ready(context, service)
+        wait_until_ready(context, service, client_options=client_options)
         yield service
     finally:
         if service.process.poll() is None:

@@ -161,13 +161,15 @@ async def test_stopping_answers_running_and_queued_backtests(
                 await service.wait_statistics(lambda s: s.running == 1 and s.queued == 1)
             # Stopped; both replies were handed over before the socket closed (linger).
             replies = {r["request_id"]: r for r in [await client.receive() for _ in "ab"]}
-    assert replies["queued"]["code"] == "engine_error"
+    # unavailable: not run (or cut short), send it again - unlike a final engine_error
+    assert replies["queued"]["code"] == "unavailable"
     assert "not run" in replies["queued"]["message"]
-    assert replies["running"]["code"] == "engine_error"
+    assert replies["running"]["code"] == "unavailable"
     assert "stopped before the backtest finished" in replies["running"]["message"]
     assert "still running after the 0.3 s grace period" in caplog.text
     stats = service.statistics()
-    assert (stats.engine_errors, stats.replies_dropped, stats.running) == (2, 0, 0)
+    assert (stats.unavailable, stats.engine_errors, stats.replies_dropped) == (2, 0, 0)
+    assert stats.running == 0
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
+import zmq.auth
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -140,7 +141,7 @@ def test_sigterm_lets_the_running_backtest_finish(
     assert sorted(replies) == ids
     outcomes = [(r["type"], r.get("code")) for r in replies.values()]
     assert ("BACKTEST_RESULT", None) in outcomes  # the one running finished
-    assert set(outcomes) <= {("BACKTEST_RESULT", None), ("ERROR", "engine_error")}
+    assert set(outcomes) <= {("BACKTEST_RESULT", None), ("ERROR", "unavailable")}
     assert "received SIGTERM; stopping" in service.log()
 
 
@@ -172,6 +173,49 @@ def test_workers_exit_when_the_service_is_killed(
         finally:
             for fd in pidfds:
                 os.close(fd)
+
+
+def test_curve_admits_only_allowed_requesters(
+    zmq_context: zmq.Context[Any], tmp_path: Path, client_factory: Client
+) -> None:
+    from backtest_queue.security import generate_keys
+
+    _, service_secret = generate_keys(tmp_path / "service", "service")
+    generate_keys(tmp_path / "allowed", "requester")
+    generate_keys(tmp_path / "strangers", "stranger")
+
+    def curve(name: str, folder: str) -> dict[int, Any]:
+        public, secret = zmq.auth.load_certificate(tmp_path / folder / f"{name}.key_secret")
+        server_public, _ = zmq.auth.load_certificate(tmp_path / "service" / "service.key")
+        return {
+            zmq.CURVE_SERVERKEY: server_public,
+            zmq.CURVE_PUBLICKEY: public,
+            zmq.CURVE_SECRETKEY: secret,
+        }
+
+    allowed = curve("requester", "allowed")
+    with run_service_process(
+        zmq_context,
+        tmp_path / "service.log",
+        "--workers", "1",
+        "--curve-secret", str(service_secret),
+        "--allowed-keys", str(tmp_path / "allowed"),
+        client_options=allowed,
+    ) as service:  # fmt: skip
+        client = client_factory(service.endpoint, options=allowed)
+        assert client.request(backtest("curve"))["type"] == "BACKTEST_RESULT"
+        stranger = client_factory(service.endpoint, options=curve("stranger", "strangers"))
+        stranger.send({"type": "PING", "v": 1})
+        for _ in range(300):  # up to 30 s, paced by the poll timeout
+            assert not stranger.socket.poll(100), "a stranger got a reply"
+            if "refused a CURVE handshake" in service.log():
+                break
+        else:
+            raise AssertionError(f"no refusal logged:\n{service.log()}")
+        plain = client_factory(service.endpoint)  # no CURVE at all
+        plain.send({"type": "PING", "v": 1})
+        assert not plain.socket.poll(300)
+        assert client.ping()[0]["type"] == "PONG"
 
 
 def test_a_missing_data_directory_exits_with_2(

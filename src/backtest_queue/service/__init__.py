@@ -27,6 +27,7 @@ from .datasets import load_csv as load_csv
 from .engine import BacktestingPyEngine as BacktestingPyEngine
 from .engine import Engine as Engine
 from .engine import EngineError as EngineError
+from .engine import ServiceUnavailable as ServiceUnavailable
 from .server import Service as Service
 from .server import open_service as open_service
 from .server import service_socket_options as service_socket_options
@@ -47,6 +48,7 @@ __all__ = [
     "EngineError",
     "Service",
     "ServiceStatistics",
+    "ServiceUnavailable",
     "check_strategy",
     "load_catalog",
     "load_csv",

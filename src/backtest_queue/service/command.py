@@ -1,7 +1,12 @@
 """``backtest-queue service``: run a backtest service until SIGTERM or Ctrl-C.
 
 Exit status: 0 after a signal-initiated stop, 1 when the endpoint cannot be bound or the
-workers do not start, 2 for bad settings (a data directory that does not exist, ...).
+workers do not start, 2 for bad settings (a data directory that does not exist, an
+unreadable CURVE certificate, ...).
+
+CURVE (:mod:`backtest_queue.security`): ``--curve-secret`` makes the ROUTER a CURVE
+server (encrypted traffic); ``--allowed-keys`` adds a ZAP authenticator that admits only
+the requester public keys in that directory and logs every refused key.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from functools import partial
 from typing import Any
 
 import anyio
+import zmq
 
 from ..errors import TransportError, UsageError
 from ..protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
 from .engine import EngineError
-from .server import open_service
+from .server import LINGER, open_service
 
 __all__ = ["add_arguments", "run"]
 
@@ -72,6 +78,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM / Ctrl-C, how long running backtests may finish (default 10)",
     )
     parser.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="FILE",
+        help="the service's CURVE secret certificate (*.key_secret from 'backtest-queue "
+        "keys'): encrypt traffic",
+    )
+    parser.add_argument(
+        "--allowed-keys",
+        default=None,
+        metavar="DIR",
+        help="with --curve-secret: admit only requesters whose public certificate (*.key) "
+        "is in DIR",
+    )
+    parser.add_argument(
         "--backend",
         choices=("trio", "asyncio"),
         default="trio",
@@ -90,17 +110,40 @@ async def _serve(settings: dict[str, Any]) -> int:
     return 0
 
 
+def _start_curve(args: argparse.Namespace, context: zmq.Context[Any]) -> tuple[dict[int, Any], Any]:
+    """CURVE socket options and the started ZAP authenticator (or ``None``)."""
+    if args.curve_secret is None:
+        if args.allowed_keys is not None:
+            raise UsageError("--allowed-keys needs --curve-secret")
+        return {}, None
+    from ..security import AllowedKeys, server_options, start_authenticator
+
+    options = server_options(args.curve_secret)
+    if args.allowed_keys is None:
+        log.warning(
+            "CURVE without --allowed-keys: traffic is encrypted, but any requester that "
+            "knows the service's public key can connect"
+        )
+        return options, None
+    return options, start_authenticator(context, AllowedKeys(args.allowed_keys))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the service; returns the exit status (see the module docstring)."""
-    settings: dict[str, Any] = {
-        "bind": args.bind,
-        "workers": args.workers,
-        "data_dir": args.data,
-        "max_message_bytes": args.max_message_bytes,
-        "reply_timeout": args.reply_timeout,
-        "shutdown_grace": args.shutdown_grace,
-    }
+    context: zmq.Context[Any] = zmq.Context()
+    authenticator = None
     try:
+        options, authenticator = _start_curve(args, context)
+        settings: dict[str, Any] = {
+            "bind": args.bind,
+            "workers": args.workers,
+            "data_dir": args.data,
+            "max_message_bytes": args.max_message_bytes,
+            "reply_timeout": args.reply_timeout,
+            "shutdown_grace": args.shutdown_grace,
+            "socket_options": options,
+            "context": context,
+        }
         return anyio.run(partial(_serve, settings), backend=args.backend)
     except UsageError as exc:
         log.error("cannot start the service: %s", exc)
@@ -108,3 +151,8 @@ def run(args: argparse.Namespace) -> int:
     except (TransportError, EngineError) as exc:
         log.error("cannot start the service: %s", exc)
         return 1
+    finally:
+        if authenticator is not None:
+            authenticator.stop()
+        # The service's sockets are closed; this bounds the wait for unsent replies.
+        context.destroy(linger=int(LINGER * 1000))

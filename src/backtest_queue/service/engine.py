@@ -18,7 +18,7 @@ from ..errors import BacktestQueueError
 from ..protocol import BacktestRequest, Metrics, Strategy
 from .strategies import check_strategy
 
-__all__ = ["BacktestingPyEngine", "Engine", "EngineError", "finite_or_none"]
+__all__ = ["BacktestingPyEngine", "Engine", "EngineError", "ServiceUnavailable", "finite_or_none"]
 
 
 class EngineError(BacktestQueueError):
@@ -26,6 +26,11 @@ class EngineError(BacktestQueueError):
 
     The argument is one line a person can act on.
     """
+
+
+class ServiceUnavailable(EngineError):
+    """The backtest was not run because the service is stopping; the service answers with
+    an ``unavailable`` reply, which a requester sends again (here later, or elsewhere)."""
 
 
 @runtime_checkable

@@ -32,7 +32,7 @@ import pandas as pd
 from ..errors import UsageError
 from ..protocol import BacktestRequest, Metrics
 from . import worker
-from .engine import Engine, EngineError
+from .engine import Engine, EngineError, ServiceUnavailable
 
 __all__ = ["WorkerPool", "open_pool"]
 
@@ -147,17 +147,19 @@ class WorkerPool:
         that has started runs to its end in the worker and its result is discarded.
 
         Raises:
-            EngineError: the engine failed, the worker died (the pool is restarted), or
-                the pool is closed.
+            ServiceUnavailable: the pool is closed (the service is stopping).
+            EngineError: the engine failed, or the worker died (the pool is restarted).
         """
         if self._closed:
-            raise EngineError("the service is stopping; the backtest was not run")
+            raise ServiceUnavailable("the service is stopping; the backtest was not run")
         generation = self._generation
         try:
             return await self._call(worker.run_backtest, request, first, stop)
         except BrokenProcessPool:
             if self._closed:
-                raise EngineError("the service stopped before the backtest finished") from None
+                raise ServiceUnavailable(
+                    "the service stopped before the backtest finished; send it again"
+                ) from None
             self._restart(generation)
             raise EngineError(
                 "the worker process running this backtest died (crash, signal or out of "
@@ -166,7 +168,7 @@ class WorkerPool:
         except EngineError:
             raise
         except RuntimeError as exc:  # submit() after shutdown: stopping
-            raise EngineError(f"the backtest was not run: {exc}") from None
+            raise ServiceUnavailable(f"the backtest was not run: {exc}") from None
         except Exception as exc:  # e.g. a result that does not unpickle
             raise EngineError(f"{type(exc).__name__}: {exc}") from None
 

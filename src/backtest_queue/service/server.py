@@ -54,7 +54,7 @@ from ..protocol import (
 )
 from ..transport import SendStatus, ZmqSocket, open_socket
 from .datasets import Catalog, load_catalog
-from .engine import BacktestingPyEngine, Engine, EngineError
+from .engine import BacktestingPyEngine, Engine, EngineError, ServiceUnavailable
 from .monitor import run_connection_monitor
 from .outbox import Dropped, Outbox
 from .pool import WorkerPool, open_pool
@@ -79,6 +79,8 @@ HARD_CAP_FACTOR: Final = 2
 _SEND_BUDGET: Final = 1000
 #: Error messages are cut to this many characters (they may quote the peer's input).
 _MAX_ERROR_TEXT: Final = 300
+_NOT_RUN: Final = "the service is stopping; the backtest was not run; send it again"
+_CUT_SHORT: Final = "the service stopped before the backtest finished; send it again"
 
 CounterName = Literal[
     "messages_received",
@@ -91,6 +93,7 @@ CounterName = Literal[
     "unsupported_versions",
     "too_large",
     "engine_errors",
+    "unavailable",
     "backtests_completed",
     "replies_sent",
     "reply_retries",
@@ -104,6 +107,7 @@ _ERROR_COUNTERS: Final[Mapping[str, CounterName]] = {
     "unsupported_version": "unsupported_versions",
     "too_large": "too_large",
     "engine_error": "engine_errors",
+    "unavailable": "unavailable",
 }
 _REPLY_TYPES: Final = {BacktestResult: "BACKTEST_RESULT", ErrorReply: "ERROR", Pong: "PONG"}
 
@@ -286,7 +290,7 @@ class Service:
             code = "invalid_request"
         text = _one_line(message)
         self._count(_ERROR_COUNTERS[code])
-        level = logging.WARNING if code == "engine_error" else logging.INFO
+        level = logging.WARNING if code in ("engine_error", "unavailable") else logging.INFO
         log.log(
             level,
             "answering requester %s with %s (request %s): %s",
@@ -298,12 +302,12 @@ class Service:
         reply = ErrorReply(request_id=request_id, code=cast(ErrorCode, code), message=text)
         self._reply(peer, reply)
 
-    def _finish(self, job: _Job, outcome: Metrics | str) -> None:
-        """Answer a job that was accepted: its metrics, or an engine_error message."""
+    def _finish(self, job: _Job, outcome: Metrics | str, code: ErrorCode = "engine_error") -> None:
+        """Answer a job that was accepted: its metrics, or an error ``code`` and message."""
         request_id = job.request.request_id
         self._in_flight.discard((job.peer, request_id))
         if isinstance(outcome, str):
-            self._error(job.peer, "engine_error", outcome, request_id)
+            self._error(job.peer, code, outcome, request_id)
             return
         self._count("backtests_completed")
         self._reply(job.peer, BacktestResult(request_id=request_id, result=outcome))
@@ -416,18 +420,18 @@ class Service:
         async with jobs:
             async for job in jobs:
                 if self._stopping:
-                    self._finish(
-                        job, "the service is stopping; the backtest was not run; resend it"
-                    )
+                    self._finish(job, _NOT_RUN, "unavailable")
                     continue
                 self._running += 1
                 self._changed()
                 try:
                     metrics = await self._pool.run(job.request, job.first, job.stop)
+                except ServiceUnavailable as exc:
+                    self._finish(job, str(exc), "unavailable")
                 except EngineError as exc:
                     self._finish(job, f"backtest failed: {exc}")
                 except BaseException:
-                    self._finish(job, "the service stopped before the backtest finished; resend it")
+                    self._finish(job, _CUT_SHORT, "unavailable")
                     raise
                 else:
                     self._finish(job, metrics)
@@ -492,12 +496,7 @@ class Service:
         """Validate a request; return its job, or ``None`` when answered or ignored."""
         request_id = request.request_id
         if self._stopping:
-            self._error(
-                peer,
-                "engine_error",
-                "the service is stopping; the backtest was not run; resend it",
-                request_id,
-            )
+            self._error(peer, "unavailable", _NOT_RUN, request_id)
             return None
         if (peer, request_id) in self._in_flight:
             self._count("duplicates_ignored")
@@ -531,7 +530,7 @@ class Service:
         try:
             await self._jobs_send.send(job)
         except BaseException:
-            self._finish(job, "the service is stopping; the backtest was not run; resend it")
+            self._finish(job, _NOT_RUN, "unavailable")
             raise
         finally:
             self._changed()
@@ -548,11 +547,11 @@ class Service:
         """Stop gracefully, within ``shutdown_grace`` seconds (plus a short final flush).
 
         Reading stops (messages already received are answered, backtests with
-        ``engine_error``); queued requests are answered with ``engine_error``; running
+        ``unavailable``); queued requests are answered with ``unavailable``; running
         backtests may finish until the grace period ends, then they are answered with
-        ``engine_error``; replies get until then (at least 0.5 s) to be handed to
+        ``unavailable``; replies get until then (at least 0.5 s) to be handed to
         ZeroMQ, except those to requesters that are gone; what is still held is dropped
-        (counted, logged).
+        (counted, logged). ``unavailable`` tells a requester to send the request again.
         """
         stats = self.statistics()
         log.info(
@@ -572,13 +571,13 @@ class Service:
                 job = self._jobs_leftover.receive_nowait()
             except (anyio.EndOfStream, anyio.WouldBlock):
                 break
-            self._finish(job, "the service is stopping; the backtest was not run; resend it")
+            self._finish(job, _NOT_RUN, "unavailable")
         with anyio.move_on_at(deadline):
             await self._runners_done.wait()
         if not self._runners_done.is_set():
             log.warning(
                 "%d backtest(s) still running after the %g s grace period; answering them "
-                "with engine_error",
+                "with unavailable",
                 self._running,
                 self._shutdown_grace,
             )
@@ -614,7 +613,7 @@ class Service:
             log.warning("could not read the last messages: %s", exc)
             return
         for frames in batch:
-            self._handle(frames)  # while stopping, backtests are answered with engine_error
+            self._handle(frames)  # while stopping, backtests are answered with unavailable
 
 
 @asynccontextmanager
@@ -639,7 +638,7 @@ async def open_service(
     (``warm_up``) and every task runs; it logs ``service ready on <endpoint> with <n> workers,
     datasets: ...``. Leaving the block stops the service gracefully (see
     ``shutdown_grace``); cancelling the surrounding scope stops it at once, answering
-    running backtests with ``engine_error`` as far as the socket takes replies without
+    running backtests with ``unavailable`` as far as the socket takes replies without
     waiting.
 
     Args:

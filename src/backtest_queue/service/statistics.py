@@ -21,7 +21,8 @@ class ServiceStatistics:
             counted in ``invalid_requests``).
 
     Error replies, by code (one each; a dropped reply is counted here too):
-        invalid_requests, unknown_data, unsupported_versions, too_large, engine_errors.
+        invalid_requests, unknown_data, unsupported_versions, too_large, engine_errors,
+        unavailable (not run because the service is stopping: send again).
 
     Work:
         backtests_completed: backtests that produced a result.
@@ -54,6 +55,7 @@ class ServiceStatistics:
     unsupported_versions: int = 0
     too_large: int = 0
     engine_errors: int = 0
+    unavailable: int = 0
     backtests_completed: int = 0
     queued: int = 0
     running: int = 0
