@@ -327,3 +327,10 @@ def scripted(request_id: str, name: str) -> dict[str, Any]:
     message = backtest(request_id)
     message["strategy"]["name"] = name
     return message
+
+
+class BrokenEngine(ScriptedEngine):
+    """A test engine whose ``prepare`` fails in every worker."""
+
+    def prepare(self) -> None:
+        raise RuntimeError("no licence for the compiled engine")

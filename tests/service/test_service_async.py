@@ -13,10 +13,11 @@ import pytest
 import zmq
 
 from backtest_queue.errors import TransportError, UsageError
-from backtest_queue.service import Service, open_service
+from backtest_queue.service import EngineError, Service, open_service
 from backtest_queue.service.server import is_loopback
 
 from service_helpers import (
+    BrokenEngine,
     ScriptedEngine,
     backtest,
     free_tcp_endpoint,
@@ -187,6 +188,18 @@ async def test_bad_settings_are_usage_errors(settings: dict[str, Any], words: st
     with pytest.raises(UsageError, match=words):
         async with open_service(bind=LOCAL, warm_up=False, **settings):
             pass  # pragma: no cover
+
+
+async def test_an_engine_that_cannot_start_stops_the_start(tmp_path: Path) -> None:
+    with anyio.fail_after(40), pytest.raises(EngineError, match="failed to start"):
+        async with open_service(bind=LOCAL, workers=1, engine=BrokenEngine(tmp_path)):
+            pass  # pragma: no cover
+
+
+async def test_an_error_in_the_body_comes_out_as_itself() -> None:
+    with pytest.raises(KeyError, match="mine"):  # not wrapped in an ExceptionGroup
+        async with open_service(bind=LOCAL, workers=1, warm_up=False):
+            raise KeyError("mine")
 
 
 async def test_a_busy_endpoint_is_a_transport_error(context: zmq.Context[Any]) -> None:

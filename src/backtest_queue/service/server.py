@@ -24,8 +24,8 @@ import ipaddress
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast, get_args
 
@@ -698,56 +698,105 @@ async def open_service(
     own_context = context is None
     zmq_context: zmq.Context[Any] = zmq.Context() if context is None else context
     try:
-        # Bind first, so a busy port fails in a blink; messages wait in ZeroMQ's queues
-        # until the tasks start, after the workers are up.
-        async with (
-            open_socket(
-                zmq_context, zmq.ROUTER, name="service", options=options, bind=bind
-            ) as sock,
-            open_pool(engine, catalog.bars(), workers=workers, warm_up=warm_up) as pool,
-        ):
-            endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
-            service = Service(
-                sock=sock,
-                context=zmq_context,
-                pool=pool,
-                catalog=catalog,
+        with _single_exceptions_unwrapped():
+            async with _serve(
+                zmq_context,
+                bind=bind,
+                options=options,
                 engine=engine,
-                endpoint=endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
+                catalog=catalog,
+                workers=workers,
+                warm_up=warm_up,
                 max_message_bytes=max_message_bytes,
                 reply_timeout=reply_timeout,
                 shutdown_grace=shutdown_grace,
                 max_queued=max_queued,
-            )
-            try:
-                async with anyio.create_task_group() as tg:
-                    await service._start(tg)
-                    log.info(
-                        "service ready on %s with %d workers, datasets: %s",
-                        service.endpoint,
-                        service.workers,
-                        ", ".join(service.datasets) or "none",
-                    )
-                    try:
-                        yield service
-                    finally:
-                        with anyio.CancelScope(shield=True):
-                            await service._stop()
-                        tg.cancel_scope.cancel()
-            finally:
-                service._close_streams()
-            stats = service.statistics()
-            log.info(
-                "service stopped: %d backtest(s) completed, %d engine error(s), "
-                "%d reply(ies) dropped",
-                stats.backtests_completed,
-                stats.engine_errors,
-                stats.replies_dropped,
-            )
+            ) as service:
+                yield service
     finally:
         if own_context:
             with anyio.CancelScope(shield=True), anyio.move_on_after(LINGER + 2.0):
                 await anyio.to_thread.run_sync(zmq_context.term, abandon_on_cancel=True)
+
+
+@contextmanager
+def _single_exceptions_unwrapped() -> Iterator[None]:
+    """Re-raise a lone exception that task groups wrapped in (nested) exception groups.
+
+    zmq-anyio's socket holds a task group, so whatever is raised inside ``open_socket``
+    (a failed warm-up, the caller's own error in the ``async with`` body) comes out
+    wrapped; :func:`open_service` raises what it documents instead.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if leaf is group or isinstance(leaf, BaseExceptionGroup):
+            raise
+        raise leaf from leaf.__cause__
+
+
+@asynccontextmanager
+async def _serve(
+    zmq_context: zmq.Context[Any],
+    *,
+    bind: str,
+    options: dict[int, Any],
+    engine: Engine,
+    catalog: Catalog,
+    workers: int,
+    warm_up: bool,
+    max_message_bytes: int,
+    reply_timeout: float,
+    shutdown_grace: float,
+    max_queued: int,
+) -> AsyncIterator[Service]:
+    """The socket, the pool and the tasks of :func:`open_service`."""
+    # Bind first, so a busy port fails in a blink; messages wait in ZeroMQ's queues
+    # until the tasks start, after the workers are up.
+    async with (
+        open_socket(zmq_context, zmq.ROUTER, name="service", options=options, bind=bind) as sock,
+        open_pool(engine, catalog.bars(), workers=workers, warm_up=warm_up) as pool,
+    ):
+        endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
+        service = Service(
+            sock=sock,
+            context=zmq_context,
+            pool=pool,
+            catalog=catalog,
+            engine=engine,
+            endpoint=endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
+            max_message_bytes=max_message_bytes,
+            reply_timeout=reply_timeout,
+            shutdown_grace=shutdown_grace,
+            max_queued=max_queued,
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                await service._start(tg)
+                log.info(
+                    "service ready on %s with %d workers, datasets: %s",
+                    service.endpoint,
+                    service.workers,
+                    ", ".join(service.datasets) or "none",
+                )
+                try:
+                    yield service
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await service._stop()
+                    tg.cancel_scope.cancel()
+        finally:
+            service._close_streams()
+        stats = service.statistics()
+        log.info(
+            "service stopped: %d backtest(s) completed, %d engine error(s), %d reply(ies) dropped",
+            stats.backtests_completed,
+            stats.engine_errors,
+            stats.replies_dropped,
+        )
 
 
 def _check_settings(
