@@ -5,6 +5,7 @@ Start it from Python::
     async with open_service(bind="tcp://127.0.0.1:5580", workers=2, data_dir="data") as service:
         ...  # service.endpoint, service.statistics(), await service.wait_statistics(...)
 
+(in a script, under ``if __name__ == "__main__":`` - the workers are spawned processes),
 or from the shell: ``backtest-queue service --bind tcp://127.0.0.1:5580 --workers 2``.
 A PING answered with a PONG is the readiness check. ``docs/protocol.md`` describes the
 wire protocol for people writing their own client or service.
@@ -13,7 +14,8 @@ Modules: :mod:`.server` (the service and its tasks), :mod:`.engine` (the engine
 interface and the backtesting.py engine), :mod:`.strategies` (strategy kinds and their
 validation), :mod:`.datasets` (built-in and CSV datasets), :mod:`.pool` (the process
 pool), :mod:`.worker` (what runs in a worker), :mod:`.outbox` (held replies, sans-IO),
-:mod:`.statistics` (the counters), :mod:`.command` (the CLI subcommand).
+:mod:`.statistics` (the counters), :mod:`.monitor` (connection events),
+:mod:`.command` (the CLI subcommand).
 """
 
 from __future__ import annotations

@@ -641,6 +641,10 @@ async def open_service(
     running backtests with ``unavailable`` as far as the socket takes replies without
     waiting.
 
+    The workers are *spawned* processes, which import the ``__main__`` module of the
+    program: a script that opens a service must keep its entry point under
+    ``if __name__ == "__main__":``.
+
     Args:
         bind: the endpoint to bind, e.g. ``"tcp://127.0.0.1:5580"`` (``:*`` picks a free
             port: read :attr:`Service.endpoint`). Beyond loopback a warning is logged:
