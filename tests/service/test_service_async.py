@@ -4,6 +4,7 @@ replies, worker crashes, graceful stop, settings. Clients use the transport adap
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,7 @@ async def test_stopping_answers_running_and_queued_backtests(
     tmp_path: Path, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     endpoint = free_tcp_endpoint(context)
+    others = set(multiprocessing.active_children())
     with anyio.fail_after(40):
         async with open_async_client(context, endpoint) as client:  # outlives the service
             async with open_service(
@@ -160,6 +162,9 @@ async def test_stopping_answers_running_and_queued_backtests(
                 await client.send(scripted("running", "gate:never"))
                 await client.send(scripted("queued", "fine"))
                 await service.wait_statistics(lambda s: s.running == 1 and s.queued == 1)
+                workers = set(multiprocessing.active_children()) - others
+            assert workers
+            assert not any(worker.is_alive() for worker in workers)  # terminated, reaped
             # Stopped; both replies were handed over before the socket closed (linger).
             replies = {r["request_id"]: r for r in [await client.receive() for _ in "ab"]}
     # unavailable: not run (or cut short), send it again - unlike a final engine_error

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -187,16 +188,21 @@ class WorkerPool:
             return
         self._closed = True
         executor = self._executor
-        executor.shutdown(wait=False, cancel_futures=True)
         if self._unfinished:
             log.warning("terminating %d running backtest(s)", len(self._unfinished))
-            _terminate_workers(executor)
+            _terminate_workers(executor)  # before shutdown(), which forgets the processes
+        # One shutdown that waits (a first one without waiting would forget the manager
+        # thread, and the workers would be left unreaped).
+        shutdown = partial(executor.shutdown, wait=True, cancel_futures=True)
         with anyio.move_on_after(10):
-            await anyio.to_thread.run_sync(executor.shutdown, True, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(shutdown, abandon_on_cancel=True)
 
 
 def _terminate_workers(executor: ProcessPoolExecutor) -> None:
-    """Terminate the executor's worker processes (``terminate_workers`` on Python 3.14+)."""
+    """Terminate the executor's worker processes (``terminate_workers`` on Python 3.14+).
+
+    Call it before ``shutdown()``: that drops the executor's list of processes.
+    """
     terminate = getattr(executor, "terminate_workers", None)
     if terminate is not None:
         terminate()
