@@ -146,6 +146,18 @@ def test_unknown_data_id(client: RawClient) -> None:
             None,
             "request_id",
         ),
+        (
+            json.dumps(
+                {
+                    k: v
+                    for k, v in backtest("x", params={"request_id": 1}).items()
+                    if k != "request_id"
+                }
+            ).encode(),
+            "invalid_request",
+            None,
+            "missing required field `request_id`",
+        ),
         (b'{"type": "PONG", "v": 1}', "invalid_request", None, "PONG is a reply"),
         (
             b'{"type": "ERROR", "v": 1, "code": "too_large", "message": "x", "request_id": "e"}',

@@ -468,6 +468,14 @@ class Service:
             self._error(peer, exc.code, exc.message, exc.request_id)
             return None
         if isinstance(message, BacktestRequest):
+            if peek_request_id(frames[2]) != message.request_id:
+                # decode_message looks for the text '"request_id"' anywhere in the body, so
+                # a request without the field but with that key elsewhere (in params, say)
+                # got a generated id the requester could not correlate.
+                self._error(
+                    peer, "invalid_request", "Object missing required field `request_id`", None
+                )
+                return None
             return self._accept(peer, message)
         if isinstance(message, Ping):
             self._count("pings")
