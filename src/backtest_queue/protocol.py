@@ -288,9 +288,10 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
             f"protocol version {message.v!r} is not supported; this side speaks v1",
             request_id=getattr(message, "request_id", None),
         )
-    if isinstance(message, BacktestRequest) and b'"request_id"' not in body:
+    if isinstance(message, BacktestRequest) and _envelope_decoder.decode(body).request_id is None:
         # The struct generates ids for callers that build requests in Python; on the wire
-        # an id is required, or the reply could not be correlated.
+        # an id is required, or the reply could not be correlated. (The top-level field,
+        # not the text anywhere in the body: a parameter may be called "request_id".)
         raise ProtocolError("invalid_request", "Object missing required field `request_id`")
     return message
 

@@ -317,23 +317,37 @@ async def run_monitor(
                 context, zmq.PAIR, name=f"{sock.name}-monitor", connect=endpoint,
                 options={zmq.LINGER: 0},
             ) as pair:  # fmt: skip
-                task_status.started()
-                while True:
-                    for frames in await pair.receive_batch():
-                        info = parse_monitor_message(frames)
-                        event = info["event"]
-                        where = info["endpoint"].decode(errors="replace")
-                        now = anyio.current_time()
-                        kind: Literal["up", "down", "refused"]
-                        if event & _UP_EVENTS:
-                            kind = "up"
-                        elif event & _DOWN_EVENTS:
-                            kind = "down"
-                        elif event & _REFUSED_EVENTS:
-                            kind = "refused"
-                        else:
-                            continue
-                        await events_out.send(ConnectionEvent(kind, sock.name, where, now))
-        finally:
+                try:
+                    task_status.started()
+                    await _forward_events(sock.name, pair, events_out)
+                finally:
+                    # While the reading end is still open: libzmq sends monitor events
+                    # under a lock that disable_monitor() takes too, and a send to a
+                    # closed reader could hold it forever.
+                    with contextlib.suppress(zmq.ZMQError):
+                        sock.raw.disable_monitor()
+        except BaseException:
             with contextlib.suppress(zmq.ZMQError):
-                sock.raw.disable_monitor()
+                sock.raw.disable_monitor()  # the reader never opened; idempotent
+            raise
+
+
+async def _forward_events(
+    name: str, pair: ZmqSocket, events_out: MemoryObjectSendStream[ConnectionEvent]
+) -> None:
+    while True:
+        for frames in await pair.receive_batch():
+            info = parse_monitor_message(frames)
+            event = info["event"]
+            where = info["endpoint"].decode(errors="replace")
+            now = anyio.current_time()
+            kind: Literal["up", "down", "refused"]
+            if event & _UP_EVENTS:
+                kind = "up"
+            elif event & _DOWN_EVENTS:
+                kind = "down"
+            elif event & _REFUSED_EVENTS:
+                kind = "refused"
+            else:
+                continue
+            await events_out.send(ConnectionEvent(kind, name, where, now))
