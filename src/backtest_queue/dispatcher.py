@@ -48,7 +48,7 @@ from .protocol import (
     encode_message,
 )
 from .store import SqliteStore, StoreOp
-from .transport import ConnectionEvent, SendStatus, ZmqSocket, open_socket, run_monitor
+from .transport import ConnectionEvent, Network, Requester, SendStatus, ZmqNetwork
 
 __all__ = ["Dispatcher", "open_dispatcher"]
 
@@ -154,7 +154,7 @@ class Dispatcher:
     def __init__(
         self,
         queue: BacktestQueue[BacktestRequest],
-        sockets: dict[str, ZmqSocket],
+        sockets: dict[str, Requester],
         *,
         on_full: Literal["wait", "error"],
         outcome_buffer: float,
@@ -770,6 +770,7 @@ async def open_dispatcher(
     curve: CurveClient | None = None,
     store: str | os.PathLike[str] | None = None,
     context: zmq.Context[Any] | None = None,
+    network: Network | None = None,
 ) -> AsyncIterator[Dispatcher]:
     """Open a dispatcher: requester sockets, connector, flusher and receivers.
 
@@ -805,6 +806,10 @@ async def open_dispatcher(
             in it by an earlier run (killed, or closed with requests outstanding) are
             queued again first and their outcomes delivered on :attr:`Dispatcher.outcomes`.
         context: a pyzmq context to use (default: a private one, destroyed on exit).
+        network: what opens the requester connections (default: ZeroMQ DEALER sockets,
+            :class:`~backtest_queue.transport.ZmqNetwork`); tests pass the in-memory
+            :class:`~backtest_queue.testing.MemoryNetwork`. The socket settings above
+            apply to ZeroMQ only.
 
     Yields:
         The :class:`Dispatcher`.
@@ -850,16 +855,19 @@ async def open_dispatcher(
             queue.enqueue_restored(request)
         if restored:
             log.info("restored %d undelivered requests from %s", len(restored), store)
-    own_context = context is None
-    ctx: zmq.Context[Any] = zmq.Context() if context is None else context
+    own_context = context is None and network is None
+    ctx: zmq.Context[Any] | None = None
+    if network is None:
+        ctx = zmq.Context() if context is None else context
+        network = ZmqNetwork(ctx, options)
     body_error: BaseException | None = None
     unwrapped: BaseException | None = None
     try:
         async with AsyncExitStack() as stack:
-            sockets: dict[str, ZmqSocket] = {}
+            sockets: dict[str, Requester] = {}
             for endpoint in endpoint_list:
                 sockets[endpoint] = await stack.enter_async_context(
-                    open_socket(ctx, zmq.DEALER, name=endpoint, options=options)
+                    network.open_requester(endpoint)
                 )
             dispatcher = Dispatcher(
                 queue, sockets, on_full=on_full, outcome_buffer=outcome_buffer,
@@ -875,8 +883,8 @@ async def open_dispatcher(
                     await tg.start(dispatcher._outcome_pump)
                     for endpoint, sock in sockets.items():
                         await tg.start(dispatcher._receiver, endpoint)
-                        await tg.start(run_monitor, ctx, sock, dispatcher._wake_send.clone())
-                        sock.connect(endpoint)  # after the monitor: no handshake is missed
+                        await tg.start(network.watch, sock, dispatcher._wake_send.clone())
+                        network.connect(sock, endpoint)  # after watch: no handshake missed
                     try:
                         yield dispatcher
                     except BaseException as exc:
@@ -900,7 +908,7 @@ async def open_dispatcher(
             raise
         unwrapped = body_error
     finally:
-        if own_context:
+        if own_context and ctx is not None:
             ctx.destroy(linger=0)
     if unwrapped is not None:
         raise unwrapped

@@ -24,9 +24,9 @@ import contextlib
 import enum
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -40,10 +40,13 @@ from .errors import TransportError
 
 __all__ = [
     "ConnectionEvent",
+    "Network",
+    "Requester",
     "SendStatus",
+    "ZmqNetwork",
     "ZmqSocket",
-    "run_monitor",
     "open_socket",
+    "run_monitor",
 ]
 
 log = logging.getLogger("backtest_queue.transport")
@@ -351,3 +354,72 @@ async def _forward_events(
             else:
                 continue
             await events_out.send(ConnectionEvent(kind, name, where, now))
+
+
+class Requester(Protocol):
+    """What the dispatcher needs of one requester connection; :class:`ZmqSocket` is one."""
+
+    name: str
+
+    def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]: ...
+
+    async def receive_batch(self, max_messages: int = 1024) -> list[Frames]: ...
+
+    async def wait_writable(self) -> None: ...
+
+
+class Network(Protocol):
+    """Opens requester connections and reports their connection events.
+
+    :class:`ZmqNetwork` is the real one (DEALER sockets over zmq-anyio);
+    :class:`backtest_queue.testing.MemoryNetwork` is an in-memory fake for deterministic
+    wiring tests (with trio's ``MockClock``).
+    """
+
+    def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
+        """Open a requester for ``endpoint`` (not connected yet)."""
+        ...
+
+    async def watch(
+        self,
+        requester: Requester,
+        events_out: MemoryObjectSendStream[ConnectionEvent],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Send the requester's connection events into ``events_out`` until cancelled."""
+        ...
+
+    def connect(self, requester: Requester, endpoint: str) -> None:
+        """Start connecting (and reconnecting) in the background; after :meth:`watch`."""
+        ...
+
+
+class ZmqNetwork:
+    """The real network: a DEALER per endpoint with these options, monitored.
+
+    Args:
+        context: the pyzmq context that owns the sockets.
+        options: socket options set before connecting.
+    """
+
+    def __init__(self, context: zmq.Context[Any], options: dict[int, Any]) -> None:
+        self.context = context
+        self.options = options
+
+    def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
+        return open_socket(self.context, zmq.DEALER, name=endpoint, options=self.options)
+
+    async def watch(
+        self,
+        requester: Requester,
+        events_out: MemoryObjectSendStream[ConnectionEvent],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert isinstance(requester, ZmqSocket)
+        await run_monitor(self.context, requester, events_out, task_status=task_status)
+
+    def connect(self, requester: Requester, endpoint: str) -> None:
+        assert isinstance(requester, ZmqSocket)
+        requester.connect(endpoint)
