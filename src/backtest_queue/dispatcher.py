@@ -341,11 +341,11 @@ class Dispatcher:
             UsageError: the dispatcher has a store (submit must wait for its commit).
         """
         self._check_open()
-        if self._writer is not None:
-            raise UsageError("submit_nowait cannot be used with a store; use submit")
-        rid = request.request_id
-        if rid in self._instant:
-            raise DuplicateRequest(rid)
+        if self._writer is not None:  # (so no cache hits either: _instant stays empty)
+            raise UsageError(
+                "submit_nowait cannot be used with a store (a request must be committed "
+                "before it is accepted); use submit or submit_many"
+            )
         self._queue.enqueue(request)
         if self._idle.is_set():
             self._idle = anyio.Event()
