@@ -16,6 +16,7 @@ from backtest_queue import (
     DuplicateRequest,
     QueueFull,
     Strategy,
+    TransportError,
     UsageError,
 )
 from backtest_queue.dispatcher import Dispatcher, open_dispatcher
@@ -400,3 +401,30 @@ async def test_submit_nowait_batches_and_every_request_gets_its_outcome() -> Non
             outcomes = await collect(d, n)
         assert d.stats().queue.flushes < n  # batched: fewer flushes than requests
     assert sorted(o.request_id for o in outcomes) == [f"req-{i:05d}" for i in range(n)]
+
+
+async def test_wait_returns_an_outcome_that_arrived_before_it_was_called() -> None:
+    """Submit several, then wait for each in turn: later ones have arrived meanwhile."""
+    endpoint = free_tcp_endpoint()
+    async with stub_service(endpoint, echo), open_dispatcher(endpoint) as d:  # one str
+        assert d.endpoints == (endpoint,)
+        with anyio.fail_after(5):
+            await d.wait_connected()
+            states = [await d.submit(make_request(i)) for i in range(5)]
+            await d.wait_idle()  # every outcome is in: nobody was waiting for them
+            outcomes = [await d.wait(s.request_id) for s in states]
+        assert [o.request_id for o in outcomes] == [s.request_id for s in states]
+        assert all(o.ok for o in outcomes)
+        with pytest.raises(UsageError):
+            await d.wait(states[0].request_id)  # claimed once already
+        with d.outcomes:  # they went to the stream too (nobody waited in time)
+            assert [(await d.outcomes.receive()).request_id for _ in range(5)] == [
+                s.request_id for s in states
+            ]
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:5580", "http://x:1", ""])
+async def test_a_malformed_endpoint_raises_transport_error(endpoint: str) -> None:
+    with pytest.raises(TransportError, match="cannot connect"):
+        async with open_dispatcher([endpoint]):
+            pass

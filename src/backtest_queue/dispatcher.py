@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -34,7 +34,14 @@ import anyio.abc
 import anyio.lowlevel
 import zmq
 
-from .errors import DispatcherClosed, DuplicateRequest, ProtocolError, QueueFull, UsageError
+from .errors import (
+    BacktestQueueError,
+    DispatcherClosed,
+    DuplicateRequest,
+    ProtocolError,
+    QueueFull,
+    UsageError,
+)
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import (
@@ -55,6 +62,7 @@ __all__ = ["Dispatcher", "open_dispatcher"]
 log = logging.getLogger("backtest_queue")
 
 _WAKE_BUFFER: Final = 64
+_RECENT_OUTCOMES: Final = 10_000
 _FLUSH_CHUNK: Final = 128
 
 
@@ -191,6 +199,8 @@ class Dispatcher:
         self._overflow: deque[Outcome] = deque()  # outcomes waiting for room in the stream
         self._overflow_ready = anyio.Event()
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
+        # The last outcomes put on the stream, for wait() calls that come late.
+        self._recent: OrderedDict[str, Outcome] = OrderedDict()
         self._writer = writer
         #: ids of the requests restored from the store when it opened (queued again).
         self.restored_ids = restored_ids
@@ -354,12 +364,21 @@ class Dispatcher:
     async def wait(self, request_id: str) -> Outcome:
         """Wait for one request's outcome; it is then not put on :attr:`outcomes`.
 
+        If the outcome arrived before anyone waited for it, it went to :attr:`outcomes`;
+        ``wait`` still returns it, from a record of the last 10 000 outcomes put there.
+        So per request, read it from :attr:`outcomes` or ``wait`` for it, not both.
+
         Raises:
-            UsageError: the id is not queued or pending (unknown, or its outcome was
-                already delivered), or another task already waits for it.
+            UsageError: the id is unknown (never submitted, or its outcome was claimed by
+                an earlier ``wait`` or is older than that record), or another task
+                already waits for it.
         """
         if request_id in self._waiters:
             raise UsageError(f"another task already waits for request {request_id!r}")
+        earlier = self._recent.pop(request_id, None)
+        if earlier is not None:
+            await anyio.lowlevel.checkpoint()
+            return earlier
         if self._queue.state_of(request_id) is None and request_id not in self._instant:
             raise UsageError(
                 f"request {request_id!r} is not queued or pending: unknown, or its outcome "
@@ -506,8 +525,10 @@ class Dispatcher:
             waiter.outcome = outcome
             waiter.event.set()
         elif self._overflow:  # keep the order: behind those already waiting for room
+            self._remember(outcome)
             self._overflow.append(outcome)
         else:
+            self._remember(outcome)
             try:
                 self._outcome_send.send_nowait(outcome)
             except anyio.WouldBlock:
@@ -518,6 +539,12 @@ class Dispatcher:
                           outcome.request_id)  # fmt: skip
         if not (self._queue.queued or self._queue.pending or self._instant):
             self._idle.set()
+
+    def _remember(self, outcome: Outcome) -> None:
+        recent = self._recent
+        recent[outcome.request_id] = outcome
+        if len(recent) > _RECENT_OUTCOMES:
+            recent.popitem(last=False)
 
     def _deliver_cached(self) -> None:
         instant, self._instant = self._instant, {}
@@ -778,7 +805,8 @@ async def open_dispatcher(
 
     Args:
         endpoints: ZeroMQ endpoints of backtest services (default
-            ``["tcp://127.0.0.1:5580"]``); one DEALER socket each.
+            ``["tcp://127.0.0.1:5580"]``; a single string is one endpoint); one DEALER
+            socket each.
         flush_interval: seconds between periodic flushes.
         max_pending: most requests in flight at once (``None``: no cap).
         rate: most requests handed to services per second (``None``: no limit).
@@ -822,6 +850,8 @@ async def open_dispatcher(
     and the outcome stream is closed (readers see ``EndOfStream`` after the last one).
     An exception from the block propagates unchanged.
     """
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]  # one endpoint given as a string, not a list of its letters
     endpoint_list = list(endpoints) if endpoints is not None else [DEFAULT_ENDPOINT]
     if not endpoint_list:
         raise UsageError("open_dispatcher needs at least one endpoint")
@@ -904,9 +934,13 @@ async def open_dispatcher(
     except BaseExceptionGroup as group:
         # Task groups (ours and zmq-anyio's) wrap the block's own exception in groups;
         # when nothing else went wrong, the caller gets their exception back as it was.
-        if body_error is None or not _only(group, body_error):
-            raise
-        unwrapped = body_error
+        if body_error is not None and _only(group, body_error):
+            unwrapped = body_error
+        else:
+            ours = _sole_error(group)
+            if ours is None:
+                raise
+            unwrapped = ours
     finally:
         if own_context and ctx is not None:
             ctx.destroy(linger=0)
@@ -919,6 +953,15 @@ def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> boo
     cancelled = anyio.get_cancelled_exc_class()
     leaves = _leaves(group)
     return error in leaves and all(e is error or isinstance(e, cancelled) for e in leaves)
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BacktestQueueError | None:
+    """The group's only error if it is one of ours (and the rest cancellations)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    errors = [e for e in _leaves(group) if not isinstance(e, cancelled)]
+    if len(errors) == 1 and isinstance(errors[0], BacktestQueueError):
+        return errors[0]
+    return None
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .errors import UsageError
@@ -26,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             public, secret = generate_keys(args.directory, name)
             print(f"{name}: public {public}  secret {secret}")
-    except UsageError as exc:
-        print(f"error: {exc}")
+    except (UsageError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
         "Give the service its *.key_secret and a directory holding the requesters' *.key;\n"
