@@ -175,7 +175,7 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
     from ..errors import BacktestQueueError
 
     try:
-        return anyio.run(main, backend=args.backend)
+        return anyio.run(_until_terminated, main, backend=args.backend)
     except BaseException as exc:
         leaves = _leaves(exc)
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -186,6 +186,31 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
         for error in ours:
             log.error("%s", error)
         return 1
+
+
+async def _until_terminated(main: Callable[[], Awaitable[int]]) -> int:
+    """Run ``main``; on SIGTERM or SIGHUP cancel it as Ctrl-C would, so its ``finally``
+    blocks (stopping the demo's service process) run. Returns 128 + the signal then."""
+    import signal
+
+    import anyio
+
+    status = 0
+    received: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    log.warning("received %s; stopping", signal.Signals(signum).name)
+                    received.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        status = await main()
+        tg.cancel_scope.cancel()
+    return 128 + received[0] if received else status
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
