@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,28 +62,14 @@ def equity_segments(
         ProtocolError: the candidate breaks the engine's parameter rules.
         ImportError: backtesting.py is not installed (the ``service`` extra).
     """
-    from backtesting import Backtest
+    from ..service.engine import finite_or_none, run_backtesting_py
 
-    from ..service.backtesting_strategies import STRATEGY_CLASSES
-    from ..service.engine import finite_or_none
-    from ..service.strategies import check_strategy
-
-    checked = check_strategy(candidate.strategy())
+    strategy = candidate.strategy()
     segments = []
     for label, bars in parts:
-        # backtesting.py warns about cancelled orders and draws a tqdm bar on stderr;
-        # neither helps here (the engine silences the same warnings).
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            backtest = Backtest(
-                bars,
-                STRATEGY_CLASSES[checked.kind],
-                cash=run.cash,
-                commission=run.commission,
-                exclusive_orders=True,
-                finalize_trades=True,
-            )
-            stats = backtest.run(**checked.params, stop_loss=checked.sl, take_profit=checked.tp)
+        # backtesting.py draws a tqdm bar on stderr; it does not help here.
+        with contextlib.redirect_stderr(io.StringIO()):
+            stats = run_backtesting_py(strategy, bars, cash=run.cash, commission=run.commission)
         segments.append(
             EquitySegment(
                 label=label,

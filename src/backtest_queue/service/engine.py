@@ -18,7 +18,14 @@ from ..errors import BacktestQueueError
 from ..protocol import BacktestRequest, Metrics, Strategy
 from .strategies import check_strategy
 
-__all__ = ["BacktestingPyEngine", "Engine", "EngineError", "ServiceUnavailable", "finite_or_none"]
+__all__ = [
+    "BacktestingPyEngine",
+    "Engine",
+    "EngineError",
+    "ServiceUnavailable",
+    "finite_or_none",
+    "run_backtesting_py",
+]
 
 
 class EngineError(BacktestQueueError):
@@ -121,24 +128,10 @@ class BacktestingPyEngine:
 
     def run(self, request: BacktestRequest, bars: pd.DataFrame) -> Metrics:
         """See :meth:`Engine.run`. Silences backtesting.py's warnings during the run."""
-        from backtesting import Backtest
-
-        from .backtesting_strategies import STRATEGY_CLASSES
-
-        checked = check_strategy(request.strategy)
         started = time.perf_counter()
-        with warnings.catch_warnings():
-            # Cancelled orders, prices above cash, ...: expected in a search, not errors.
-            warnings.simplefilter("ignore")
-            backtest = Backtest(
-                bars,
-                STRATEGY_CLASSES[checked.kind],
-                cash=request.cash,
-                commission=request.commission,
-                exclusive_orders=True,
-                finalize_trades=True,
-            )
-            stats = backtest.run(**checked.params, stop_loss=checked.sl, take_profit=checked.tp)
+        stats = run_backtesting_py(
+            request.strategy, bars, cash=request.cash, commission=request.commission
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         win_rate = finite_or_none(stats["Win Rate [%]"])
         return Metrics(
@@ -153,3 +146,45 @@ class BacktestingPyEngine:
             bars=len(bars),
             elapsed_ms=elapsed_ms,
         )
+
+
+def run_backtesting_py(
+    strategy: Strategy, bars: pd.DataFrame, *, cash: float, commission: float
+) -> pd.Series:
+    """Run one strategy on ``bars`` with backtesting.py, the way the service does.
+
+    The one place that sets up ``Backtest`` (exclusive orders, trades closed at the end),
+    so the demo's local equity curve and the service's metrics cannot drift apart.
+
+    Args:
+        strategy: a strategy of one of the built-in kinds.
+        bars: OHLCV bars already cut to the range to run on.
+        cash: starting cash.
+        commission: commission per trade as a fraction of its value.
+
+    Returns:
+        backtesting.py's statistics series (with ``_equity_curve``).
+
+    Raises:
+        ProtocolError: the strategy breaks its kind's parameter rules.
+    """
+    from backtesting import Backtest
+
+    from .backtesting_strategies import STRATEGY_CLASSES
+
+    checked = check_strategy(strategy)
+    with warnings.catch_warnings():
+        # Cancelled orders, prices above cash, ...: expected in a search, not errors.
+        warnings.simplefilter("ignore")
+        backtest = Backtest(
+            bars,
+            STRATEGY_CLASSES[checked.kind],
+            cash=cash,
+            commission=commission,
+            exclusive_orders=True,
+            finalize_trades=True,
+        )
+        stats: pd.Series = backtest.run(
+            **checked.params, stop_loss=checked.sl, take_profit=checked.tp
+        )
+    return stats
