@@ -71,19 +71,19 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .dispatcher import CurveClient as CurveClient
     from .dispatcher import Dispatcher as Dispatcher
-    from .dispatcher import open_dispatcher as open_dispatcher
+    from .lifecycle import open_dispatcher as open_dispatcher
     from .outcome import DispatcherStats as DispatcherStats
     from .outcome import Outcome as Outcome
     from .outcome import SubmitState as SubmitState
+    from .transport import CurveClient as CurveClient
 
 # The I/O layer (anyio, pyzmq) is imported on first use, so that importing the sans-IO
 # core (``backtest_queue.policy``) loads neither.
 _LAZY = {
-    "CurveClient": "dispatcher",
+    "CurveClient": "transport",
     "Dispatcher": "dispatcher",
-    "open_dispatcher": "dispatcher",
+    "open_dispatcher": "lifecycle",
     "DispatcherStats": "outcome",
     "Outcome": "outcome",
     "SubmitState": "outcome",

@@ -1,10 +1,11 @@
-"""The async I/O shell around :class:`~backtest_queue.BacktestQueue`.
+"""The async I/O shell around :class:`~backtest_queue.BacktestQueue`: wiring of tasks.
 
-:func:`open_dispatcher` opens one task group and runs sibling tasks in it:
+:func:`open_dispatcher` (in :mod:`backtest_queue.lifecycle`) opens one task group and
+runs sibling tasks in it, all methods of :class:`Dispatcher`:
 
-* the **connector**: one ZeroMQ DEALER per endpoint (``ZMQ_IMMEDIATE=1``, ZMTP heartbeats)
-  and a socket monitor for each, publishing connect/disconnect events into a memory
-  channel. "Connected" means a ZMTP handshake with a service succeeded;
+* the **connector**: one ZeroMQ DEALER per endpoint and a socket monitor for each,
+  publishing connect/disconnect events into a memory channel. "Connected" means a ZMTP
+  handshake with a service succeeded;
 * the **flusher**: waits on that channel inside a cancel scope whose deadline comes from
   the policy core (next periodic flush, next rate-limit token, next pending deadline). A
   connect event flushes at once; an expired interval runs ``maybe_flush``; a freed
@@ -12,58 +13,58 @@
   retried or reported as failures;
 * the **receivers**: one long-lived task per socket (a receive is never timed out, so it
   can never swallow a message), decoding replies, releasing pending slots by
-  ``request_id`` and emitting outcomes.
+  ``request_id`` and emitting outcomes;
+* with a store, the **store writer** (:mod:`backtest_queue.store_writer`).
 
-All I/O is non-blocking and synchronous between awaits, so a flush and its sends are
-never interleaved with another flush.
+Outcomes are held by :class:`~backtest_queue.delivery.OutcomeBook` until a caller has
+them; a full book is backpressure (receivers and flusher pause). All I/O is
+non-blocking and synchronous between awaits, so a flush and its sends are never
+interleaved with another flush. The concurrency contract of each public call is in
+``docs/concurrency.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import zmq
 
-from .errors import (
-    BacktestQueueError,
-    DispatcherClosed,
-    DuplicateRequest,
-    ProtocolError,
-    QueueFull,
-    UsageError,
-)
+from .delivery import OutcomeBook, OutcomeStream
+from .errors import DispatcherClosed, DuplicateRequest, ProtocolError, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import (
-    DEFAULT_ENDPOINT,
-    DEFAULT_MAX_MESSAGE_BYTES,
     BacktestRequest,
     BacktestResult,
     ErrorReply,
     Metrics,
+    Ping,
+    Pong,
     decode_message,
     encode_message,
+    validate_request,
 )
-from .store import SqliteStore, StoreOp
-from .transport import ConnectionEvent, Network, Requester, SendStatus, ZmqNetwork
+from .store import StoredOutcome, StoreOp
+from .store_writer import StoreWriter
+from .transport import ConnectionEvent, CurveClient, Requester, SendStatus
 
-__all__ = ["Dispatcher", "open_dispatcher"]
+if TYPE_CHECKING:
+    from .lifecycle import open_dispatcher
+
+__all__ = ["CurveClient", "Dispatcher", "open_dispatcher"]
 
 log = logging.getLogger("backtest_queue")
 
 _WAKE_BUFFER: Final = 64
-_RECENT_OUTCOMES: Final = 10_000
 _FLUSH_CHUNK: Final = 128
+_RECEIVE_BATCH: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,89 +75,20 @@ class _Kick:
 _KICK: Final = _Kick()
 
 
-@dataclass(frozen=True, slots=True)
-class CurveClient:
-    """CURVE keys for the requester (see ``docs/reliability.md``).
-
-    Attributes:
-        public_key: this requester's public key (Z85, 40 bytes).
-        secret_key: this requester's secret key (Z85, 40 bytes).
-        server_key: the service's public key, pinned (Z85, 40 bytes).
-    """
-
-    public_key: bytes
-    secret_key: bytes
-    server_key: bytes
-
-
-class _StoreWriter:
-    """Runs a :class:`SqliteStore` in a worker thread, one transaction per batch.
-
-    Writes made while a transaction runs are grouped into the next one (group commit).
-    """
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.store = store
-        self._batch: list[StoreOp] = []
-        self._batch_done = anyio.Event()
-        self._wake = anyio.Event()
-        self._lock = anyio.Lock()  # one thread touches the connection at a time
-        self.commits = 0
-
-    async def cached_results(self, requests: Sequence[BacktestRequest]) -> dict[str, Metrics]:
-        """Look all of them up in the result cache in one thread call."""
-        async with self._lock:
-            return await anyio.to_thread.run_sync(self.store.cached_results, requests)
-
-    def write_nowait(self, op: StoreOp) -> anyio.Event:
-        """Queue a write for the next transaction; the event is set once it is committed."""
-        self._batch.append(op)
-        self._wake.set()
-        return self._batch_done
-
-    async def write_many(self, ops: Sequence[StoreOp]) -> None:
-        """Queue writes and wait until they are committed (in one transaction)."""
-        done = self._batch_done
-        self._batch.extend(ops)
-        self._wake.set()
-        await done.wait()
-
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            batch, done = self._batch, self._batch_done
-            self._batch, self._batch_done = [], anyio.Event()
-            async with self._lock:  # a thread is never abandoned mid-commit: not cancellable
-                await anyio.to_thread.run_sync(self.store.apply, batch)
-            self.commits += 1
-            done.set()
-
-    def close(self) -> None:
-        """Commit what is left (synchronously: at shutdown) and close the database."""
-        try:
-            if self._batch:
-                self.store.apply(self._batch)
-                self._batch = []
-            self._batch_done.set()
-        finally:
-            self.store.close()
-
-
 class Dispatcher:
     """Submit backtest requests and get their outcomes. Made by :func:`open_dispatcher`.
 
     Attributes:
         outcomes: every outcome (result or failure), one per submitted request, except
-            those claimed by :meth:`wait`. Iterate it with ``async for``. When the
-            dispatcher closes it ends the stream (``EndOfStream`` after the last outcome,
-            including the ``shutdown`` ones); if outcomes are left unread then, the stream
-            stays readable after the block and is the caller's to close
-            (``with dispatcher.outcomes: ...``), as anyio streams are.
+            those claimed by :meth:`wait`: an :class:`~backtest_queue.delivery.OutcomeStream`
+            (``async for``). The dispatcher ends it at exit (``EndOfStream`` after the last
+            outcome, ``shutdown`` ones included); it never closes it: outcomes left unread
+            stay readable after the block. Closing it (``with``/``aclose``) is the reader's.
         endpoints: the endpoints it connects to.
+        restored_ids: ids of the requests a store gave back when it opened (queued again,
+            or their outcome re-delivered).
+        quarantined: rows of the store that could not be read back (see
+            :mod:`backtest_queue.store`); reported once in the log.
     """
 
     def __init__(
@@ -167,7 +99,9 @@ class Dispatcher:
         on_full: Literal["wait", "error"],
         outcome_buffer: float,
         max_message_bytes: int,
-        writer: _StoreWriter | None = None,
+        writer: StoreWriter | None = None,
+        cache: bool = True,
+        store_timeout: float = 30.0,
         restored_ids: frozenset[str] = frozenset(),
     ) -> None:
         self._queue = queue
@@ -175,9 +109,8 @@ class Dispatcher:
         self.endpoints: tuple[str, ...] = tuple(sockets)
         self._on_full = on_full
         self._max_message_bytes = max_message_bytes
-        self._outcome_send, self.outcomes = anyio.create_memory_object_stream[Outcome](
-            max_buffer_size=outcome_buffer
-        )
+        self._book = OutcomeBook(outcome_buffer, self._received, on_room=self._kick)
+        self.outcomes = OutcomeStream(self._book)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick
         ](max_buffer_size=_WAKE_BUFFER)
@@ -185,25 +118,25 @@ class Dispatcher:
         self._room = anyio.Event()
         self._idle = anyio.Event()
         self._connected = anyio.Event()
-        self._waiters: dict[str, _Waiter] = {}
         self._up: set[str] = set()  # endpoints whose handshake succeeded
         self._blocked: set[str] = set()  # endpoints whose last send hit EAGAIN
+        self._accepting: set[str] = set()  # ids of submits under way (not yet accepted)
+        self._reserved = 0  # queue room held by submits under way
         self._closed = False
+        self._thread = threading.get_ident()
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._outcome_count = 0
         self._invalid_replies = 0
         self._errors_without_id = 0
         self._would_block = 0
         self._refused = 0
         self._flusher_wakes_at = math.inf  # the deadline the flusher is waiting for
-        self._overflow: deque[Outcome] = deque()  # outcomes waiting for room in the stream
-        self._overflow_ready = anyio.Event()
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
-        # The last outcomes put on the stream, for wait() calls that come late.
-        self._recent: OrderedDict[str, Outcome] = OrderedDict()
+        self._fingerprints: dict[str, str] = {}  # data_id -> the services' data fingerprint
         self._writer = writer
-        #: ids of the requests restored from the store when it opened (queued again).
+        self._cache = cache and writer is not None
+        self._store_timeout = store_timeout
         self.restored_ids = restored_ids
+        self.quarantined: tuple[object, ...] = ()
 
     # -- public API --------------------------------------------------------------
 
@@ -215,7 +148,8 @@ class Dispatcher:
 
     @property
     def connected(self) -> bool:
-        """Whether at least one service has completed a handshake and is up."""
+        """Whether at least one service has completed a handshake and is up (``False``
+        once the dispatcher is closed)."""
         return bool(self._up)
 
     @property
@@ -225,15 +159,20 @@ class Dispatcher:
 
     def stats(self) -> DispatcherStats:
         """Return a frozen snapshot of the counters (see :class:`DispatcherStats`)."""
+        writer = self._writer
         return DispatcherStats(
             queue=self._queue.stats(),
             endpoints=self.endpoints,
             endpoints_up=tuple(sorted(self._up)),
-            outcomes=self._outcome_count,
+            outcomes=self._book.delivered,
             invalid_replies=self._invalid_replies,
             error_replies_without_id=self._errors_without_id,
             would_block=self._would_block,
             handshakes_refused=self._refused,
+            unread_outcomes=self._book.unread,
+            store_busy_waits=0 if writer is None else writer.busy_waits,
+            store_busy=writer is not None and writer.busy_since is not None,
+            closed=self._closed,
         )
 
     statistics = stats
@@ -241,73 +180,92 @@ class Dispatcher:
     async def submit(self, request: BacktestRequest) -> SubmitState:
         """Queue a request and hand it to a service now if the policy allows.
 
-        The request's outcome arrives later on :attr:`outcomes`, or from :meth:`wait`
-        (call it right after ``submit`` returns: no outcome can arrive in between).
+        A checkpoint. The request's outcome arrives later on :attr:`outcomes`, or from
+        :meth:`wait`. If ``submit`` raises (cancellation included), the request was not
+        accepted: it is not queued, not stored, and gets no outcome.
 
         Returns:
             Whether it was sent now or queued, and why (see :class:`SubmitState`).
 
         Raises:
+            InvalidRequest: ``request`` is not a valid :class:`BacktestRequest` (names the
+                field); nothing was queued.
             QueueFull: the send queue is full and ``on_full="error"``. With
                 ``on_full="wait"`` it waits for room instead (bound it with ``fail_after``).
-            DuplicateRequest: a request with this id is already queued or pending.
+            DuplicateRequest: a request with this id is queued, pending, being submitted
+                by another task, or has an outcome nobody has read yet.
+            StoreBusy: with a ``store``, another connection held its write lock for
+                ``store_timeout`` seconds.
             DispatcherClosed: the dispatcher's block has ended.
+            UsageError: called from another thread than the dispatcher's event loop.
 
         With a ``store``, ``submit`` returns once the request is committed to it (it then
         survives the process being killed), and a request whose content already has a
-        cached result is not sent: its outcome (``detail="cached result"``) follows at once.
+        cached result computed on the data the services hold now is not sent: its
+        outcome (``detail="cached result"``) follows at once.
         """
         return (await self.submit_many([request]))[0]
 
     async def submit_many(self, requests: Sequence[BacktestRequest]) -> list[SubmitState]:
         """Submit several requests at once: one store transaction, one hand-over.
 
-        Like :meth:`submit` for each request, in order, but with a ``store`` all of them
-        are looked up in the result cache and committed together, which is what makes a
-        durable queue fast (one commit per batch, not per request). With
-        ``on_full="wait"`` it waits until there is room for all the uncached ones.
+        Like :meth:`submit` for each request, in order, all or nothing: if it raises
+        (cancellation included) none was accepted; if it returns, all were. With a
+        ``store`` all are looked up in the result cache and committed together (one
+        commit per batch). With ``on_full="wait"`` it waits until there is room for all
+        the uncached ones. A checkpoint.
 
         Returns:
             One :class:`SubmitState` per request, in order.
 
         Raises:
-            QueueFull: with ``on_full="error"``, the queue has no room for all of them
-                (none was accepted); with either setting, more requests than ``capacity``.
-            DuplicateRequest: an id is queued or pending already, or given twice (none
-                was accepted).
-            DispatcherClosed: the dispatcher's block has ended.
+            QueueFull: with ``on_full="error"``, the queue has no room for all of them;
+                with either setting, more requests than ``capacity``.
+            DuplicateRequest: an id is given twice, or as in :meth:`submit`.
+            InvalidRequest, StoreBusy, DispatcherClosed, UsageError: as in :meth:`submit`.
         """
-        await anyio.lowlevel.checkpoint()  # before, not after: see wait()
-        self._check_open()
+        await anyio.lowlevel.checkpoint()
+        self._check_caller()
+        checked = [validate_request(r) for r in requests]
         q = self._queue
         ids: set[str] = set()
-        for request in requests:
+        for request in checked:
             rid = request.request_id
-            if rid in ids or q.state_of(rid) is not None or rid in self._instant:
+            if (rid in ids or rid in self._accepting or q.state_of(rid) is not None
+                    or rid in self._instant or self._book.holds(rid)):  # fmt: skip
                 raise DuplicateRequest(rid)
             ids.add(rid)
-        writer = self._writer
-        cached = {} if writer is None else await writer.cached_results(requests)
-        fresh = [r for r in requests if r.request_id not in cached]
-        if len(fresh) > q.capacity:
-            raise QueueFull(q.capacity)
-        while q.capacity - q.queued < len(fresh):
-            if self._on_full == "error":
+        self._accepting |= ids
+        reserved = 0
+        try:
+            cached: dict[str, Metrics] = {}
+            if self._writer is not None and self._cache and self._fingerprints:
+                cached = await self._writer.cached_results(checked, dict(self._fingerprints))
+                self._check_open()
+            fresh = [r for r in checked if r.request_id not in cached]
+            if len(fresh) > q.capacity:
                 raise QueueFull(q.capacity)
-            await self._room.wait()
-            self._check_open()
-        if writer is not None and fresh:
-            await writer.write_many([StoreOp("add", r) for r in fresh])  # durable first
-            self._check_open()
+            while q.capacity - q.queued - self._reserved < len(fresh):
+                if self._on_full == "error":
+                    raise QueueFull(q.capacity)
+                await self._room.wait()
+                self._check_open()
+            self._reserved += len(fresh)
+            reserved = len(fresh)
+            if self._writer is not None and fresh:
+                await self._commit(fresh)
+        except BaseException:
+            if reserved:
+                self._reserved -= reserved
+                self._room_freed()
+            raise
+        finally:
+            self._accepting -= ids
+        # Accepted: from here on nothing awaits, so nothing can interrupt.
+        self._reserved -= reserved
         for request in fresh:
-            while True:
-                try:
-                    q.enqueue(request)
-                    break
-                except QueueFull:  # another submit took the room while we were writing
-                    await self._room.wait()  # already durable: it must go in, so wait
-                    self._check_open()
-        for request in requests:
+            q.enqueue(request)
+        for request in checked:
             metrics = cached.get(request.request_id)
             if metrics is not None:
                 # Delivered by the flusher, after this returns, so wait() can claim it.
@@ -320,7 +278,21 @@ class Dispatcher:
         if cached:
             self._kick()
         self._rearm_flusher()
-        return [self._state(r.request_id, now, r.request_id in cached) for r in requests]
+        return [self._state(r.request_id, now, r.request_id in cached) for r in checked]
+
+    async def _commit(self, fresh: list[BacktestRequest]) -> None:
+        """Make a submit's requests durable, or leave nothing of them in the store."""
+        assert self._writer is not None
+        ticket = self._writer.add([StoreOp("add", r) for r in fresh])
+        try:
+            if not await self._writer.committed(ticket, lock_wait=self._store_timeout):
+                self._check_open()
+                raise DispatcherClosed("the dispatcher closed before the request was stored")
+            self._check_open()
+        except BaseException:
+            if ticket.state == "committed":  # too late to withdraw: take it back out
+                self._writer.write_nowait([StoreOp("ack", r) for r in fresh])
+            raise
 
     def _state(self, rid: str, now: float, cached: bool) -> SubmitState:
         q = self._queue
@@ -344,86 +316,121 @@ class Dispatcher:
         """Queue a request without waiting; the flusher sends what was queued during
         this scheduler pass in one batch (one wake-up, one send_batch, one re-arm).
 
+        Not a checkpoint. Raises before changing anything:
+
         Raises:
-            QueueFull: the send queue is full (never waits).
-            DuplicateRequest: a request with this id is already queued or pending.
-            DispatcherClosed: the dispatcher's block has ended.
-            UsageError: the dispatcher has a store (submit must wait for its commit).
+            QueueFull: the send queue is full (never waits; our error rather than anyio's
+                ``WouldBlock``, so that it carries ``capacity`` and is in our root).
+            InvalidRequest, DuplicateRequest, DispatcherClosed: as in :meth:`submit`.
+            UsageError: the dispatcher has a store (submit must wait for its commit), or
+                this is called from another thread than the dispatcher's event loop.
         """
-        self._check_open()
+        self._check_caller()
         if self._writer is not None:  # (so no cache hits either: _instant stays empty)
             raise UsageError(
                 "submit_nowait cannot be used with a store (a request must be committed "
                 "before it is accepted); use submit or submit_many"
             )
+        request = validate_request(request)
+        rid = request.request_id
+        if rid in self._accepting or self._book.holds(rid):
+            raise DuplicateRequest(rid)
+        if self._queue.queued + self._reserved >= self._queue.capacity:
+            raise QueueFull(self._queue.capacity)
         self._queue.enqueue(request)
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._kick()
 
     async def wait(self, request_id: str) -> Outcome:
-        """Wait for one request's outcome; it is then not put on :attr:`outcomes`.
+        """Wait for one request's outcome and take it: it is then not on :attr:`outcomes`.
 
-        If the outcome arrived before anyone waited for it, it went to :attr:`outcomes`;
-        ``wait`` still returns it, from a record of the last 10 000 outcomes put there.
-        So per request, read it from :attr:`outcomes` or ``wait`` for it, not both.
+        A checkpoint on every path. An outcome that arrived before anyone waited is
+        taken from :attr:`outcomes` if it is still unread there. If ``wait`` raises
+        (cancellation included), the outcome was not consumed: it stays unread for
+        :attr:`outcomes` or a later ``wait``. Works after the block has ended too.
 
         Raises:
-            UsageError: the id is unknown (never submitted, or its outcome was claimed by
-                an earlier ``wait`` or is older than that record), or another task
-                already waits for it.
+            UsageError: the id is unknown (never submitted, or its outcome was already
+                received), another task already waits for it (our error rather than
+                anyio's ``BusyResourceError``, so it is in our root), or this is called
+                from another thread.
         """
-        if request_id in self._waiters:
+        await anyio.lowlevel.checkpoint()
+        self._check_thread()
+        outcome = self._book.claim(request_id)
+        if outcome is not None:
+            return outcome
+        if self._book.is_awaited(request_id):
             raise UsageError(f"another task already waits for request {request_id!r}")
-        earlier = self._recent.pop(request_id, None)
-        if earlier is not None:
-            await anyio.lowlevel.checkpoint()
-            return earlier
         if self._queue.state_of(request_id) is None and request_id not in self._instant:
             raise UsageError(
                 f"request {request_id!r} is not queued or pending: unknown, or its outcome "
-                "was already delivered"
+                "was already received"
             )
-        waiter = _Waiter()
-        self._waiters[request_id] = waiter
-        try:
-            await waiter.event.wait()
-        finally:
-            if not waiter.event.is_set():
-                self._waiters.pop(request_id, None)
-        assert waiter.outcome is not None
-        return waiter.outcome
+        return await self._book.wait_for(request_id)
 
     def maybe_flush(self) -> int:
         """The per-cycle hook: flush if ``flush_interval`` has passed since the last one.
 
-        A no-op on an empty queue or before the interval (see
-        :meth:`BacktestQueue.maybe_flush`). Never blocks.
+        A no-op on an empty queue, before the interval (see
+        :meth:`BacktestQueue.maybe_flush`) or while unread outcomes hold the dispatcher
+        back (``outcome_buffer``). Never blocks; not a checkpoint.
 
         Returns:
             How many requests were handed to services.
+
+        Raises:
+            DispatcherClosed: the block has ended.
+            UsageError: called from another thread.
         """
-        self._check_open()
+        self._check_caller()
+        if self._book.full:
+            return 0
         sent = self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
         self._rearm_flusher()
         return sent
 
     async def wait_connected(self) -> None:
-        """Wait until at least one service is up (bound it with ``fail_after``)."""
+        """Wait until at least one service is up (bound it with ``fail_after``).
+
+        A checkpoint on every path.
+
+        Raises:
+            DispatcherClosed: the block has ended (also while waiting).
+        """
+        await anyio.lowlevel.checkpoint()
+        self._check_thread()
         while not self._up:
             self._check_open()
             await self._connected.wait()
 
     async def wait_idle(self) -> None:
-        """Wait until nothing is queued or pending (every outcome delivered)."""
-        while self._queue.queued or self._queue.pending or self._instant:
+        """Wait until nothing is queued or pending (every outcome delivered; maybe not
+        read yet). A checkpoint on every path. Returns at once once closed."""
+        await anyio.lowlevel.checkpoint()
+        self._check_thread()
+        while (self._queue.queued or self._queue.pending or self._instant) and not self._closed:
             await self._idle.wait()
 
-    # -- internals: sending ------------------------------------------------------
+    # -- internals: callers ------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise DispatcherClosed("the dispatcher is closed: its async with block has ended")
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._thread:
+            raise UsageError(
+                "the dispatcher was called from another thread; from a worker thread use "
+                "anyio.from_thread.run(...) / run_sync(...) (trio.from_thread on trio)"
+            )
+
+    def _check_caller(self) -> None:
+        self._check_thread()
+        self._check_open()
+
+    # -- internals: sending ------------------------------------------------------
 
     def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
         """Send what the policy handed over; put back what could not go. Never blocks."""
@@ -452,11 +459,14 @@ class Dispatcher:
         if unsent:
             queue.send_failed(unsent, anyio.current_time())
         if sent:
-            if self._room.statistics().tasks_waiting:  # no Event churn per send
-                self._room.set()
-                self._room = anyio.Event()
+            self._room_freed()
             log.debug("sent %d requests (%s)", sent, trigger)
         return sent
+
+    def _room_freed(self) -> None:
+        if self._room.statistics().tasks_waiting:  # no Event churn per send
+            self._room.set()
+            self._room = anyio.Event()
 
     def _rearm_flusher(self) -> None:
         """Kick the flusher if the policy now needs it earlier than it plans to wake.
@@ -470,9 +480,10 @@ class Dispatcher:
 
     def _flush(self, now: float, trigger: str) -> int:
         """Flush in chunks, so the first request leaves at once; stop at the first
-        chunk that could not all go (EAGAIN: the rest stays queued, not re-queued)."""
+        chunk that could not all go (EAGAIN: the rest stays queued, not re-queued).
+        Nothing is handed over while unread outcomes hold the dispatcher back."""
         total = 0
-        while True:
+        while not self._book.full:
             batch = self._queue.flush(now, limit=_FLUSH_CHUNK)
             if not batch:
                 return total
@@ -480,6 +491,7 @@ class Dispatcher:
             total += sent
             if sent < len(batch):
                 return total
+        return total
 
     def _block(self, endpoint: str) -> None:
         """Stop routing to a socket that hit its high-water mark until it is writable."""
@@ -509,66 +521,39 @@ class Dispatcher:
             return
         self._kicked = True
 
+    def _ping(self, endpoint: str) -> None:
+        """Ask a service that came up for its datasets' fingerprints (best effort; only
+        the result cache needs them)."""
+        if self._cache and endpoint not in self._blocked:
+            self._sockets[endpoint].send_batch([[b"", encode_message(Ping())]])
+
     # -- internals: outcomes -----------------------------------------------------
 
-    def _deliver(self, outcome: Outcome, *, stored: bool = True) -> None:
-        """Hand an outcome to its waiter or the stream (``stored``: it is in the store)."""
-        self._outcome_count += 1
+    def _deliver(
+        self, outcome: Outcome, *, stored: bool = True, fingerprint: str | None = None
+    ) -> None:
+        """Record an outcome (``stored``: its request is in the store) and hand it over."""
         if self._writer is not None and stored and outcome.reason != "shutdown":
-            # Final: forget the request (a 'shutdown' one stays, to be re-sent on restart)
-            # and cache the result by content.
-            if outcome.result is not None:
-                self._writer.write_nowait(StoreOp("result", outcome.request, outcome.result))
-            self._writer.write_nowait(StoreOp("remove", outcome.request))
-        waiter = self._waiters.pop(outcome.request_id, None)
-        if waiter is not None:
-            waiter.outcome = outcome
-            waiter.event.set()
-        elif self._overflow:  # keep the order: behind those already waiting for room
-            self._remember(outcome)
-            self._overflow.append(outcome)
-        else:
-            self._remember(outcome)
-            try:
-                self._outcome_send.send_nowait(outcome)
-            except anyio.WouldBlock:
-                self._overflow.append(outcome)
-                self._overflow_ready.set()
-            except anyio.BrokenResourceError:
-                log.debug("outcome for %s dropped: the caller closed the outcome stream",
-                          outcome.request_id)  # fmt: skip
+            # Final: the request is not re-sent on restart; its outcome is kept until a
+            # caller has it (a 'shutdown' one is not final: the request stays queued).
+            ops = [StoreOp("outcome", outcome.request, outcome=_stored(outcome))]
+            if outcome.result is not None and fingerprint is not None:
+                ops.append(StoreOp("result", outcome.request, result=outcome.result,
+                                   fingerprint=fingerprint))  # fmt: skip
+            self._writer.write_nowait(ops)
+        self._book.deliver(outcome)
         if not (self._queue.queued or self._queue.pending or self._instant):
             self._idle.set()
 
-    def _remember(self, outcome: Outcome) -> None:
-        recent = self._recent
-        recent[outcome.request_id] = outcome
-        if len(recent) > _RECENT_OUTCOMES:
-            recent.popitem(last=False)
+    def _received(self, outcome: Outcome) -> None:
+        """A caller has the outcome: the store may forget it."""
+        if self._writer is not None and outcome.reason != "shutdown":
+            self._writer.write_nowait([StoreOp("ack", outcome.request)])
 
     def _deliver_cached(self) -> None:
         instant, self._instant = self._instant, {}
         for outcome in instant.values():
             self._deliver(outcome, stored=False)
-
-    async def _outcome_pump(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Deliver outcomes that did not fit in a bounded outcome stream, in order, as
-        the caller reads (backpressure without holding up the flusher or receivers)."""
-        task_status.started()
-        while True:
-            await self._overflow_ready.wait()
-            self._overflow_ready = anyio.Event()
-            while self._overflow:
-                try:
-                    await self._outcome_send.send(self._overflow[0])
-                except anyio.BrokenResourceError:
-                    log.debug("%d outcomes dropped: the caller closed the outcome stream",
-                              len(self._overflow))  # fmt: skip
-                    self._overflow.clear()
-                    break
-                self._overflow.popleft()
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         for f in failures:
@@ -587,11 +572,15 @@ class Dispatcher:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Read replies from one socket for as long as the dispatcher lives."""
+        """Read replies from one socket for as long as the dispatcher lives; pause while
+        unread outcomes fill the book (backpressure)."""
         sock = self._sockets[endpoint]
+        book = self._book
         task_status.started()
         while True:
-            batch = await sock.receive_batch()
+            await book.wait_for_room()
+            room = book.room()
+            batch = await sock.receive_batch(_RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room))
             now = anyio.current_time()
             freed = False
             for frames in batch:
@@ -614,53 +603,68 @@ class Dispatcher:
             return False
         queue = self._queue
         if isinstance(message, BacktestResult):
-            attempts = self._attempts(message.request_id)
+            attempts = queue.attempts_of(message.request_id)
             request = queue.on_result(message.request_id, now)
             if request is None:
                 log.debug("dropped result for unknown or resolved id %r", message.request_id)
                 return False
-            self._deliver(Outcome(request, message.result, None, "", attempts))
+            fingerprint = message.data_fingerprint
+            if fingerprint is not None:
+                self._fingerprints[request.data_id] = fingerprint
+            self._deliver(Outcome(request, message.result, None, "", attempts),
+                          fingerprint=fingerprint)  # fmt: skip
             return True
         if isinstance(message, ErrorReply):
-            if message.request_id is None:
-                self._errors_without_id += 1
-                log.warning("service %s could not read a request: %s: %s",
-                            endpoint, message.code, message.message)  # fmt: skip
-                return False
-            if message.code == "unavailable":  # not run: send it again
-                failure = queue.retry(message.request_id, now)
-                if failure is not None:
-                    detail = f"unavailable on all {failure.attempts} attempts: {message.message}"
-                    self._deliver(
-                        Outcome(failure.request, None, "service_error", detail, failure.attempts)
-                    )
-                return True
-            attempts = self._attempts(message.request_id)
-            request = queue.on_error(message.request_id, now)
-            if request is None:
-                return False
-            detail = f"{message.code}: {message.message}"
-            self._deliver(Outcome(request, None, "service_error", detail, attempts))
-            return True
+            return self._handle_error(endpoint, message, now)
+        if isinstance(message, Pong):
+            self._fingerprints.update(message.fingerprints)
+            return False
         self._invalid_replies += 1
         log.warning("unexpected %s message from %s", type(message).__name__, endpoint)
         return False
 
-    def _attempts(self, request_id: str) -> int:
-        return self._queue.attempts_of(request_id)
+    def _handle_error(self, endpoint: str, message: ErrorReply, now: float) -> bool:
+        queue = self._queue
+        if message.request_id is None:
+            self._errors_without_id += 1
+            log.warning("service %s could not read a request: %s: %s",
+                        endpoint, message.code, message.message)  # fmt: skip
+            return False
+        if message.code == "unavailable":  # not run: send it again
+            failure = queue.retry(message.request_id, now)
+            if failure is not None:
+                detail = f"unavailable on all {failure.attempts} attempts: {message.message}"
+                self._deliver(
+                    Outcome(failure.request, None, "service_error", detail, failure.attempts)
+                )
+            return True
+        attempts = queue.attempts_of(message.request_id)
+        request = queue.on_error(message.request_id, now)
+        if request is None:
+            return False
+        detail = f"{message.code}: {message.message}"
+        self._deliver(Outcome(request, None, "service_error", detail, attempts))
+        return True
 
     async def _flusher(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Flush on connect events, kicks, ticks, tokens and deadlines."""
+        """Flush on connect events, kicks, ticks, tokens and deadlines.
+
+        While unread outcomes fill the book it hands nothing over and lets no deadline
+        expire (the replies may be waiting, unread, behind the caller): it applies
+        connection events and waits for a kick (room in the book, a submit).
+        """
         queue = self._queue
         task_status.started()
         while True:
             now = anyio.current_time()
-            self._fail(queue.expire(now))
+            if not self._book.full:
+                self._fail(queue.expire(now))
             wakes: list[ConnectionEvent | _Kick] = []
-            self._flusher_wakes_at = queue.next_deadline_at(now)
-            with anyio.move_on_at(self._flusher_wakes_at):
+            wakes_at = math.inf if self._book.full else queue.next_deadline_at(now)
+            self._flusher_wakes_at = wakes_at
+            with anyio.move_on_at(wakes_at):
                 wakes.append(await self._wake_receive.receive())
             self._flusher_wakes_at = -math.inf  # awake: nobody needs to kick it
             while True:
@@ -669,7 +673,9 @@ class Dispatcher:
                 except anyio.WouldBlock:
                     break
             now = anyio.current_time()
-            self._fail(queue.expire(now))
+            held = self._book.full
+            if not held:
+                self._fail(queue.expire(now))
             connected_to: list[ConnectionEvent] = []
             self._deliver_cached()
             for wake in wakes:
@@ -677,6 +683,8 @@ class Dispatcher:
                     self._kicked = False
                 elif self._apply(wake, now):
                     connected_to.append(wake)
+            if held:
+                continue
             if not wakes:
                 sent = self._send(queue.maybe_flush(now), "interval")
                 if not sent:
@@ -701,6 +709,7 @@ class Dispatcher:
             if endpoint not in self._blocked:
                 self._queue.on_connected(now, endpoint)
             log.info("connected to %s", endpoint)
+            self._ping(endpoint)
             return True
         if event.kind == "down":
             self._up.discard(endpoint)
@@ -715,10 +724,18 @@ class Dispatcher:
         log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
         return False
 
-    # -- shutdown ----------------------------------------------------------------
+    # -- opening and shutdown ----------------------------------------------------
+
+    def _restore(self, outcomes: Sequence[tuple[BacktestRequest, StoredOutcome]]) -> None:
+        """Re-deliver outcomes a store kept because no caller had read them."""
+        for request, stored in outcomes:
+            reason: FailureReason | None = stored.reason  # type: ignore[assignment]
+            outcome = Outcome(request, stored.result, reason, stored.detail, stored.attempts)
+            self._book.deliver(outcome)
 
     def _shutdown(self) -> None:
-        """Report everything still queued or pending as failed with reason ``shutdown``."""
+        """Report everything still queued or pending as failed with reason ``shutdown``,
+        and end the outcome stream (its reader's side stays open)."""
         self._closed = True
         self._deliver_cached()
         left = self._queue.drain()
@@ -728,16 +745,8 @@ class Dispatcher:
         reason: FailureReason = "shutdown"
         for request in left:
             self._deliver(Outcome(request, None, reason, "the dispatcher was closed", 0))
-        for outcome in self._overflow:
-            try:
-                self._outcome_send.send_nowait(outcome)
-            except (anyio.WouldBlock, anyio.BrokenResourceError):
-                log.error("outcome for %s could not be delivered: the outcome stream is "
-                          "full or closed", outcome.request_id)  # fmt: skip
-        self._overflow.clear()
-        self._outcome_send.close()
-        if self.outcomes.statistics().current_buffer_used == 0:
-            self.outcomes.close()  # nothing left to read: do not leave it to the caller
+        self._up.clear()
+        self._book.end()
         self._wake_send.close()
         self._wake_receive.close()
         self._room.set()
@@ -745,226 +754,18 @@ class Dispatcher:
         self._connected.set()
 
 
-class _Waiter:
-    __slots__ = ("event", "outcome")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.outcome: Outcome | None = None
-
-
-def _requester_options(
-    *, heartbeat_ivl: float, reconnect_ivl: float, send_hwm: int, max_message_bytes: int,
-    curve: CurveClient | None,
-) -> dict[int, Any]:  # fmt: skip
-    options: dict[int, Any] = {
-        zmq.LINGER: 0,  # unsent requests are still pending in the policy: nothing is lost
-        zmq.IMMEDIATE: 1,  # queue only to completed connections, never to dead pipes
-        zmq.HEARTBEAT_IVL: max(1, int(heartbeat_ivl * 1000)),
-        zmq.HEARTBEAT_TIMEOUT: max(1, int(heartbeat_ivl * 3000)),
-        zmq.HEARTBEAT_TTL: max(100, int(heartbeat_ivl * 3000)),
-        zmq.RECONNECT_IVL: max(1, int(reconnect_ivl * 1000)),
-        zmq.RECONNECT_IVL_MAX: max(1, int(max(reconnect_ivl, 2.0) * 1000)),
-        zmq.MAXMSGSIZE: max_message_bytes,
-        zmq.SNDHWM: send_hwm,
-    }
-    if curve is not None:
-        options[zmq.CURVE_PUBLICKEY] = curve.public_key
-        options[zmq.CURVE_SECRETKEY] = curve.secret_key
-        options[zmq.CURVE_SERVERKEY] = curve.server_key
-    return options
-
-
-@asynccontextmanager
-async def open_dispatcher(
-    endpoints: Sequence[str] | None = None,
-    *,
-    flush_interval: float = 1.0,
-    max_pending: int | None = 64,
-    rate: float | None = None,
-    burst: float | None = None,
-    capacity: int = 5000,
-    result_timeout: float = 60.0,
-    max_attempts: int = 3,
-    retry_backoff: float = 2.0,
-    on_full: Literal["wait", "error"] = "wait",
-    outcome_buffer: float = math.inf,
-    drain_timeout: float = 0.0,
-    heartbeat_ivl: float = 1.0,
-    reconnect_ivl: float = 0.1,
-    send_hwm: int = 1000,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    curve: CurveClient | None = None,
-    store: str | os.PathLike[str] | None = None,
-    context: zmq.Context[Any] | None = None,
-    network: Network | None = None,
-) -> AsyncIterator[Dispatcher]:
-    """Open a dispatcher: requester sockets, connector, flusher and receivers.
-
-    Opening does not wait for any service to exist: requests queue until one is up.
-
-    Args:
-        endpoints: ZeroMQ endpoints of backtest services (default
-            ``["tcp://127.0.0.1:5580"]``; a single string is one endpoint); one DEALER
-            socket each.
-        flush_interval: seconds between periodic flushes.
-        max_pending: most requests in flight at once (``None``: no cap).
-        rate: most requests handed to services per second (``None``: no limit).
-        burst: token-bucket size in requests (default ``max(1, rate)``).
-        capacity: send-queue size limit in requests.
-        result_timeout: seconds to wait for a reply before retrying.
-        max_attempts: hand-overs per request, counting the first.
-        retry_backoff: each retry waits this many times longer for its reply than the
-            attempt before it.
-        on_full: what :meth:`Dispatcher.submit` does on a full queue: ``"wait"`` for
-            room (backpressure) or ``"error"`` (raise :class:`~backtest_queue.QueueFull`).
-        outcome_buffer: outcomes :attr:`Dispatcher.outcomes` holds before the receivers
-            wait for the caller to read (default unbounded).
-        drain_timeout: seconds to keep flushing and receiving after the block ends
-            normally, for outstanding requests to finish; 0 stops at once.
-        heartbeat_ivl: ZMTP heartbeat interval in seconds (a silent peer is dropped after
-            three intervals).
-        reconnect_ivl: seconds between reconnect attempts (backs off to 2 s).
-        send_hwm: ZeroMQ send high-water mark per socket, in messages; a send beyond it
-            would block, and the request waits at the front of the send queue instead.
-        max_message_bytes: largest reply accepted (``ZMQ_MAXMSGSIZE``), in bytes.
-        curve: CURVE keys to encrypt and authenticate (``None``: plain TCP).
-        store: a SQLite file that keeps the send queue and pending requests durable and
-            caches results by content (see :mod:`backtest_queue.store`). Requests left
-            in it by an earlier run (killed, or closed with requests outstanding) are
-            queued again first and their outcomes delivered on :attr:`Dispatcher.outcomes`.
-        context: a pyzmq context to use (default: a private one, destroyed on exit).
-        network: what opens the requester connections (default: ZeroMQ DEALER sockets,
-            :class:`~backtest_queue.transport.ZmqNetwork`); tests pass the in-memory
-            :class:`~backtest_queue.testing.MemoryNetwork`. The socket settings above
-            apply to ZeroMQ only.
-
-    Yields:
-        The :class:`Dispatcher`.
-
-    Raises:
-        UsageError: a setting is out of range, or no endpoints were given.
-        TransportError: an endpoint is malformed.
-
-    On exit everything still queued or pending gets an outcome with reason ``shutdown``
-    and the outcome stream is closed (readers see ``EndOfStream`` after the last one).
-    An exception from the block propagates unchanged.
-    """
-    if isinstance(endpoints, str):
-        endpoints = [endpoints]  # one endpoint given as a string, not a list of its letters
-    endpoint_list = list(endpoints) if endpoints is not None else [DEFAULT_ENDPOINT]
-    if not endpoint_list:
-        raise UsageError("open_dispatcher needs at least one endpoint")
-    if len(set(endpoint_list)) != len(endpoint_list):
-        raise UsageError(f"endpoints must be distinct, got {endpoint_list!r}")
-    if on_full not in ("wait", "error"):
-        raise UsageError(f"on_full must be 'wait' or 'error', got {on_full!r}")
-    if drain_timeout < 0:
-        raise UsageError(f"drain_timeout must be >= 0 seconds, got {drain_timeout!r}")
-    queue: BacktestQueue[BacktestRequest] = BacktestQueue(
-        capacity=capacity,
-        max_pending=max_pending,
-        rate=rate,
-        burst=burst,
-        flush_interval=flush_interval,
-        result_timeout=result_timeout,
-        max_attempts=max_attempts,
-        retry_backoff=retry_backoff,
-        clock=anyio.current_time,
-    )
-    options = _requester_options(
-        heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
-        max_message_bytes=max_message_bytes, curve=curve,
+def _stored(outcome: Outcome) -> StoredOutcome:
+    return StoredOutcome(
+        result=outcome.result, reason=outcome.reason, detail=outcome.detail,
+        attempts=outcome.attempts,
     )  # fmt: skip
-    writer: _StoreWriter | None = None
-    restored: list[BacktestRequest] = []
-    if store is not None:
-        writer = _StoreWriter(SqliteStore(store))
-        restored = writer.store.pending_requests()
-        for request in restored:
-            queue.enqueue_restored(request)
-        if restored:
-            log.info("restored %d undelivered requests from %s", len(restored), store)
-    own_context = context is None and network is None
-    ctx: zmq.Context[Any] | None = None
-    if network is None:
-        ctx = zmq.Context() if context is None else context
-        network = ZmqNetwork(ctx, options)
-    body_error: BaseException | None = None
-    unwrapped: BaseException | None = None
-    try:
-        async with AsyncExitStack() as stack:
-            sockets: dict[str, Requester] = {}
-            for endpoint in endpoint_list:
-                sockets[endpoint] = await stack.enter_async_context(
-                    network.open_requester(endpoint)
-                )
-            dispatcher = Dispatcher(
-                queue, sockets, on_full=on_full, outcome_buffer=outcome_buffer,
-                max_message_bytes=max_message_bytes, writer=writer,
-                restored_ids=frozenset(r.request_id for r in restored),
-            )  # fmt: skip
-            try:
-                async with anyio.create_task_group() as tg:
-                    dispatcher._task_group = tg
-                    if writer is not None:
-                        await tg.start(writer.run)
-                    await tg.start(dispatcher._flusher)
-                    await tg.start(dispatcher._outcome_pump)
-                    for endpoint, sock in sockets.items():
-                        await tg.start(dispatcher._receiver, endpoint)
-                        await tg.start(network.watch, sock, dispatcher._wake_send.clone())
-                        network.connect(sock, endpoint)  # after watch: no handshake missed
-                    try:
-                        yield dispatcher
-                    except BaseException as exc:
-                        body_error = exc
-                        raise
-                    else:
-                        if drain_timeout > 0:
-                            with anyio.move_on_after(drain_timeout):
-                                await dispatcher.wait_idle()
-                    finally:
-                        tg.cancel_scope.cancel()
-            finally:
-                dispatcher._task_group = None
-                dispatcher._shutdown()
-                if writer is not None:
-                    writer.close()
-    except BaseExceptionGroup as group:
-        # Task groups (ours and zmq-anyio's) wrap the block's own exception in groups;
-        # when nothing else went wrong, the caller gets their exception back as it was.
-        if body_error is not None and _only(group, body_error):
-            unwrapped = body_error
-        else:
-            ours = _sole_error(group)
-            if ours is None:
-                raise
-            unwrapped = ours
-    finally:
-        if own_context and ctx is not None:
-            ctx.destroy(linger=0)
-    if unwrapped is not None:
-        raise unwrapped
 
 
-def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
-    """Whether ``group`` holds ``error`` and nothing else but cancellations."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves = _leaves(group)
-    return error in leaves and all(e is error or isinstance(e, cancelled) for e in leaves)
+def __getattr__(name: str) -> Any:
+    # ``open_dispatcher`` lives in :mod:`backtest_queue.lifecycle` (which imports this
+    # module); it is still importable from here, as it was.
+    if name == "open_dispatcher":
+        from .lifecycle import open_dispatcher
 
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BacktestQueueError | None:
-    """The group's only error if it is one of ours (and the rest cancellations)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    errors = [e for e in _leaves(group) if not isinstance(e, cancelled)]
-    if len(errors) == 1 and isinstance(errors[0], BacktestQueueError):
-        return errors[0]
-    return None
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
+        return open_dispatcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

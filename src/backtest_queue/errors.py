@@ -74,3 +74,21 @@ class ProtocolError(BacktestQueueError):
 
 class TransportError(BacktestQueueError):
     """The ZeroMQ layer failed (translated from ``zmq.ZMQError``)."""
+
+
+class StoreError(BacktestQueueError):
+    """The durable store cannot be opened or used (names the path and the cause)."""
+
+
+class StoreBusy(StoreError):
+    """Another connection held the store's write lock for too long; nothing was written.
+
+    Attributes:
+        path: the store file.
+        waited: seconds waited for the lock.
+    """
+
+    def __init__(self, message: str, *, path: str, waited: float) -> None:
+        super().__init__(message)
+        self.path = path
+        self.waited = waited

@@ -89,6 +89,11 @@ class DispatcherStats:
         error_replies_without_id: ``ERROR`` replies the service could not tie to a request.
         would_block: sends refused with ``EAGAIN`` (high-water mark), put back in the queue.
         handshakes_refused: handshakes that failed (CURVE keys refused, mechanism mismatch).
+        unread_outcomes: outcomes delivered that no caller has received yet.
+        store_busy_waits: commits that found the store locked by another connection.
+        store_busy: whether the store is locked by another connection right now (writes
+            wait; ``submit`` raises ``StoreBusy`` after ``store_timeout``).
+        closed: whether the dispatcher's block has ended.
     """
 
     queue: QueueStats
@@ -99,3 +104,7 @@ class DispatcherStats:
     error_replies_without_id: int
     would_block: int
     handshakes_refused: int
+    unread_outcomes: int = 0
+    store_busy_waits: int = 0
+    store_busy: bool = False
+    closed: bool = False

@@ -47,6 +47,7 @@ __all__ = [
     "encode_message",
     "new_request_id",
     "peek_request_id",
+    "validate_request",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -174,6 +175,7 @@ class BacktestResult(
     v: int = PROTOCOL_VERSION
     request_id: RequestId
     result: Metrics
+    data_fingerprint: str | None = None
 
 
 class ErrorReply(
@@ -215,6 +217,7 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
     version: str = ""
     datasets: list[str] = msgspec.field(default_factory=list)
     workers: int = 0
+    fingerprints: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong
@@ -315,3 +318,12 @@ def _explain(body: bytes, exc: msgspec.ValidationError) -> ProtocolError:
             request_id=rid,
         )
     return ProtocolError("invalid_request", str(exc), request_id=rid)
+
+
+def validate_request(request: object) -> BacktestRequest:
+    """Return ``request`` if it is a valid request (placeholder)."""
+    from .errors import UsageError
+
+    if not isinstance(request, BacktestRequest):
+        raise UsageError(f"submit takes a BacktestRequest, got {type(request).__name__}")
+    return request

@@ -23,8 +23,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from .dispatcher import CurveClient
 from .errors import UsageError
+from .transport import CurveClient
 
 __all__ = [
     "AllowedKeys",

@@ -31,7 +31,7 @@ import msgspec
 
 from .protocol import BacktestRequest, Metrics
 
-__all__ = ["SqliteStore", "StoreOp", "content_key"]
+__all__ = ["Restored", "SqliteStore", "StoreOp", "StoredOutcome", "content_key"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -64,6 +64,24 @@ def content_key(request: BacktestRequest) -> str:
     return hashlib.sha256(_request_encoder.encode(identity)).hexdigest()
 
 
+class StoredOutcome(msgspec.Struct, frozen=True):
+    """An outcome decided but not yet received by a caller (placeholder)."""
+
+    result: Metrics | None
+    reason: str | None
+    detail: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a store gives back when it opens (placeholder)."""
+
+    requests: list[BacktestRequest]
+    outcomes: list[tuple[BacktestRequest, StoredOutcome]]
+    quarantined: list[object]
+
+
 @dataclass(frozen=True, slots=True)
 class StoreOp:
     """One write for the store's next transaction.
@@ -75,9 +93,11 @@ class StoreOp:
         result: the metrics, with ``"result"``.
     """
 
-    kind: Literal["add", "remove", "result"]
+    kind: Literal["add", "outcome", "ack", "result"]
     request: BacktestRequest
+    outcome: StoredOutcome | None = None
     result: Metrics | None = None
+    fingerprint: str | None = None
 
 
 class SqliteStore:
@@ -93,7 +113,11 @@ class SqliteStore:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        shared: bool = False,
     ) -> None:
         self.path = Path(path)
         # One connection, used by one thread at a time (the dispatcher serialises calls).
@@ -121,7 +145,13 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else _metrics_decoder.decode(row[0])
 
-    def cached_results(self, requests: Iterable[BacktestRequest]) -> dict[str, Metrics]:
+    def restore(self) -> Restored:
+        """Placeholder."""
+        return Restored(self.pending_requests(), [], [])
+
+    def cached_results(
+        self, requests: Iterable[BacktestRequest], fingerprints: object = None
+    ) -> dict[str, Metrics]:
         """Return the cached results of those requests that have one, by request id."""
         out: dict[str, Metrics] = {}
         for request in requests:
@@ -143,7 +173,7 @@ class SqliteStore:
             rid = op.request.request_id
             if op.kind == "add":
                 adds.append((rid, _request_encoder.encode(op.request)))
-            elif op.kind == "remove":
+            elif op.kind in ("outcome", "ack"):
                 removes.append((rid,))
             elif op.result is not None:
                 results.append((content_key(op.request), _request_encoder.encode(op.result)))

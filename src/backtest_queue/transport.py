@@ -40,12 +40,14 @@ from .errors import TransportError
 
 __all__ = [
     "ConnectionEvent",
+    "CurveClient",
     "Network",
     "Requester",
     "SendStatus",
     "ZmqNetwork",
     "ZmqSocket",
     "open_socket",
+    "requester_options",
     "run_monitor",
 ]
 
@@ -423,3 +425,41 @@ class ZmqNetwork:
     def connect(self, requester: Requester, endpoint: str) -> None:
         assert isinstance(requester, ZmqSocket)
         requester.connect(endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class CurveClient:
+    """CURVE keys for the requester (see ``docs/reliability.md``).
+
+    Attributes:
+        public_key: this requester's public key (Z85, 40 bytes).
+        secret_key: this requester's secret key (Z85, 40 bytes).
+        server_key: the service's public key, pinned (Z85, 40 bytes).
+    """
+
+    public_key: bytes
+    secret_key: bytes
+    server_key: bytes
+
+
+def requester_options(
+    *, heartbeat_ivl: float, reconnect_ivl: float, send_hwm: int, max_message_bytes: int,
+    curve: CurveClient | None,
+) -> dict[int, Any]:  # fmt: skip
+    """The socket options of a requester DEALER (durations in seconds, HWM in messages)."""
+    options: dict[int, Any] = {
+        zmq.LINGER: 0,  # unsent requests are still pending in the policy: nothing is lost
+        zmq.IMMEDIATE: 1,  # queue only to completed connections, never to dead pipes
+        zmq.HEARTBEAT_IVL: max(1, int(heartbeat_ivl * 1000)),
+        zmq.HEARTBEAT_TIMEOUT: max(1, int(heartbeat_ivl * 3000)),
+        zmq.HEARTBEAT_TTL: max(100, int(heartbeat_ivl * 3000)),
+        zmq.RECONNECT_IVL: max(1, int(reconnect_ivl * 1000)),
+        zmq.RECONNECT_IVL_MAX: max(1, int(max(reconnect_ivl, 2.0) * 1000)),
+        zmq.MAXMSGSIZE: max_message_bytes,
+        zmq.SNDHWM: send_hwm,
+    }
+    if curve is not None:
+        options[zmq.CURVE_PUBLICKEY] = curve.public_key
+        options[zmq.CURVE_SECRETKEY] = curve.secret_key
+        options[zmq.CURVE_SERVERKEY] = curve.server_key
+    return options

@@ -1,0 +1,302 @@
+"""Outcome bookkeeping: every outcome is held until a caller actually has it.
+
+An outcome leaves the dispatcher in exactly one of two ways: a task that ``wait``\\ s for
+that request returns it, or a reader receives it from :attr:`Dispatcher.outcomes`
+(an :class:`OutcomeStream`). Until then it is *unread* and stays in :class:`OutcomeBook`:
+a cancelled ``wait`` or ``receive`` never consumes one, and a ``wait`` for an outcome that
+is still unread takes it out of the stream, so nothing is delivered twice.
+
+Backpressure: the book is *full* when ``outcome_buffer`` outcomes are unread. The
+dispatcher's receivers then stop reading replies and its flusher stops handing requests
+over, so pending requests stay where they are, the send queue fills and ``submit`` waits
+(or raises :class:`~backtest_queue.QueueFull`): memory stays bounded by
+``capacity + max_pending + outcome_buffer`` requests and outcomes, plus the ZeroMQ
+high-water marks. Failures the dispatcher decides itself (deadlines, disconnects,
+``shutdown``) are still recorded when the book is full: they are bounded by the requests
+already accepted.
+
+Stream ownership follows anyio: the dispatcher ends the stream (readers see
+``EndOfStream`` after the last outcome, ``shutdown`` ones included) and never closes the
+reader's side; outcomes left unread at exit stay readable after the block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import ObjectReceiveStream
+
+from .errors import UsageError
+from .outcome import Outcome
+
+__all__ = ["OutcomeBook", "OutcomeStream", "OutcomeStreamStatistics"]
+
+log = logging.getLogger("backtest_queue")
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeStreamStatistics:
+    """A snapshot of an :class:`OutcomeStream`.
+
+    Attributes:
+        current_buffer_used: outcomes delivered and not yet read.
+        max_buffer_size: ``outcome_buffer``: unread outcomes at which the dispatcher
+            stops reading replies (backpressure); ``math.inf`` for no bound.
+        tasks_waiting_receive: tasks blocked in :meth:`OutcomeStream.receive`.
+        ended: whether the dispatcher has closed (no outcome will be added).
+    """
+
+    current_buffer_used: int
+    max_buffer_size: float
+    tasks_waiting_receive: int
+    ended: bool
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.outcome: Outcome | None = None
+
+
+class OutcomeBook:
+    """Where outcomes wait until a caller has them. Used by the dispatcher only.
+
+    Args:
+        bound: unread outcomes at which :attr:`full` becomes true (``outcome_buffer``).
+        on_received: called once for each outcome a caller received (``wait`` returned
+            it or the stream yielded it), e.g. to drop it from a durable store.
+        on_room: called when the book stops being full (to wake the flusher).
+    """
+
+    def __init__(
+        self,
+        bound: float,
+        on_received: Callable[[Outcome], None],
+        on_room: Callable[[], None],
+    ) -> None:
+        self.bound = bound
+        self._on_received = on_received
+        self._on_room = on_room
+        self._unread: OrderedDict[str, Outcome] = OrderedDict()
+        self._waiters: dict[str, _Waiter] = {}
+        self._arrived = anyio.Event()  # set when an outcome is added or the book ends
+        self._room = anyio.Event()  # set when the book stops being full
+        self._readers = 0
+        self.ended = False  # the dispatcher closed: nothing more is added
+        self.reader_closed = False
+        self.delivered = 0
+        self.dropped = 0
+
+    @property
+    def full(self) -> bool:
+        """Whether ``bound`` outcomes are unread (backpressure)."""
+        return len(self._unread) >= self.bound
+
+    @property
+    def unread(self) -> int:
+        return len(self._unread)
+
+    def room(self) -> int | float:
+        """How many more outcomes fit before the book is full (at least 0)."""
+        return max(0, self.bound - len(self._unread))
+
+    def is_awaited(self, request_id: str) -> bool:
+        return request_id in self._waiters
+
+    def holds(self, request_id: str) -> bool:
+        return request_id in self._unread
+
+    # -- the dispatcher's side ---------------------------------------------------
+
+    def deliver(self, outcome: Outcome) -> None:
+        """Hand an outcome to the task waiting for it, or keep it for the stream."""
+        self.delivered += 1
+        waiter = self._waiters.pop(outcome.request_id, None)
+        if waiter is not None:
+            waiter.outcome = outcome
+            waiter.event.set()
+            return
+        self._keep(outcome)
+
+    def _keep(self, outcome: Outcome) -> None:
+        if self.reader_closed:
+            self.dropped += 1
+            log.debug("outcome for %s not kept: the reader closed the outcome stream",
+                      outcome.request_id)  # fmt: skip
+            return
+        self._unread[outcome.request_id] = outcome
+        self._arrived.set()
+
+    def end(self) -> None:
+        """No more outcomes will come: readers get ``EndOfStream`` after the unread ones."""
+        self.ended = True
+        self._arrived.set()
+        self._room.set()
+
+    async def wait_for_room(self) -> None:
+        """Wait until the book is not full (returns at once if it is not)."""
+        while self.full and not self.ended:
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+
+    def _taken(self) -> None:
+        unread = len(self._unread)
+        if unread < self.bound <= unread + 1:  # it was full and is not any more
+            self._room.set()
+            self._on_room()
+
+    # -- the caller's side -------------------------------------------------------
+
+    def claim(self, request_id: str) -> Outcome | None:
+        """Take the unread outcome of one request, if there is one (for ``wait``)."""
+        outcome = self._unread.pop(request_id, None)
+        if outcome is not None:
+            self._taken()
+            self._on_received(outcome)
+        return outcome
+
+    async def wait_for(self, request_id: str) -> Outcome:
+        """Wait until that request's outcome is delivered, and take it.
+
+        The caller checked that the request is known and has no unread outcome. If this
+        is cancelled after the outcome was handed over (a native asyncio cancel can land
+        there), the outcome is put back, unread, for the stream or a later ``wait``.
+
+        Raises:
+            UsageError: another task already waits for it.
+        """
+        if request_id in self._waiters:
+            raise UsageError(f"another task already waits for request {request_id!r}")
+        waiter = _Waiter()
+        self._waiters[request_id] = waiter
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.outcome is None:
+                self._waiters.pop(request_id, None)
+            else:  # handed over, but we are not returning it: not consumed
+                self._keep(waiter.outcome)
+            raise
+        assert waiter.outcome is not None
+        self._on_received(waiter.outcome)
+        return waiter.outcome
+
+    def take_next(self) -> Outcome:
+        """Take the oldest unread outcome (for the stream).
+
+        Raises:
+            anyio.WouldBlock: none is unread and more may come.
+            anyio.EndOfStream: none is unread and the dispatcher has closed.
+        """
+        if self._unread:
+            _, outcome = self._unread.popitem(last=False)
+            self._taken()
+            self._on_received(outcome)
+            return outcome
+        if self.ended:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def wait_arrival(self) -> None:
+        self._readers += 1
+        try:
+            if self._arrived.is_set():
+                self._arrived = anyio.Event()
+            await self._arrived.wait()
+        finally:
+            self._readers -= 1
+
+    def close_reader(self) -> None:
+        """The reader closed the stream: outcomes delivered from now on are not kept."""
+        self.reader_closed = True
+        self._unread.clear()
+        self._arrived.set()
+        self._room.set()
+
+    def statistics(self) -> OutcomeStreamStatistics:
+        return OutcomeStreamStatistics(len(self._unread), self.bound, self._readers, self.ended)
+
+
+class OutcomeStream(ObjectReceiveStream[Outcome]):
+    """The caller's side of the dispatcher's outcomes (:attr:`Dispatcher.outcomes`).
+
+    An anyio object receive stream: ``async for outcome in d.outcomes``,
+    :meth:`receive`, :meth:`receive_nowait`, :meth:`aclose` (or ``with``). It is the
+    reader's to close; the dispatcher only ends it (``EndOfStream`` after the last
+    outcome). An outcome is consumed only when :meth:`receive` returns it: a cancelled
+    receive leaves it unread. A ``wait`` for a request takes that request's outcome out
+    of the stream (each outcome is delivered exactly once).
+    """
+
+    def __init__(self, book: OutcomeBook) -> None:
+        self._book = book
+        self._closed = False
+
+    def __repr__(self) -> str:
+        s = self._book.statistics()
+        state = "closed" if self._closed else ("ended" if s.ended else "open")
+        return f"<OutcomeStream unread={s.current_buffer_used} {state}>"
+
+    def receive_nowait(self) -> Outcome:
+        """Take the oldest unread outcome without waiting.
+
+        Raises:
+            anyio.ClosedResourceError: this stream was closed by its reader.
+            anyio.EndOfStream: the dispatcher closed and every outcome was read.
+            anyio.WouldBlock: no outcome is unread yet.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return self._book.take_next()
+
+    async def receive(self) -> Outcome:
+        """Wait for the next outcome and take it. A checkpoint on every path.
+
+        Raises:
+            anyio.ClosedResourceError: this stream was closed by its reader.
+            anyio.EndOfStream: the dispatcher closed and every outcome was read.
+        """
+        await anyio.lowlevel.checkpoint()
+        while True:
+            try:
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                await self._book.wait_arrival()
+
+    def close(self) -> None:
+        """Stop reading: unread outcomes are discarded, later ones are not kept.
+
+        With a store, discarded outcomes were never received, so they stay in the store
+        and are delivered again by the next dispatcher on it.
+        """
+        if not self._closed:
+            self._closed = True
+            self._book.close_reader()
+
+    async def aclose(self) -> None:
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def __enter__(self) -> OutcomeStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def statistics(self) -> OutcomeStreamStatistics:
+        """Return a frozen snapshot (see :class:`OutcomeStreamStatistics`)."""
+        return self._book.statistics()
