@@ -51,7 +51,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -163,7 +163,8 @@ def content_key(request: BacktestRequest) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoreOp:
-    """One write for the store's next transaction.
+    """One write for the store's next transaction (``outcome``, ``result`` and
+    ``fingerprint`` are keyword-only).
 
     Attributes:
         kind: ``"add"`` (a request was accepted: to be sent), ``"outcome"`` (its final
@@ -185,6 +186,7 @@ class StoreOp:
 
     kind: Literal["add", "outcome", "ack", "result"]
     request: BacktestRequest
+    _: KW_ONLY
     outcome: StoredOutcome | None = None
     result: Metrics | None = None
     fingerprint: str | None = None
