@@ -41,6 +41,11 @@ The windows that remain (what a kill -9 at the worst moment can do):
   (at-least-once delivery). Nothing the caller has not read is ever lost.
 * A result whose ``"result"`` op was not committed is not cached: the next run with the
   same content runs the backtest again.
+
+These hold if batches are applied in the order they were made: a batch refused with
+:class:`~backtest_queue.errors.StoreBusy` (nothing of it applied) must be applied again
+before any later one. Within a batch, ops apply in order (``"ack"`` then ``"add"`` of
+the same id leaves the new request).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from .protocol import BacktestRequest, Metrics
 from .store_owner import OwnerLock
 
 __all__ = [
+    "SCHEMA_VERSION",
     "QuarantinedRow",
     "Restored",
     "SqliteStore",
@@ -97,7 +103,6 @@ _TABLES = (
         error TEXT NOT NULL,
         at REAL NOT NULL
     )""",
-    "CREATE INDEX requests_by_owner ON requests (owner)",
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 _NEW_REQUESTS = (

@@ -14,7 +14,9 @@ Next to ``q.db`` the store keeps a directory ``q.db.owners/`` holding:
 ``flock`` locks are held by an open file description, so a second :class:`OwnerLock`
 in the same process conflicts like another process would; the descriptors are
 close-on-exec, so a child process started with ``subprocess`` does not keep a lock
-alive. They need a local file system (as SQLite's WAL mode does) and POSIX ``flock``.
+alive (a child made by a bare ``fork()`` that outlives its parent does: the store then
+reads as held by the parent's pid until that child exits). They need a local file
+system (as SQLite's WAL mode does) and POSIX ``flock``.
 """
 
 from __future__ import annotations
