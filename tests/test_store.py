@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 import backtest_queue
-from backtest_queue import BacktestQueueError, BacktestRequest, Metrics, Strategy
+from backtest_queue import BacktestQueueError, BacktestRequest, Metrics, Strategy, UsageError
 from backtest_queue.errors import StoreError
 from backtest_queue.store import (
     SCHEMA_VERSION,
@@ -110,13 +110,13 @@ def test_unread_outcomes_survive_a_kill_and_are_delivered_again(tmp_path: Path) 
 
 def test_a_shutdown_outcome_is_never_stored_and_ops_are_checked() -> None:
     request = make_request(1)
-    with pytest.raises(ValueError, match="shutdown"):
+    with pytest.raises(UsageError, match="shutdown"):
         StoreOp("outcome", request, outcome=failed("shutdown"))
-    with pytest.raises(ValueError, match="outcome="):
+    with pytest.raises(UsageError, match="outcome="):
         StoreOp("outcome", request)
-    with pytest.raises(ValueError, match="result="):
+    with pytest.raises(UsageError, match="result="):
         StoreOp("result", request)
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(UsageError, match="kind"):
         StoreOp("remove", request)  # type: ignore[arg-type]
 
 
@@ -256,11 +256,16 @@ def test_a_closed_store_raises_store_error(tmp_path: Path) -> None:
     assert "closed" in repr(store)
 
 
-def test_bad_settings_raise_value_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="synchronous"):
-        SqliteStore(tmp_path / "q.db", synchronous="OFF")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="busy_timeout"):
-        SqliteStore(tmp_path / "q.db", busy_timeout=float("nan"))
+@pytest.mark.parametrize(
+    "settings",
+    [{"synchronous": "OFF"}, {"busy_timeout": float("nan")}, {"busy_timeout": -1},
+     {"busy_timeout": "5"}, {"busy_timeout": float("inf")}],
+)  # fmt: skip
+def test_bad_settings_raise_usage_error(tmp_path: Path, settings: dict[str, object]) -> None:
+    (name,) = settings
+    with pytest.raises(UsageError, match=name):
+        SqliteStore(tmp_path / "q.db", **settings)  # type: ignore[arg-type]
+    assert not (tmp_path / "q.db").exists()  # refused before touching anything
 
 
 # -- stores written by version 0.1 -------------------------------------------------

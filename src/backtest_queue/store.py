@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -63,7 +64,7 @@ from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
-from .errors import StoreBusy, StoreError
+from .errors import StoreBusy, StoreError, UsageError
 from .outcome import FailureReason
 from .protocol import BacktestRequest, Metrics
 from .store_owner import OwnerLock
@@ -184,7 +185,7 @@ class StoreOp:
             cached: nothing would prove what data it ran on.
 
     Raises:
-        ValueError: ``"outcome"`` without an outcome or with reason ``"shutdown"`` (a
+        UsageError: ``"outcome"`` without an outcome or with reason ``"shutdown"`` (a
             request the dispatcher did not finish stays to be sent again), or
             ``"result"`` without a result.
     """
@@ -199,16 +200,16 @@ class StoreOp:
     def __post_init__(self) -> None:
         if self.kind == "outcome":
             if self.outcome is None:
-                raise ValueError("StoreOp('outcome') needs outcome=StoredOutcome(...)")
+                raise UsageError("StoreOp('outcome') needs outcome=StoredOutcome(...)")
             if self.outcome.reason == "shutdown":
-                raise ValueError(
+                raise UsageError(
                     "a 'shutdown' outcome is not final and is never stored: the request "
                     "stays in the store to be sent again"
                 )
         elif self.kind == "result" and self.result is None:
-            raise ValueError("StoreOp('result') needs result=Metrics(...)")
+            raise UsageError("StoreOp('result') needs result=Metrics(...)")
         elif self.kind not in ("add", "ack", "result"):
-            raise ValueError(f"StoreOp kind must be add, outcome, ack or result, not {self.kind!r}")
+            raise UsageError(f"StoreOp kind must be add, outcome, ack or result, not {self.kind!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +271,7 @@ class SqliteStore:
         StoreBusy: another connection held the database locked for ``busy_timeout``.
         StoreError: the path cannot be opened (a directory, a missing parent directory,
             not a database, a database of another schema or a newer version).
-        ValueError: a bad ``synchronous`` or ``busy_timeout``.
+        UsageError: a bad ``synchronous`` or ``busy_timeout``.
     """
 
     def __init__(
@@ -282,9 +283,13 @@ class SqliteStore:
         busy_timeout: float = 5.0,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
-        if not busy_timeout >= 0:
-            raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout!r}")
+            raise UsageError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
+        if (
+            isinstance(busy_timeout, bool)
+            or not isinstance(busy_timeout, int | float)
+            or not 0 <= busy_timeout < math.inf
+        ):
+            raise UsageError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
         self.path = Path(path)
         self.shared = shared
         self.busy_timeout = float(busy_timeout)
