@@ -65,7 +65,7 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 
 from .errors import StoreBusy, StoreError, UsageError
-from .outcome import FailureReason
+from .outcome import FailureReason, Outcome
 from .protocol import BacktestRequest, Metrics
 from .store_owner import OwnerLock
 
@@ -148,7 +148,27 @@ class StoredOutcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     detail: str
     attempts: Annotated[int, msgspec.Meta(ge=0)]
 
+    @classmethod
+    def of(cls, outcome: Outcome) -> StoredOutcome:
+        """Return what the store keeps of a final outcome (everything but the request).
 
+        Raises:
+            UsageError: the outcome is ``shutdown`` (not final: never stored).
+        """
+        if outcome.reason == "shutdown":
+            raise UsageError(_SHUTDOWN)
+        return cls(result=outcome.result, reason=outcome.reason, detail=outcome.detail,
+                   attempts=outcome.attempts)  # fmt: skip
+
+    def to_outcome(self, request: BacktestRequest) -> Outcome:
+        """Return the :class:`~backtest_queue.outcome.Outcome` to deliver again."""
+        return Outcome(request, self.result, self.reason, self.detail, self.attempts)
+
+
+_SHUTDOWN = (
+    "a 'shutdown' outcome is not final and is never stored: the request stays in the "
+    "store to be sent again"
+)
 _T = TypeVar("_T")
 
 
@@ -202,10 +222,7 @@ class StoreOp:
             if self.outcome is None:
                 raise UsageError("StoreOp('outcome') needs outcome=StoredOutcome(...)")
             if self.outcome.reason == "shutdown":
-                raise UsageError(
-                    "a 'shutdown' outcome is not final and is never stored: the request "
-                    "stays in the store to be sent again"
-                )
+                raise UsageError(_SHUTDOWN)
         elif self.kind == "result" and self.result is None:
             raise UsageError("StoreOp('result') needs result=Metrics(...)")
         elif self.kind not in ("add", "ack", "result"):
@@ -306,6 +323,10 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(self._name, f"cannot open the database file: {exc}") from exc
             self._call(self._open, synchronous)
+        except StoreError:
+            self.close()
+            self._owner.remove_if_created()  # not a store: leave nothing next to it
+            raise
         except BaseException:
             self.close()
             raise

@@ -60,7 +60,10 @@ class OwnerLock:
         self.mode: Literal["exclusive", "shared"] = "shared" if shared else "exclusive"
         if sys.platform == "win32":  # pragma: no cover - POSIX only
             raise StoreError(self.path, "a store needs POSIX flock(), not available here")
+        if not db_path.parent.is_dir():
+            raise StoreError(self.path, f"its directory {db_path.parent} does not exist")
         try:
+            self._created = not self.dir.exists()
             self.dir.mkdir(exist_ok=True)
             self._dir_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -153,6 +156,16 @@ class OwnerLock:
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # it has just opened and not yet described itself
         return tuple(found)
+
+    def remove_if_created(self) -> None:
+        """After :meth:`release`: remove the lock directory if this opener created it
+        (the path turned out not to be a store: leave nothing next to it)."""
+        if self._created:
+            try:
+                (self.dir / "lock").unlink(missing_ok=True)
+                self.dir.rmdir()
+            except OSError:
+                pass  # someone else uses it now: leave it
 
     def release(self) -> None:
         """Give up the store (idempotent): remove the owner file, drop both locks."""
