@@ -214,6 +214,16 @@ def _foreign_schema(path: Path) -> None:
     raw.close()
 
 
+def test_a_foreign_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    _foreign_schema(path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not a backtest-queue store"):
+        SqliteStore(path)
+    assert path.read_bytes() == before  # still in its own journal mode, no tables added
+    assert sorted(os.listdir(tmp_path)) == ["app.db"]
+
+
 def _newer_version(path: Path) -> None:
     with SqliteStore(path):
         pass

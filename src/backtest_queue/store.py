@@ -424,8 +424,7 @@ class SqliteStore:
             raise
 
     def _open(self, db: sqlite3.Connection, synchronous: str) -> None:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute(f"PRAGMA synchronous={synchronous}")  # this connection's only
         with _transaction(db):  # DDL is transactional: a migration is all or nothing
             (version,) = db.execute("PRAGMA user_version").fetchone()
             tables = _tables(db)
@@ -448,6 +447,8 @@ class SqliteStore:
                     f"not a backtest-queue store (schema version {version}, tables "
                     f"{sorted(tables)}); give a new file or a store made by backtest-queue"
                 ))  # fmt: skip
+        # Only now that it is known to be ours: WAL is a property of the file.
+        db.execute("PRAGMA journal_mode=WAL")
 
     def _restore(self, db: sqlite3.Connection) -> Restored:
         me = self._owner.token
