@@ -244,3 +244,22 @@ def test_restore_and_open_raise_store_busy_too(tmp_path: Path) -> None:
         SqliteStore(db, busy_timeout=0.2)
     with SqliteStore(db) as store:  # the failed opener left no lock behind
         assert store.restore().requests == [make_request(1)]
+
+
+def test_shared_openers_racing_to_create_a_store_all_succeed(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    code = (
+        "import sys; from backtest_queue.store import SqliteStore; "
+        "SqliteStore(sys.argv[1], shared=True).restore()"
+    )
+    racers = [
+        subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE,
+                         text=True, env=ENV)
+        for _ in range(4)
+    ]  # fmt: skip
+    for racer in racers:
+        _, err = racer.communicate(timeout=60)
+        assert racer.returncode == 0, err
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    raw.close()
