@@ -109,7 +109,7 @@ def test_unread_outcomes_survive_a_kill_and_are_delivered_again(tmp_path: Path) 
         assert store.restore().outcomes == []
 
 
-def test_a_shutdown_outcome_is_never_stored_and_ops_are_checked() -> None:
+def test_a_shutdown_outcome_is_never_stored_and_ops_are_checked_when_made() -> None:
     request = make_request(1)
     with pytest.raises(UsageError, match="shutdown"):
         StoreOp("outcome", request, outcome=failed("shutdown"))
@@ -119,6 +119,22 @@ def test_a_shutdown_outcome_is_never_stored_and_ops_are_checked() -> None:
         StoreOp("result", request)
     with pytest.raises(UsageError, match="kind"):
         StoreOp("remove", request)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="BacktestRequest"):
+        StoreOp("add", {"request_id": "x"})  # type: ignore[arg-type]
+
+
+def test_what_cannot_be_stored_is_refused_when_the_op_is_made(tmp_path: Path) -> None:
+    """Issue 10 §2: a lone surrogate in a name killed the dispatcher at commit time on
+    2ccd574 (UnicodeEncodeError out of apply, the whole batch lost)."""
+    bad = BacktestRequest(strategy=Strategy(name="bad\udc80", kind="sma_cross"),
+                          data_id="EURUSD-H1", request_id="bad")  # fmt: skip
+    with pytest.raises(UsageError, match="'bad' cannot be stored"):
+        StoreOp("add", bad)
+    odd = StoredOutcome(result=None, reason="service_error", detail="\udc80", attempts=1)
+    with pytest.raises(UsageError, match="cannot be stored"):
+        StoreOp("outcome", make_request(1), outcome=odd)
+    with SqliteStore(tmp_path / "q.db") as store:  # the rest of the batch is unaffected
+        assert store.apply([StoreOp("add", make_request(1))]) == 1
 
 
 def test_stored_outcomes_convert_from_and_to_outcomes() -> None:

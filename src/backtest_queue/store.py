@@ -57,7 +57,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -204,10 +204,15 @@ class StoreOp:
             was computed on (as the service reported it). Without one the result is not
             cached: nothing would prove what data it ran on.
 
+    The op is encoded when it is made, so that anything that cannot be stored is
+    refused here, in the caller's hands, and never fails a whole batch in ``apply``.
+
     Raises:
         UsageError: ``"outcome"`` without an outcome or with reason ``"shutdown"`` (a
-            request the dispatcher did not finish stays to be sent again), or
-            ``"result"`` without a result.
+            request the dispatcher did not finish stays to be sent again),
+            ``"result"`` without a result, a ``request`` that is not a
+            :class:`~backtest_queue.protocol.BacktestRequest`, or one that cannot be
+            encoded (e.g. text with a lone surrogate).
     """
 
     kind: Literal["add", "outcome", "ack", "result"]
@@ -216,17 +221,38 @@ class StoreOp:
     outcome: StoredOutcome | None = None
     result: Metrics | None = None
     fingerprint: str | None = None
+    #: the row's values, encoded (None: nothing to write)
+    _row: tuple[object, ...] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.kind == "outcome":
-            if self.outcome is None:
-                raise UsageError("StoreOp('outcome') needs outcome=StoredOutcome(...)")
-            if self.outcome.reason == "shutdown":
-                raise UsageError(_SHUTDOWN)
-        elif self.kind == "result" and self.result is None:
-            raise UsageError("StoreOp('result') needs result=Metrics(...)")
-        elif self.kind not in ("add", "ack", "result"):
-            raise UsageError(f"StoreOp kind must be add, outcome, ack or result, not {self.kind!r}")
+        if not isinstance(self.request, BacktestRequest):
+            raise UsageError(f"StoreOp needs a BacktestRequest, got {type(self.request).__name__}")
+        rid = self.request.request_id
+        try:
+            if self.kind == "add":
+                row: tuple[object, ...] | None = (rid, _encoder.encode(self.request))
+            elif self.kind == "outcome":
+                if self.outcome is None:
+                    raise UsageError("StoreOp('outcome') needs outcome=StoredOutcome(...)")
+                if self.outcome.reason == "shutdown":
+                    raise UsageError(_SHUTDOWN)
+                row = (_encoder.encode(self.outcome), rid)
+            elif self.kind == "ack":
+                row = (rid,)
+            elif self.kind == "result":
+                if self.result is None:
+                    raise UsageError("StoreOp('result') needs result=Metrics(...)")
+                row = None
+                if self.fingerprint is not None:
+                    body = _encoder.encode(self.result)
+                    row = (content_key(self.request), self.fingerprint, body)
+            else:
+                raise UsageError(
+                    f"StoreOp kind must be add, outcome, ack or result, not {self.kind!r}"
+                )
+        except (msgspec.EncodeError, UnicodeEncodeError, TypeError, OverflowError) as exc:
+            raise UsageError(f"request {rid!r} cannot be stored ({self.kind}): {exc}") from exc
+        object.__setattr__(self, "_row", row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,30 +564,23 @@ class SqliteStore:
         written = 0
         with _transaction(db):
             for kind, run in groupby(ops, key=lambda op: op.kind):  # in order, runs of a kind
-                if kind == "add":
-                    rows: list[tuple[object, ...]] = [
-                        (op.request.request_id, _encoder.encode(op.request), me) for op in run
-                    ]
-                    sql = "INSERT OR IGNORE INTO requests (request_id, body, owner) VALUES (?,?,?)"
-                elif kind == "outcome":
-                    rows = [(_encoder.encode(op.outcome), op.request.request_id, me) for op in run]
-                    sql = "UPDATE requests SET outcome = ? WHERE request_id = ? AND owner = ?"
-                elif kind == "ack":
-                    rows = [(op.request.request_id, me) for op in run]
-                    sql = "DELETE FROM requests WHERE request_id = ? AND owner = ?"
+                rows = [op._row for op in run if op._row is not None]  # encoded when made
+                if kind == "result":
+                    db.executemany(_RESULT_SQL, rows)
                 else:
-                    rows = [
-                        (content_key(op.request), op.fingerprint, _encoder.encode(op.result))
-                        for op in run
-                        if op.fingerprint is not None
-                    ]
-                    sql = "INSERT OR REPLACE INTO results VALUES (?,?,?)"  # key, fingerprint, body
-                db.executemany(sql, rows)
+                    db.executemany(_SQL[kind], [(*row, me) for row in rows])
                 written += len(rows)
         return written
 
 
 _outcome_decoder = msgspec.json.Decoder(StoredOutcome)
+#: What each op writes: its row's values, then (but for results) this opener's token.
+_SQL = {
+    "add": "INSERT OR IGNORE INTO requests (request_id, body, owner) VALUES (?, ?, ?)",
+    "outcome": "UPDATE requests SET outcome = ? WHERE request_id = ? AND owner = ?",
+    "ack": "DELETE FROM requests WHERE request_id = ? AND owner = ?",
+}
+_RESULT_SQL = "INSERT OR REPLACE INTO results (content_key, fingerprint, body) VALUES (?, ?, ?)"
 
 
 class _transaction:
