@@ -19,6 +19,8 @@ from backtest_queue.protocol import (
     BacktestRequest,
     BacktestResult,
     Metrics,
+    Ping,
+    Pong,
     decode_message,
     encode_message,
 )
@@ -35,10 +37,17 @@ def free_tcp_endpoint() -> str:
     return f"tcp://127.0.0.1:{port}"
 
 
+#: The content fingerprint the stub services report for every dataset.
+STUB_FINGERPRINT = "stub-data-v1"
+
+
 def result_for(request: BacktestRequest, sharpe: float = 1.0) -> bytes:
     """Encode a plausible result body for ``request``."""
     metrics = Metrics(strategy_name=request.strategy.name, sharpe=sharpe, trades=3, bars=100)
-    return encode_message(BacktestResult(request_id=request.request_id, result=metrics))
+    result = BacktestResult(
+        request_id=request.request_id, result=metrics, data_fingerprint=STUB_FINGERPRINT
+    )
+    return encode_message(result)
 
 
 def echo(request: BacktestRequest) -> list[bytes]:
@@ -115,6 +124,11 @@ async def stub_service(
                             now = anyio.current_time()
                             identity, body = frames[0], frames[-1]
                             message = decode_message(body)
+                            if isinstance(message, Ping):  # the dispatcher asks for fingerprints
+                                fps = {"EURUSD-H1": STUB_FINGERPRINT}
+                                pong = Pong(request_id=message.request_id, fingerprints=fps)
+                                router.try_send([identity, b"", encode_message(pong)])
+                                continue
                             assert isinstance(message, BacktestRequest)
                             stub.record(now, message.request_id)
                             for out in reply(message):

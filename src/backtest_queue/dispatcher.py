@@ -119,6 +119,7 @@ class Dispatcher:
         self._idle = anyio.Event()
         self._connected = anyio.Event()
         self._up: set[str] = set()  # endpoints whose handshake succeeded
+        self._ready: set[str] = set()  # up, and (with the cache) their PONG is in
         self._blocked: set[str] = set()  # endpoints whose last send hit EAGAIN
         self._accepting: set[str] = set()  # ids of submits under way (not yet accepted)
         self._reserved = 0  # queue room held by submits under way
@@ -394,14 +395,16 @@ class Dispatcher:
     async def wait_connected(self) -> None:
         """Wait until at least one service is up (bound it with ``fail_after``).
 
-        A checkpoint on every path.
+        With a store's result cache, "up" also means the service has answered the PING
+        sent at connect, so the fingerprints of its datasets are known and ``submit``
+        can answer from the cache. A checkpoint on every path.
 
         Raises:
             DispatcherClosed: the block has ended (also while waiting).
         """
         await anyio.lowlevel.checkpoint()
         self._check_thread()
-        while not self._up:
+        while not self._ready:
             self._check_open()
             await self._connected.wait()
 
@@ -521,6 +524,11 @@ class Dispatcher:
             return
         self._kicked = True
 
+    def _set_ready(self, endpoint: str) -> None:
+        self._ready.add(endpoint)
+        self._connected.set()
+        self._connected = anyio.Event()
+
     def _ping(self, endpoint: str) -> None:
         """Ask a service that came up for its datasets' fingerprints (best effort; only
         the result cache needs them)."""
@@ -536,7 +544,7 @@ class Dispatcher:
         if self._writer is not None and stored and outcome.reason != "shutdown":
             # Final: the request is not re-sent on restart; its outcome is kept until a
             # caller has it (a 'shutdown' one is not final: the request stays queued).
-            ops = [StoreOp("outcome", outcome.request, outcome=_stored(outcome))]
+            ops = [StoreOp("outcome", outcome.request, outcome=StoredOutcome.of(outcome))]
             if outcome.result is not None and fingerprint is not None:
                 ops.append(StoreOp("result", outcome.request, result=outcome.result,
                                    fingerprint=fingerprint))  # fmt: skip
@@ -618,6 +626,8 @@ class Dispatcher:
             return self._handle_error(endpoint, message, now)
         if isinstance(message, Pong):
             self._fingerprints.update(message.fingerprints)
+            if endpoint in self._up:
+                self._set_ready(endpoint)
             return False
         self._invalid_replies += 1
         log.warning("unexpected %s message from %s", type(message).__name__, endpoint)
@@ -704,8 +714,8 @@ class Dispatcher:
         endpoint = event.source
         if event.kind == "up":
             self._up.add(endpoint)
-            self._connected.set()
-            self._connected = anyio.Event()
+            if not self._cache:
+                self._set_ready(endpoint)
             if endpoint not in self._blocked:
                 self._queue.on_connected(now, endpoint)
             log.info("connected to %s", endpoint)
@@ -713,6 +723,7 @@ class Dispatcher:
             return True
         if event.kind == "down":
             self._up.discard(endpoint)
+            self._ready.discard(endpoint)
             before = self._queue.pending
             failures = self._queue.on_disconnected(now, endpoint, requeue=True)
             log.warning("disconnected from %s; %d pending requests re-queued, %d failed",
@@ -729,9 +740,7 @@ class Dispatcher:
     def _restore(self, outcomes: Sequence[tuple[BacktestRequest, StoredOutcome]]) -> None:
         """Re-deliver outcomes a store kept because no caller had read them."""
         for request, stored in outcomes:
-            reason: FailureReason | None = stored.reason  # type: ignore[assignment]
-            outcome = Outcome(request, stored.result, reason, stored.detail, stored.attempts)
-            self._book.deliver(outcome)
+            self._book.deliver(stored.to_outcome(request))
 
     def _shutdown(self) -> None:
         """Report everything still queued or pending as failed with reason ``shutdown``,
@@ -746,19 +755,13 @@ class Dispatcher:
         for request in left:
             self._deliver(Outcome(request, None, reason, "the dispatcher was closed", 0))
         self._up.clear()
+        self._ready.clear()
         self._book.end()
         self._wake_send.close()
         self._wake_receive.close()
         self._room.set()
         self._idle.set()
         self._connected.set()
-
-
-def _stored(outcome: Outcome) -> StoredOutcome:
-    return StoredOutcome(
-        result=outcome.result, reason=outcome.reason, detail=outcome.detail,
-        attempts=outcome.attempts,
-    )  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

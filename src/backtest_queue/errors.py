@@ -12,12 +12,20 @@ Everything raised on purpose by this package is a :class:`BacktestQueueError`.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from typing import Literal
+
 __all__ = [
     "BacktestQueueError",
     "DispatcherClosed",
     "DuplicateRequest",
     "ProtocolError",
     "QueueFull",
+    "StoreBusy",
+    "StoreError",
+    "StoreHolder",
+    "StoreLocked",
     "TransportError",
     "UsageError",
 ]
@@ -77,18 +85,83 @@ class TransportError(BacktestQueueError):
 
 
 class StoreError(BacktestQueueError):
-    """The durable store cannot be opened or used (names the path and the cause)."""
-
-
-class StoreBusy(StoreError):
-    """Another connection held the store's write lock for too long; nothing was written.
+    """The durable store cannot be used: the file cannot be opened, is not a store of
+    this version, or SQLite failed (disk full, I/O error).
 
     Attributes:
-        path: the store file.
-        waited: seconds waited for the lock.
+        path: the store's database file, as given.
+        cause: what went wrong, one line (SQLite's or the OS's own message).
     """
 
-    def __init__(self, message: str, *, path: str, waited: float) -> None:
-        super().__init__(message)
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"store {path!r}: {cause}")
+        self.path = path
+        self.cause = cause
+
+
+class StoreBusy(BacktestQueueError):
+    """Another connection held the store's lock for longer than ``busy_timeout``.
+
+    Nothing of the operation that raised this was applied: the caller still owns its
+    batch and may retry it later.
+
+    Attributes:
+        path: the store's database file.
+        waited: how long the operation waited for the lock, in seconds.
+    """
+
+    def __init__(self, path: str, waited: float) -> None:
+        super().__init__(
+            f"store {path!r} stayed locked by another connection for {waited:.1f} s "
+            "(busy_timeout); nothing was written. Retry later, or raise busy_timeout"
+        )
         self.path = path
         self.waited = waited
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHolder:
+    """A live process that has a store open (see :class:`StoreLocked`).
+
+    Attributes:
+        pid: its process id (on ``host``).
+        host: the host name it runs on.
+        argv: its command line.
+        since: when it opened the store (Unix time, seconds).
+        mode: ``"exclusive"`` (the default) or ``"shared"``.
+    """
+
+    pid: int
+    host: str
+    argv: tuple[str, ...]
+    since: float
+    mode: Literal["exclusive", "shared"]
+
+    def __str__(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"pid {self.pid} on {self.host} ({self.mode}, since {since}): {' '.join(self.argv)}"
+
+
+class StoreLocked(UsageError):
+    """Another live process (or another store object) already has the store open.
+
+    Attributes:
+        path: the store's database file.
+        holders: what is known of the processes holding it (empty when a holder has
+            just opened it and not yet described itself).
+    """
+
+    def __init__(self, path: str, holders: tuple[StoreHolder, ...], *, shared: bool) -> None:
+        who = "; ".join(str(h) for h in holders) or "a process that is just opening it"
+        hint = (
+            "a store opened with shared=False allows one opener at a time"
+            if not shared
+            else "it is open exclusively (shared=False) by its holder"
+        )
+        super().__init__(
+            f"store {path!r} is already open by {who}: {hint}. Stop that process, use "
+            "another store file, or open every user of it with shared=True "
+            "(they then share the result cache, each restoring only its own requests)"
+        )
+        self.path = path
+        self.holders = holders

@@ -131,12 +131,7 @@ class StoreWriter:
             return True
         if self._closed:
             return False
-        raise StoreBusy(
-            f"the store {str(self.store.path)!r} stayed locked by another connection for "
-            f"{lock_wait:g} s; the request was not accepted",
-            path=str(self.store.path),
-            waited=lock_wait,
-        )
+        raise StoreBusy(str(self.store.path), lock_wait)
 
     async def _withdraw(self, ticket: Ticket) -> None:
         if ticket.state == "writing":  # a transaction holds it: wait for its end

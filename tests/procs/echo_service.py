@@ -40,13 +40,18 @@ def main() -> None:
             identity, _, body = router.recv_multipart()
             message = decode_message(body)
             if isinstance(message, Ping):
-                router.send_multipart([identity, b"", encode_message(Pong(workers=1))])
+                pong = Pong(
+                    request_id=message.request_id, workers=1, fingerprints={"EURUSD-H1": "echo"}
+                )
+                router.send_multipart([identity, b"", encode_message(pong)])
                 continue
             assert isinstance(message, BacktestRequest)
             if delay:
                 time.sleep(delay)
             metrics = Metrics(strategy_name=message.strategy.name, sharpe=1.0, trades=1)
-            reply = BacktestResult(request_id=message.request_id, result=metrics)
+            reply = BacktestResult(
+                request_id=message.request_id, result=metrics, data_fingerprint="echo"
+            )
             router.send_multipart([identity, b"", encode_message(reply)])
     except KeyboardInterrupt:
         pass

@@ -21,6 +21,8 @@ async def main(endpoint: str, store: str, n: int) -> None:
     async with open_dispatcher([endpoint], store=store, max_pending=8) as d:
         outstanding = len(d.restored_ids)
         print(f"restored {' '.join(sorted(d.restored_ids))}", flush=True)
+        with anyio.fail_after(20):
+            await d.wait_connected()  # with the cache: the service's data fingerprints known
         for i in range(n):
             rid = f"req-{i}"
             if rid in d.restored_ids:
