@@ -185,12 +185,14 @@ def _read(path: Path) -> CsvBars:
             skip_blank_lines=False,
             skipinitialspace=True,
         )
-    except pd.errors.ParserError as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise _parser_refusal(str(exc)) from None
     raw = raw.fillna("").apply(lambda column: column.str.strip())
     raw.index = pd.RangeIndex(1, len(raw) + 1)  # the file's line numbers
     # Trailing blank lines are harmless; blank lines between bars are not.
     filled = (raw != "").any(axis=1).to_numpy()
+    if not filled.any():
+        raise _Refused("the file is empty")
     raw = raw.iloc[: int(np.flatnonzero(filled)[-1]) + 1]
     blank = np.flatnonzero(~filled[: len(raw)])
     if blank.size:
