@@ -187,7 +187,7 @@ def _read(path: Path) -> CsvBars:
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise _parser_refusal(str(exc)) from None
-    raw = raw.fillna("").apply(lambda column: column.str.strip())
+    raw = raw.fillna("")
     raw.index = pd.RangeIndex(1, len(raw) + 1)  # the file's line numbers
     # Trailing blank lines are harmless; blank lines between bars are not.
     filled = (raw != "").any(axis=1).to_numpy()
@@ -204,21 +204,28 @@ def _read(path: Path) -> CsvBars:
     if len(body) < MIN_DATASET_BARS:
         raise _Refused(f"has {len(body)} bars; at least {MIN_DATASET_BARS} are needed")
     notes: list[str] = []
-    names = [str(raw.iloc[0, i]) if header else f"field {i + 1}" for i in range(raw.shape[1])]
+    names = [
+        (str(raw.iloc[0, i]).strip() or "(unnamed)") if header else f"field {i + 1}"
+        for i in range(raw.shape[1])
+    ]
 
     stamp_columns = roles["stamp"]
-    stamp_text = body[stamp_columns[0]]
+    stamp_text = body[stamp_columns[0]].str.strip()
     for column in stamp_columns[1:]:
-        stamp_text = stamp_text + " " + body[column]
+        stamp_text = stamp_text + " " + body[column].str.strip()
     stamps, time_format, time_zone = _parse_stamps(stamp_text)
 
-    numeric = [c for role, cs in roles.items() if role != "stamp" for c in cs]
-    decimal = _decimal_mark(body, numeric, names)
-    values: dict[str, np.ndarray] = {}
-    for role in (*_PRICES, "volume", "tickvol"):
-        if role in roles:
-            column = roles[role][0]
-            values[role] = _numbers(body[column], role, decimal, names[column])
+    numeric: tuple[str, ...] = (*_PRICES, "volume", "tickvol")
+    columns = {role: roles[role][0] for role in numeric if role in roles}
+    parsed: dict[str, np.ndarray] = {
+        role: pd.to_numeric(body[c], errors="coerce").to_numpy(dtype=float)
+        for role, c in columns.items()
+    }
+    decimal = _decimal_mark(body, columns, parsed, names)
+    values = {
+        role: _numbers(body[c], parsed[role], role, decimal, names[c])
+        for role, c in columns.items()
+    }
     volume_column: str | None = None
     if "volume" in values and not ("tickvol" in values and not values["volume"].any()):
         volume_column = names[roles["volume"][0]]
@@ -287,7 +294,7 @@ def _parser_refusal(message: str) -> _Refused:
 
 def _columns(raw: pd.DataFrame, separator: str) -> tuple[dict[str, list[int]], bool]:
     """role -> column positions (``stamp``: one column, or date and time), and header?"""
-    first = [str(v) for v in raw.iloc[0]]
+    first = [str(v).strip() for v in raw.iloc[0]]
     roles: dict[str, list[int]] = {}
     for position, name in enumerate(first):
         key = re.sub(r"[^a-z0-9]", "", name.lower())
@@ -370,22 +377,17 @@ def _parse_stamps(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
     else:
         fmt = _first_format(sample, _YEAR_FIRST) or "ISO8601"
     if fmt == "ISO8601":
-        offset = text.str.contains(_OFFSET, regex=True).to_numpy()
-        if offset.any() and not offset.all():
-            with_, without = int(np.flatnonzero(offset)[0]), int(np.flatnonzero(~offset)[0])
-            raise _Refused(
-                f"time stamp {text.iloc[without]!r} has no UTC offset, but line "
-                f"{text.index[with_]}'s {text.iloc[with_]!r} has one; give every stamp "
-                "an offset (or Z), or none (then they are taken as UTC)",
-                int(text.index[without]),
-            )
-        stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+        try:
+            stamps = pd.to_datetime(text, format="ISO8601", errors="coerce")
+        except ValueError:  # "Mixed timezones": offsets that change (DST), or some missing
+            _offsets_everywhere(text)
+            stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
         described = "ISO-8601"
-        zone = (
-            "converted to UTC from the offsets in the stamps"
-            if offset.any()
-            else "no time zone in the file: taken as UTC"
-        )
+        if stamps.dt.tz is None:
+            stamps = stamps.dt.tz_localize(UTC_ZONE)
+            zone = "no time zone in the file: taken as UTC"
+        else:
+            zone = "converted to UTC from the offsets in the stamps"
     else:
         stamps = pd.to_datetime(text, format=fmt, errors="coerce").dt.tz_localize(UTC_ZONE)
         described = _readable(fmt)
@@ -404,6 +406,19 @@ def _parse_stamps(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
             int(text.index[row]),
         )
     return pd.DatetimeIndex(stamps).tz_convert(UTC_ZONE).tz_localize(None), described, zone
+
+
+def _offsets_everywhere(text: pd.Series) -> None:
+    """Refuse stamps of which some have a UTC offset and some not."""
+    offset = text.str.contains(_OFFSET, regex=True).to_numpy()
+    if offset.any() and not offset.all():
+        with_, without = int(np.flatnonzero(offset)[0]), int(np.flatnonzero(~offset)[0])
+        raise _Refused(
+            f"time stamp {text.iloc[without]!r} has no UTC offset, but line "
+            f"{text.index[with_]}'s {text.iloc[with_]!r} has one; give every stamp "
+            "an offset (or Z), or none (then they are taken as UTC)",
+            int(text.index[without]),
+        )
 
 
 def _readable(fmt: str) -> str:
@@ -488,9 +503,18 @@ def _epoch(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
     return index, f"epoch {_EPOCH_NAMES[unit]}", "epoch time is UTC"
 
 
-def _decimal_mark(body: pd.DataFrame, columns: list[int], names: list[str]) -> str:
-    if not columns:
+def _decimal_mark(
+    body: pd.DataFrame, roles: dict[str, int], parsed: dict[str, np.ndarray], names: list[str]
+) -> str:
+    """``"."`` or ``","``; refuses a file whose numbers use both.
+
+    ``parsed`` holds the columns read with a decimal point: only the cells that did not
+    parse need a closer look (fast for big files).
+    """
+    unreadable = (body[c][np.isnan(parsed[role])] for role, c in roles.items())
+    if not any(cells.str.contains(",", regex=False).any() for cells in unreadable):
         return "."
+    columns = list(roles.values())
     cells = body[columns]
     comma = cells.apply(lambda c: c.str.contains(",", regex=False)).to_numpy()
     if not comma.any():
@@ -508,16 +532,17 @@ def _decimal_mark(body: pd.DataFrame, columns: list[int], names: list[str]) -> s
     return ","
 
 
-def _numbers(text: pd.Series, role: str, decimal: str, name: str) -> np.ndarray:
+def _numbers(text: pd.Series, values: np.ndarray, role: str, decimal: str, name: str) -> np.ndarray:
+    """Check a number column (``values``: read with a decimal point) and return it."""
     if decimal == ",":
         text = text.str.replace(",", ".", regex=False)
-    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
+        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
     invalid = ~np.isfinite(values)
     invalid |= values < 0 if role in ("volume", "tickvol") else values <= 0
     bad = np.flatnonzero(invalid)
     if bad.size:
         row = int(bad[0])
-        shown = text.iloc[row].replace(".", decimal)
+        shown = text.iloc[row].strip().replace(".", decimal)
         label = role if name.strip("<>").lower() == role else f"{role} ({name})"
         rule = (
             "a finite number >= 0" if role in ("volume", "tickvol") else "a positive finite number"
