@@ -286,6 +286,11 @@ HEADER = "timestamp,open,high,low,close,volume"
             ["cannot be read as YYYY.MM.DD hh:mm like line 2's", "one format"],
         ),
         (["timestamp,date,open,high,low,close", "x"], 1, ["2 columns give the time"]),
+        (  # CryptoDataDownload puts its URL above the header
+            ["https://www.CryptoDataDownload.com", "unix,open,high,low,close", "1,2,3,4,5"],
+            1,
+            ["the first line 'https://www.CryptoDataDownload.com' has no", "remove the lines"],
+        ),
         (
             ["Date;Open;High;Low;Close;Volume", "2023-01-02;1;2;1;1.5;1;7"],
             2,
