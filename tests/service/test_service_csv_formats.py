@@ -107,6 +107,20 @@ def test_metatrader4_history_export_without_header(tmp_path: Path) -> None:
     assert read.time_zone == "no time zone in the file: taken as UTC"
 
 
+def test_separate_date_and_time_columns(tmp_path: Path) -> None:
+    """The issue's MetaTrader-style file: ``date`` ``2023.01.02`` and ``time`` ``00:00``."""
+    rows = [
+        f"{d},{t},{o},{h},{lo},{c},{v}"
+        for (d, t), (o, h, lo, c, v) in zip(
+            (s.split() for s in stamps("%Y.%m.%d %H:%M")), BARS, strict=True
+        )
+    ]
+    path = write(tmp_path, "mt.csv", "\n".join(["date,time,open,high,low,close,volume", *rows]))
+    read = read_bars_csv(path)
+    same_bars(read, expected())
+    assert read.time_columns == ("date", "time")
+
+
 @pytest.mark.parametrize(
     ("separator", "encoding"), [("\t", "utf-8"), ("\t", "utf-16"), (",", "utf-8")]
 )
