@@ -2,6 +2,8 @@
 
 What is accepted (pandas does the parsing; this module only decides *how* to call it):
 
+* **Encoding**: UTF-8 (with or without a byte-order mark), or UTF-16 with one (MetaTrader
+  5 can write that).
 * **Separator**: tab, semicolon or comma - the first of these found in the file's first
   line. (``csv.Sniffer`` is not used: on a header-less file with decimal commas,
   ``1,07;1,08``, it prefers the comma.)
@@ -16,14 +18,15 @@ What is accepted (pandas does the parsing; this module only decides *how* to cal
 * **No header**: ``timestamp,open,high,low,close[,volume]`` or
   ``date,time,open,high,low,close[,volume]`` (MetaTrader 4's export), told apart by the
   values; any other width is refused (which column would be which?).
-* **Time stamps**, one format per file, picked from the first bar and then required of
-  every bar: ISO-8601 (``2023-01-02T00:00:00Z``, ``2023-01-02 00:00``; a UTC offset is
-  converted to UTC, a stamp without one is taken as UTC - a file must not mix the two);
-  year-first dates ``2023.01.02``, ``2023/01/02``, ``20230102`` with an optional
-  ``HH:MM[:SS[.fff]]`` or ``HHMMSS`` time (taken as UTC); epoch seconds, milliseconds,
-  microseconds or nanoseconds, told apart by magnitude (a date between 1971 and 2099);
-  ``DD/MM/YYYY`` or ``MM/DD/YYYY`` (also with ``.`` or ``-``) only when a day above 12 in
-  the file shows which it is - else refused as ambiguous.
+* **Time stamps** (:mod:`.timestamps`), one format per file, picked from the first bar
+  and then required of every bar: ISO-8601 (``2023-01-02T00:00:00Z``,
+  ``2023-01-02 00:00``; a UTC offset is converted to UTC, a stamp without one is taken
+  as UTC - a file must not mix the two); year-first dates ``2023.01.02``,
+  ``2023/01/02``, ``20230102`` with an optional ``HH:MM[:SS[.fff]]`` or ``HHMMSS`` time
+  (taken as UTC); epoch seconds, milliseconds, microseconds or nanoseconds, told apart
+  by magnitude (a date between 1971 and 2099); ``DD/MM/YYYY`` or ``MM/DD/YYYY`` (also
+  with ``.`` or ``-``) only when a day above 12 in the file shows which it is - else
+  refused as ambiguous.
 * **Order**: oldest first, or newest first (the bars are then reversed). Rows repeating
   an earlier bar exactly are dropped and counted; a repeated time stamp with other
   prices is refused.
