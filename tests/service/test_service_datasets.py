@@ -165,6 +165,8 @@ def test_catalog_logs_and_skips_bad_files(
     assert "bad name.csv" in logged
     assert "not a valid data_id" in logged
     assert "replaces the built-in dataset GOOG-D1" in logged
+    assert f"2 of 4 data file(s) in {tmp_path} refused" in logged
+    assert f"'backtest-queue data check {tmp_path}' explains each" in logged
 
 
 def test_an_exact_repeat_of_a_bar_is_dropped(tmp_path: Path, rows: list[str]) -> None:
