@@ -30,6 +30,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "backtest_queue.evolution.command_evolve",
         "evolve strategies against services you run",
     ),
+    "data": (
+        "backtest_queue.data_command",
+        "check your own OHLCV CSV files: how a service reads them, or why not",
+    ),
     "keys": (
         "backtest_queue.security_command",
         "generate CURVE key pairs for services and requesters",

@@ -14,6 +14,7 @@ from backtest_queue.service.datasets import (
     BUILTIN_DATASETS,
     Catalog,
     DatasetError,
+    NoUsableData,
     load_catalog,
     load_csv,
     parse_bound,
@@ -105,7 +106,11 @@ def _bad(rows: list[str], row: int, replace: str) -> list[str]:
         (lambda r: ["open,high,low,close,volume", *_drop(r, 0)], 1, "missing column(s) timestamp"),
         (lambda r: ["timestamp,open,high,low,close,Close", *r[:20]], 1, "two columns"),
         (lambda r: [HEADER, *r[:5], r[3], *r[6:20]], 7, "earlier than the previous row"),
-        (lambda r: [HEADER, *r[:5], r[4], *r[6:20]], 7, "duplicate timestamp"),
+        (
+            lambda r: [HEADER, *r[:5], r[4].replace(",", ",9", 1), *r[6:20]],
+            7,
+            "duplicate timestamp",
+        ),
         (lambda r: _bad(r, 7, "2017-04-19 16:00:00,1.07,1.08,1.06,nan,100"), 9, "close 'nan'"),
         (lambda r: _bad(r, 7, "2017-04-19 16:00:00,1.07,1.08,1.06,,100"), 9, "close is missing"),
         (lambda r: _bad(r, 7, "2017-04-19 16:00:00,1.07,1.08,1.06,abc,100"), 9, "'abc'"),
@@ -113,7 +118,7 @@ def _bad(rows: list[str], row: int, replace: str) -> list[str]:
         (lambda r: _bad(r, 7, "2017-04-19 16:00:00,1.07,1.08,1.06,1.07,-5"), 9, "volume '-5'"),
         (lambda r: _bad(r, 7, "2017-04-19 16:00:00,1.07,1.05,1.06,1.07,1"), 9, "below low"),
         (lambda r: _bad(r, 7, "yesterday,1.07,1.08,1.06,1.07,1"), 9, "'yesterday' is not"),
-        (lambda r: _bad(r, 7, ""), 9, "timestamp ''"),
+        (lambda r: _bad(r, 7, ""), 9, "the line is blank"),
         (lambda r: _bad(r, 7, "2017-04-19 16:00:00,1.07"), 9, "high is missing"),
         (lambda r: [HEADER, r[0]], None, "at least 2"),
         (lambda r: [], None, "empty"),
@@ -136,7 +141,7 @@ def test_bad_files_name_file_and_line(
 
 def test_extra_fields_in_every_row_are_an_error(tmp_path: Path, rows: list[str]) -> None:
     path = write_csv(tmp_path, "wide.csv", [HEADER, *(f"{r},1" for r in rows[:5])])
-    with pytest.raises(DatasetError, match="one more field than the header"):
+    with pytest.raises(DatasetError, match="line 2: has 7 fields, but the first line has 6"):
         load_csv(path)
 
 
@@ -160,6 +165,35 @@ def test_catalog_logs_and_skips_bad_files(
     assert "bad name.csv" in logged
     assert "not a valid data_id" in logged
     assert "replaces the built-in dataset GOOG-D1" in logged
+    assert f"2 of 4 data file(s) in {tmp_path} refused" in logged
+    assert f"'backtest-queue data check {tmp_path}' explains each" in logged
+
+
+def test_an_exact_repeat_of_a_bar_is_dropped(tmp_path: Path, rows: list[str]) -> None:
+    path = write_csv(tmp_path, "dup.csv", [HEADER, *rows[:5], rows[4], *rows[5:20]])
+    assert len(load_csv(path)) == 20
+
+
+def test_catalog_refuses_a_directory_whose_files_are_all_refused(
+    tmp_path: Path, rows: list[str]
+) -> None:
+    write_csv(tmp_path, "unsorted.csv", [HEADER, rows[1], rows[0], *rows[2:10]])
+    write_csv(tmp_path, "bad name.csv", [HEADER, *rows[:10]])
+    with pytest.raises(NoUsableData) as caught:
+        load_catalog(tmp_path)
+    message = str(caught.value)
+    assert f"none of the 2 CSV file(s) in data directory {str(tmp_path)!r}" in message
+    assert "unsorted.csv, line 3: timestamp" in message
+    assert "not a valid data_id" in message
+    assert f"backtest-queue data check {tmp_path}" in message
+
+
+def test_catalog_refuses_a_directory_without_csv_files(tmp_path: Path) -> None:
+    with pytest.raises(NoUsableData, match=r"has no \*\.csv file \(it is empty\)"):
+        load_catalog(tmp_path)
+    (tmp_path / "EURUSD.txt").write_text("x")
+    with pytest.raises(NoUsableData, match=r"no \*\.csv file \(it has EURUSD.txt\)"):
+        load_catalog(tmp_path)
 
 
 def test_catalog_refuses_a_missing_directory(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="directory of <data_id>.csv OHLCV files to serve besides the built-in "
-        "datasets; bad files are logged and skipped",
+        "datasets; bad files are logged and skipped, and if all are, the service does not "
+        "start ('backtest-queue data check DIR' shows how each file is read)",
     )
     parser.add_argument(
         "--max-message-bytes",

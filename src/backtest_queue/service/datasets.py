@@ -13,17 +13,17 @@ checks as user files):
     send a ``cash`` large enough to buy one unit, or orders are cancelled).
 
 User datasets are ``*.csv`` files directly inside the data directory; the file stem is the
-``data_id`` (it must match ``[A-Za-z0-9][A-Za-z0-9._-]*``). The header names the columns,
-case-insensitively: ``timestamp`` (or ``time``, ``date``, ``datetime``, or an unnamed
-first column), ``open``, ``high``, ``low``, ``close`` and optionally ``volume``; other
-columns are ignored. Timestamps are ISO-8601; ones with a UTC offset are converted to
-UTC, ones without are taken as UTC. Rows must be sorted by timestamp without
-duplicates; prices must be positive finite numbers with ``high >= low``; a volume, when
-present, a finite number >= 0. Blank lines inside the file are errors.
+``data_id`` (it must match ``[A-Za-z0-9][A-Za-z0-9._-]*``). The common export formats are
+understood - separator and decimal comma, MetaTrader's ``<DATE>``/``<TIME>`` columns,
+epoch times, no header - and ambiguous ones refused with the fix: see :mod:`.csvfile`.
+Prices must be positive finite numbers with ``high >= low``; a volume, when present, a
+finite number >= 0. ``backtest-queue data check DIR`` shows how each file is read.
 
 A bad file is **logged and skipped** at load time (the service starts with the rest);
-the warning names the file, the line and the problem. A file whose stem is a built-in id
-replaces the built-in dataset (with a warning).
+the warning names the file, the line and the problem. A data directory whose files are
+*all* refused, or that has no ``*.csv`` file, is an error (:class:`NoUsableData`): the
+user asked for their data and would otherwise get only the built-ins. A file whose stem
+is a built-in id replaces the built-in dataset (with a warning).
 """
 
 from __future__ import annotations
@@ -38,16 +38,21 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pandas as pd
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, UsageError
+from .csvfile import MIN_DATASET_BARS, CsvBars, DatasetError, read_bars_csv
 
 __all__ = [
     "BUILTIN_DATASETS",
     "Catalog",
     "Dataset",
+    "DataFileCheck",
     "DatasetError",
+    "MIN_DATASET_BARS",
+    "NoUsableData",
+    "check_data_dir",
+    "check_data_file",
     "load_catalog",
     "load_csv",
     "parse_bound",
@@ -62,21 +67,13 @@ BUILTIN_DATASETS: Final[Mapping[str, str]] = {
     "BTCUSD-MN1": "BTCUSD.csv",
 }
 _DATA_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TIME_NAMES: Final = ("timestamp", "time", "date", "datetime")
-_PRICE_COLUMNS: Final = ("open", "high", "low", "close")
-#: A dataset must have at least this many bars to be loaded at all.
-MIN_DATASET_BARS: Final = 2
 
 
-class DatasetError(ValueError):
-    """A dataset file cannot be used. ``str()`` names the file, the line and the problem."""
+class NoUsableData(UsageError):
+    """A data directory was given, but none of its files can be used.
 
-    def __init__(self, source: str, problem: str, *, line: int | None = None) -> None:
-        where = f"{source}, line {line}" if line is not None else source
-        super().__init__(f"{where}: {problem}")
-        self.source = source
-        self.line = line
-        self.problem = problem
+    ``str()`` names the directory, each refused file with its problem, and the fix.
+    """
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -102,7 +99,7 @@ class Dataset:
 
 
 def load_csv(path: Path | str, *, source: str | None = None) -> pd.DataFrame:
-    """Read and check one OHLCV CSV file (format in the module docstring).
+    """Read and check one OHLCV CSV file (formats in :mod:`.csvfile`).
 
     Args:
         path: the file.
@@ -112,101 +109,10 @@ def load_csv(path: Path | str, *, source: str | None = None) -> pd.DataFrame:
         The OHLCV frame.
 
     Raises:
-        DatasetError: the file cannot be read or breaks a rule; the message names the
-            file, the line (1-based, header = line 1) and the problem.
+        DatasetError: the file cannot be read, is ambiguous or breaks a rule; the message
+            names the file, the line (1-based, header = line 1) and what to change.
     """
-    where = source or str(path)
-    try:
-        raw = pd.read_csv(
-            path, dtype=str, keep_default_na=False, skip_blank_lines=False, encoding="utf-8-sig"
-        )
-    except pd.errors.EmptyDataError:
-        raise DatasetError(where, "the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        problem = str(exc).replace("\n", " ").strip()
-        raise DatasetError(where, f"not a readable CSV file: {problem}") from None
-    if not isinstance(raw.index, pd.RangeIndex):
-        raise DatasetError(where, "the rows have one more field than the header", line=2)
-    columns = _map_columns(where, list(raw.columns))
-    # Trailing empty lines are harmless; blank lines between bars are not.
-    filled = (raw != "").any(axis=1).to_numpy()
-    last = int(np.flatnonzero(filled)[-1]) + 1 if filled.any() else 0
-    raw = raw.iloc[:last]
-    if len(raw) < MIN_DATASET_BARS:
-        raise DatasetError(where, f"has {len(raw)} bars; at least {MIN_DATASET_BARS} are needed")
-
-    text = raw[columns["timestamp"]].str.strip()
-    stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-    bad = np.flatnonzero(stamps.isna().to_numpy())
-    if bad.size:
-        row = int(bad[0])
-        raise DatasetError(
-            where, f"timestamp {text.iloc[row]!r} is not an ISO-8601 date-time", line=row + 2
-        )
-    index = pd.DatetimeIndex(stamps).tz_convert(UTC).tz_localize(None)
-    steps = np.diff(index.asi8)
-    bad = np.flatnonzero(steps <= 0)
-    if bad.size:
-        row = int(bad[0]) + 1
-        problem = (
-            f"duplicate timestamp {index[row].isoformat()}"
-            if steps[row - 1] == 0
-            else f"timestamp {index[row].isoformat()} is earlier than the previous row's "
-            f"{index[row - 1].isoformat()}; rows must be sorted by time"
-        )
-        raise DatasetError(where, problem, line=row + 2)
-
-    frame = pd.DataFrame(index=pd.Index(index, name="timestamp"))
-    for name in (*_PRICE_COLUMNS, "volume"):
-        if name not in columns:
-            frame[name.capitalize()] = np.nan
-            continue
-        text = raw[columns[name]].str.strip()
-        values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
-        invalid = ~np.isfinite(values)
-        invalid |= values < 0 if name == "volume" else values <= 0
-        bad = np.flatnonzero(invalid)
-        if bad.size:
-            row = int(bad[0])
-            shown = text.iloc[row]
-            rule = "a finite number >= 0" if name == "volume" else "a positive finite number"
-            problem = f"{name} is missing" if shown == "" else f"{name} {shown!r} is not {rule}"
-            raise DatasetError(where, problem, line=row + 2)
-        frame[name.capitalize()] = values
-    bad = np.flatnonzero((frame["High"] < frame["Low"]).to_numpy())
-    if bad.size:
-        row = int(bad[0])
-        raise DatasetError(
-            where,
-            f"high {frame['High'].iloc[row]} is below low {frame['Low'].iloc[row]}",
-            line=row + 2,
-        )
-    return frame
-
-
-def _map_columns(where: str, header: list[str]) -> dict[str, str]:
-    """Map canonical names (timestamp, open, ...) to the file's column names."""
-    found: dict[str, str] = {}
-    for position, column in enumerate(header):
-        name = str(column).strip().lower()
-        if name in _TIME_NAMES or (position == 0 and (name == "" or name.startswith("unnamed:"))):
-            name = "timestamp"
-        if name not in ("timestamp", *_PRICE_COLUMNS, "volume"):
-            continue
-        if name in found:
-            raise DatasetError(
-                where, f"two columns name the {name} ({found[name]!r} and {column!r})", line=1
-            )
-        found[name] = column
-    missing = [n for n in ("timestamp", *_PRICE_COLUMNS) if n not in found]
-    if missing:
-        raise DatasetError(
-            where,
-            f"missing column(s) {', '.join(missing)}; the header must name timestamp, open, "
-            f"high, low, close (and optionally volume), got {', '.join(map(str, header))}",
-            line=1,
-        )
-    return found
+    return read_bars_csv(path, source=source).bars
 
 
 def _builtin(data_id: str) -> Dataset:
@@ -352,10 +258,79 @@ def parse_bound(field: str, text: str | None, *, upper: bool) -> tuple[pd.Timest
     return pd.Timestamp(moment), False
 
 
+@dataclass(frozen=True, slots=True)
+class DataFileCheck:
+    """What became of one file of a data directory.
+
+    Attributes:
+        path: the file.
+        data_id: the id it would serve (its stem).
+        read: the bars and how they were read, or ``None`` when refused.
+        problem: why it was refused (names file, line and fix), or ``None``.
+    """
+
+    path: Path
+    data_id: str
+    read: CsvBars | None
+    problem: str | None
+
+
+def check_data_dir(data_dir: str | os.PathLike[str]) -> list[DataFileCheck]:
+    """Read every ``*.csv`` file of ``data_dir`` (sorted by name), refusing bad ones.
+
+    Args:
+        data_dir: the directory.
+
+    Returns:
+        One check per file; empty when the directory has no ``*.csv`` file.
+
+    Raises:
+        NotADirectoryError: ``data_dir`` is not a directory.
+    """
+    directory = Path(data_dir)
+    if not directory.is_dir():
+        raise NotADirectoryError(f"data directory {str(directory)!r} is not a directory")
+    checks: list[DataFileCheck] = []
+    seen: set[str] = set()
+    for path in _csv_files(directory):
+        if path.stem in seen:
+            problem = f"{path}: another file already provides {path.stem!r}; rename one"
+            checks.append(DataFileCheck(path=path, data_id=path.stem, read=None, problem=problem))
+            continue
+        seen.add(path.stem)
+        checks.append(check_data_file(path))
+    return checks
+
+
+def check_data_file(path: Path) -> DataFileCheck:
+    """Read one data file as the service would, refusing it when bad.
+
+    Args:
+        path: a ``<data_id>.csv`` file.
+
+    Returns:
+        The check: the bars and how they were read, or the problem (never raises for a
+        bad file).
+    """
+    data_id = path.stem
+    if not _DATA_ID.match(data_id):
+        problem = (
+            f"{path}: the file name {data_id!r} is not a valid data_id (letters, digits, "
+            "'.', '_', '-'; starting with a letter or digit); rename the file"
+        )
+        return DataFileCheck(path=path, data_id=data_id, read=None, problem=problem)
+    try:
+        read = read_bars_csv(path)
+    except DatasetError as exc:
+        return DataFileCheck(path=path, data_id=data_id, read=None, problem=str(exc))
+    return DataFileCheck(path=path, data_id=data_id, read=read, problem=None)
+
+
 def load_catalog(data_dir: str | os.PathLike[str] | None = None) -> Catalog:
     """Load the built-in datasets and the CSV files of ``data_dir``.
 
-    Bad files are logged (a warning naming file, line and problem) and skipped.
+    Bad files are logged (a warning naming file, line and problem) and skipped; each
+    loaded file is logged (info) with how it was read.
 
     Args:
         data_dir: a directory of ``<data_id>.csv`` files, or ``None`` for built-ins only.
@@ -365,6 +340,7 @@ def load_catalog(data_dir: str | os.PathLike[str] | None = None) -> Catalog:
 
     Raises:
         NotADirectoryError: ``data_dir`` is given but is not a directory.
+        NoUsableData: ``data_dir`` has no ``*.csv`` file, or every one was refused.
     """
     datasets: dict[str, Dataset] = {}
     skipped: list[str] = []
@@ -374,32 +350,58 @@ def load_catalog(data_dir: str | os.PathLike[str] | None = None) -> Catalog:
         except DatasetError as exc:
             log.warning("skipping built-in dataset %s: %s", data_id, exc)
             skipped.append(str(exc))
-    if data_dir is not None:
-        directory = Path(data_dir)
-        if not directory.is_dir():
-            raise NotADirectoryError(f"data directory {str(directory)!r} is not a directory")
-        for path in _csv_files(directory):
-            data_id = path.stem
-            if not _DATA_ID.match(data_id):
-                problem = (
-                    f"{path}: the file name {data_id!r} is not a valid data_id "
-                    "(letters, digits, '.', '_', '-'; starting with a letter or digit)"
-                )
-                log.warning("skipping dataset file %s", problem)
-                skipped.append(problem)
-                continue
-            try:
-                bars = load_csv(path)
-            except DatasetError as exc:
-                log.warning("skipping dataset file %s", exc)
-                skipped.append(str(exc))
-                continue
-            if data_id in datasets:
-                if datasets[data_id].source != "built-in":
-                    problem = f"{path}: another file already provides {data_id!r}"
-                    log.warning("skipping dataset file %s", problem)
-                    skipped.append(problem)
-                    continue
-                log.warning("dataset file %s replaces the built-in dataset %s", path, data_id)
-            datasets[data_id] = Dataset(data_id=data_id, source=str(path), bars=bars)
+    if data_dir is None:
+        return Catalog(datasets=datasets, skipped=tuple(skipped))
+    checks = check_data_dir(data_dir)
+    refused = [check.problem for check in checks if check.problem is not None]
+    if len(refused) == len(checks):
+        raise NoUsableData(_no_usable_data(Path(data_dir), refused))
+    for check in checks:
+        if check.problem is not None or check.read is None:
+            log.warning("skipping dataset file %s", check.problem)
+            skipped.append(str(check.problem))
+            continue
+        if check.data_id in datasets:
+            log.warning(
+                "dataset file %s replaces the built-in dataset %s", check.path, check.data_id
+            )
+        bars = check.read.bars
+        log.info(
+            "dataset %s: %d bars %s .. %s from %s (%s)",
+            check.data_id,
+            len(bars),
+            bars.index[0].isoformat(),
+            bars.index[-1].isoformat(),
+            check.path,
+            check.read.time_zone,
+        )
+        datasets[check.data_id] = Dataset(data_id=check.data_id, source=str(check.path), bars=bars)
+    if refused:
+        log.warning(
+            "%d of %d data file(s) in %s refused (see above; 'backtest-queue data check %s' "
+            "explains each)",
+            len(refused),
+            len(checks),
+            data_dir,
+            data_dir,
+        )
     return Catalog(datasets=datasets, skipped=tuple(skipped))
+
+
+def _no_usable_data(directory: Path, refused: list[str]) -> str:
+    fix = f"run 'backtest-queue data check {directory}' to see how each file is read"
+    if not refused:
+        others = sorted(p.name for p in directory.iterdir())
+        listed = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+        return (
+            f"data directory {str(directory)!r} has no *.csv file"
+            f"{f' (it has {listed})' if others else ' (it is empty)'}; put <data_id>.csv "
+            "files there, or leave the data directory out to serve only the built-in datasets"
+        )
+    shown = " | ".join(refused[:5]) + (
+        f" | and {len(refused) - 5} more" if len(refused) > 5 else ""
+    )
+    return (
+        f"none of the {len(refused)} CSV file(s) in data directory {str(directory)!r} "
+        f"can be used: {shown}; fix them ({fix})"
+    )
