@@ -150,6 +150,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+@pytest.mark.timeout(240)  # 100 000 real round trips: a minute on a busy 2-core machine
 @pytest.mark.parametrize("on_full", ["wait", "error"])
 async def test_flood_of_submits_stays_bounded_and_loses_nothing(on_full: str) -> None:
     """100 000 submits against capacity=1000: backpressure or explicit errors, bounded

@@ -1,26 +1,23 @@
-"""The async I/O shell around :class:`~backtest_queue.BacktestQueue`: wiring of tasks.
+"""The dispatcher: the public API callers use, outcomes and the receivers.
 
-:func:`open_dispatcher` (in :mod:`backtest_queue.lifecycle`) opens one task group and
-runs sibling tasks in it, all methods of :class:`Dispatcher`:
+:func:`~backtest_queue.open_dispatcher` (:mod:`backtest_queue.lifecycle`) opens one task
+group and runs sibling tasks in it, all methods of :class:`Dispatcher`:
 
-* the **connector**: one ZeroMQ DEALER per endpoint and a socket monitor for each,
-  publishing connect/disconnect events into a memory channel. "Connected" means a ZMTP
-  handshake with a service succeeded;
-* the **flusher**: waits on that channel inside a cancel scope whose deadline comes from
-  the policy core (next periodic flush, next rate-limit token, next pending deadline). A
-  connect event flushes at once; an expired interval runs ``maybe_flush``; a freed
-  pending slot or a writable socket kicks it (kicks coalesce); expired deadlines are
-  retried or reported as failures;
+* the **connector**: one requester (ZeroMQ DEALER) per endpoint and a socket monitor for
+  each, publishing connect/disconnect events into a memory channel. "Connected" means a
+  ZMTP handshake with a service succeeded;
+* the **flusher** (:mod:`backtest_queue.sending`): flushes on connect events, kicks,
+  periodic ticks, rate-limit tokens and deadlines;
 * the **receivers**: one long-lived task per socket (a receive is never timed out, so it
-  can never swallow a message), decoding replies, releasing pending slots by
-  ``request_id`` and emitting outcomes;
+  can never swallow a message); :mod:`backtest_queue.replies` decides what each reply
+  means;
 * with a store, the **store writer** (:mod:`backtest_queue.store_writer`).
 
 Outcomes are held by :class:`~backtest_queue.delivery.OutcomeBook` until a caller has
 them; a full book is backpressure (receivers and flusher pause). All I/O is
 non-blocking and synchronous between awaits, so a flush and its sends are never
-interleaved with another flush. The concurrency contract of each public call is in
-``docs/concurrency.md``.
+interleaved with another flush. What each public call guarantees under cancellation is
+in ``docs/concurrency.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -37,23 +33,15 @@ import anyio.abc
 import anyio.lowlevel
 
 from .delivery import OutcomeBook, OutcomeStream
-from .errors import DispatcherClosed, DuplicateRequest, ProtocolError, QueueFull, UsageError
+from .errors import DispatcherClosed, DuplicateRequest, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
-from .protocol import (
-    BacktestRequest,
-    BacktestResult,
-    ErrorReply,
-    Metrics,
-    Ping,
-    Pong,
-    decode_message,
-    encode_message,
-    validate_request,
-)
+from .protocol import BacktestRequest, Metrics, validate_request
+from .replies import apply_reply
+from .sending import _Kick, _Sending
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
-from .transport import ConnectionEvent, CurveClient, Requester, SendStatus
+from .transport import ConnectionEvent, CurveClient, Requester
 
 if TYPE_CHECKING:
     from .lifecycle import open_dispatcher
@@ -67,15 +55,7 @@ _FLUSH_CHUNK: Final = 128
 _RECEIVE_BATCH: Final = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class _Kick:
-    """A coalescing wake-up for the flusher (a slot freed, a socket became writable)."""
-
-
-_KICK: Final = _Kick()
-
-
-class Dispatcher:
+class Dispatcher(_Sending):
     """Submit backtest requests and get their outcomes. Made by :func:`open_dispatcher`.
 
     Attributes:
@@ -433,108 +413,6 @@ class Dispatcher:
         self._check_thread()
         self._check_open()
 
-    # -- internals: sending ------------------------------------------------------
-
-    def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
-        """Send what the policy handed over; put back what could not go. Never blocks."""
-        if not batch:
-            return 0
-        queue = self._queue
-        by_connection: dict[str, list[BacktestRequest]] = {}
-        for request in batch:
-            conn = queue.connection_of(request.request_id)
-            assert conn is not None  # flush() just made it pending on a connection
-            by_connection.setdefault(conn, []).append(request)
-        unsent: list[str] = []
-        sent = 0
-        for conn, requests in by_connection.items():
-            count, status = (0, SendStatus.WOULD_BLOCK)
-            if conn not in self._blocked:
-                count, status = self._sockets[conn].send_batch(
-                    [b"", encode_message(r)] for r in requests
-                )
-            sent += count
-            if count < len(requests):
-                unsent.extend(r.request_id for r in requests[count:])
-                if status is SendStatus.WOULD_BLOCK:
-                    self._would_block += 1
-                    self._block(conn)
-        if unsent:
-            queue.send_failed(unsent, anyio.current_time())
-        if sent:
-            self._room_freed()
-            log.debug("sent %d requests (%s)", sent, trigger)
-        return sent
-
-    def _room_freed(self) -> None:
-        if self._room.statistics().tasks_waiting:  # no Event churn per send
-            self._room.set()
-            self._room = anyio.Event()
-
-    def _rearm_flusher(self) -> None:
-        """Kick the flusher if the policy now needs it earlier than it plans to wake.
-
-        Called after work done outside the flusher (submit, maybe_flush): a request
-        handed over there has a deadline, and one queued behind the rate limit a token
-        time, that the sleeping flusher does not know about.
-        """
-        if self._queue.next_deadline_at() < self._flusher_wakes_at:
-            self._kick()
-
-    def _flush(self, now: float, trigger: str) -> int:
-        """Flush in chunks, so the first request leaves at once; stop at the first
-        chunk that could not all go (EAGAIN: the rest stays queued, not re-queued).
-        Nothing is handed over while unread outcomes hold the dispatcher back."""
-        total = 0
-        while not self._book.full:
-            batch = self._queue.flush(now, limit=_FLUSH_CHUNK)
-            if not batch:
-                return total
-            sent = self._send(batch, trigger)
-            total += sent
-            if sent < len(batch):
-                return total
-        return total
-
-    def _block(self, endpoint: str) -> None:
-        """Stop routing to a socket that hit its high-water mark until it is writable."""
-        if endpoint in self._blocked or self._task_group is None:
-            return
-        self._blocked.add(endpoint)
-        self._queue.on_disconnected(anyio.current_time(), endpoint, requeue=False)
-        log.info("send to %s would block (high-water mark); waiting until writable", endpoint)
-        self._task_group.start_soon(self._unblock_when_writable, endpoint)
-
-    async def _unblock_when_writable(self, endpoint: str) -> None:
-        await self._sockets[endpoint].wait_writable()
-        self._blocked.discard(endpoint)
-        if endpoint in self._up:
-            self._queue.on_connected(anyio.current_time(), endpoint)
-        self._kick()
-
-    def _kick(self) -> None:
-        """Wake the flusher. Kicks coalesce: many kicks before it runs wake it once."""
-        if self._kicked:
-            return
-        try:
-            self._wake_send.send_nowait(_KICK)
-        except anyio.WouldBlock:
-            return  # the channel is full of events: the flusher is about to run anyway
-        except anyio.ClosedResourceError:
-            return
-        self._kicked = True
-
-    def _set_ready(self, endpoint: str) -> None:
-        self._ready.add(endpoint)
-        self._connected.set()
-        self._connected = anyio.Event()
-
-    def _ping(self, endpoint: str) -> None:
-        """Ask a service that came up for its datasets' fingerprints (best effort; only
-        the result cache needs them)."""
-        if self._cache and endpoint not in self._blocked:
-            self._sockets[endpoint].send_batch([[b"", encode_message(Ping())]])
-
     # -- internals: outcomes -----------------------------------------------------
 
     def _deliver(
@@ -597,143 +475,23 @@ class Dispatcher:
                 self._kick()
 
     def _handle_reply(self, endpoint: str, frames: list[bytes], now: float) -> bool:
-        """Apply one reply; return whether it resolved a request."""
-        if len(frames) != 2 or frames[0]:
+        """Apply one reply; return whether it released a pending slot."""
+        effect = apply_reply(self._queue, endpoint, frames, now, max_bytes=self._max_message_bytes)
+        if effect.invalid is not None:
             self._invalid_replies += 1
-            log.warning("invalid reply from %s: %d frames, expected [b'', body]",
-                        endpoint, len(frames))  # fmt: skip
-            return False
-        try:
-            message = decode_message(frames[1], max_bytes=self._max_message_bytes)
-        except ProtocolError as exc:
-            self._invalid_replies += 1
-            log.warning("invalid reply from %s: %s", endpoint, exc.message)
-            return False
-        queue = self._queue
-        if isinstance(message, BacktestResult):
-            attempts = queue.attempts_of(message.request_id)
-            request = queue.on_result(message.request_id, now)
-            if request is None:
-                log.debug("dropped result for unknown or resolved id %r", message.request_id)
-                return False
-            fingerprint = message.data_fingerprint
-            if fingerprint is not None:
-                self._fingerprints[request.data_id] = fingerprint
-            self._deliver(Outcome(request, message.result, None, "", attempts),
-                          fingerprint=fingerprint)  # fmt: skip
-            return True
-        if isinstance(message, ErrorReply):
-            return self._handle_error(endpoint, message, now)
-        if isinstance(message, Pong):
-            self._fingerprints.update(message.fingerprints)
+            log.warning("invalid reply from %s: %s", endpoint, effect.invalid)
+        elif effect.unreadable is not None:
+            self._errors_without_id += 1
+            log.warning("service %s could not read a request: %s", endpoint, effect.unreadable)
+        elif effect.fingerprints is not None:
+            self._fingerprints.update(effect.fingerprints)
             if endpoint in self._up:
                 self._set_ready(endpoint)
-            return False
-        self._invalid_replies += 1
-        log.warning("unexpected %s message from %s", type(message).__name__, endpoint)
-        return False
-
-    def _handle_error(self, endpoint: str, message: ErrorReply, now: float) -> bool:
-        queue = self._queue
-        if message.request_id is None:
-            self._errors_without_id += 1
-            log.warning("service %s could not read a request: %s: %s",
-                        endpoint, message.code, message.message)  # fmt: skip
-            return False
-        if message.code == "unavailable":  # not run: send it again
-            failure = queue.retry(message.request_id, now)
-            if failure is not None:
-                detail = f"unavailable on all {failure.attempts} attempts: {message.message}"
-                self._deliver(
-                    Outcome(failure.request, None, "service_error", detail, failure.attempts)
-                )
-            return True
-        attempts = queue.attempts_of(message.request_id)
-        request = queue.on_error(message.request_id, now)
-        if request is None:
-            return False
-        detail = f"{message.code}: {message.message}"
-        self._deliver(Outcome(request, None, "service_error", detail, attempts))
-        return True
-
-    async def _flusher(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Flush on connect events, kicks, ticks, tokens and deadlines.
-
-        While unread outcomes fill the book it hands nothing over and lets no deadline
-        expire (the replies may be waiting, unread, behind the caller): it applies
-        connection events and waits for a kick (room in the book, a submit).
-        """
-        queue = self._queue
-        task_status.started()
-        while True:
-            now = anyio.current_time()
-            if not self._book.full:
-                self._fail(queue.expire(now))
-            wakes: list[ConnectionEvent | _Kick] = []
-            wakes_at = math.inf if self._book.full else queue.next_deadline_at(now)
-            self._flusher_wakes_at = wakes_at
-            with anyio.move_on_at(wakes_at):
-                wakes.append(await self._wake_receive.receive())
-            self._flusher_wakes_at = -math.inf  # awake: nobody needs to kick it
-            while True:
-                try:
-                    wakes.append(self._wake_receive.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-            now = anyio.current_time()
-            held = self._book.full
-            if not held:
-                self._fail(queue.expire(now))
-            connected_to: list[ConnectionEvent] = []
-            self._deliver_cached()
-            for wake in wakes:
-                if isinstance(wake, _Kick):
-                    self._kicked = False
-                elif self._apply(wake, now):
-                    connected_to.append(wake)
-            if held:
-                continue
-            if not wakes:
-                sent = self._send(queue.maybe_flush(now), "interval")
-                if not sent:
-                    self._flush(now, "token")
-            elif connected_to:
-                count = queue.queued
-                sent = self._flush(now, "connect")
-                ev = connected_to[-1]
-                ms = (anyio.current_time() - ev.at) * 1000
-                log.info("flushed %d queued requests %.1f ms after connect to %s "
-                         "(%d still queued)", sent, ms, ev.source, count - sent)  # fmt: skip
-            else:
-                self._flush(now, "kick")
-
-    def _apply(self, event: ConnectionEvent, now: float) -> bool:
-        """Apply a connection event to the policy; return whether a service came up."""
-        endpoint = event.source
-        if event.kind == "up":
-            self._up.add(endpoint)
-            if not self._cache:
-                self._set_ready(endpoint)
-            if endpoint not in self._blocked:
-                self._queue.on_connected(now, endpoint)
-            log.info("connected to %s", endpoint)
-            self._ping(endpoint)
-            return True
-        if event.kind == "down":
-            self._up.discard(endpoint)
-            self._ready.discard(endpoint)
-            before = self._queue.pending
-            failures = self._queue.on_disconnected(now, endpoint, requeue=True)
-            log.warning("disconnected from %s; %d pending requests re-queued, %d failed",
-                        endpoint, before - self._queue.pending - len(failures),
-                        len(failures))  # fmt: skip
-            self._fail(failures)
-            return False
-        self._refused += 1
-        log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
-        return False
+        if effect.outcome is not None:
+            if effect.fingerprint is not None:
+                self._fingerprints[effect.outcome.request.data_id] = effect.fingerprint
+            self._deliver(effect.outcome, fingerprint=effect.fingerprint)
+        return effect.freed
 
     # -- opening and shutdown ----------------------------------------------------
 

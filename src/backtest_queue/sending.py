@@ -1,0 +1,250 @@
+"""The sending side of the dispatcher: the flusher task and every hand-over to sockets.
+
+A base class of :class:`~backtest_queue.Dispatcher` (its state is the dispatcher's):
+
+* the **flusher** waits on a memory channel of connection events and kicks inside a
+  cancel scope whose deadline comes from the policy core (next periodic flush, next
+  rate-limit token, next pending deadline). A connect event flushes at once; an expired
+  interval runs ``maybe_flush``; a freed pending slot or a writable socket kicks it
+  (kicks coalesce: many kicks before it runs wake it once); expired deadlines are
+  retried or reported as failures. While unread outcomes fill the outcome book it hands
+  nothing over and lets no deadline expire (backpressure);
+* sends are non-blocking (``send_batch``); what could not go is put back at the front of
+  the send queue, and a socket at its high-water mark is routed around until writable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .delivery import OutcomeBook
+from .policy import BacktestQueue, FailedRequest
+from .protocol import BacktestRequest, Ping, encode_message
+from .transport import ConnectionEvent, Requester, SendStatus
+
+__all__: list[str] = []
+
+log = logging.getLogger("backtest_queue")
+
+_FLUSH_CHUNK: Final = 128
+
+
+@dataclass(frozen=True, slots=True)
+class _Kick:
+    """A coalescing wake-up for the flusher (a slot freed, a socket became writable)."""
+
+
+_KICK: Final = _Kick()
+
+
+class _Sending:
+    """The flusher and the hand-over to sockets (mixed into the dispatcher)."""
+
+    _queue: BacktestQueue[BacktestRequest]
+    _sockets: dict[str, Requester]
+    _book: OutcomeBook
+    _wake_send: MemoryObjectSendStream[ConnectionEvent | _Kick]
+    _wake_receive: MemoryObjectReceiveStream[ConnectionEvent | _Kick]
+    _kicked: bool
+    _room: anyio.Event
+    _connected: anyio.Event
+    _up: set[str]
+    _ready: set[str]
+    _blocked: set[str]
+    _would_block: int
+    _refused: int
+    _flusher_wakes_at: float
+    _task_group: anyio.abc.TaskGroup | None
+    _cache: bool
+
+    def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
+        raise NotImplementedError
+
+    def _deliver_cached(self) -> None:
+        raise NotImplementedError
+
+    def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
+        """Send what the policy handed over; put back what could not go. Never blocks."""
+        if not batch:
+            return 0
+        queue = self._queue
+        by_connection: dict[str, list[BacktestRequest]] = {}
+        for request in batch:
+            conn = queue.connection_of(request.request_id)
+            assert conn is not None  # flush() just made it pending on a connection
+            by_connection.setdefault(conn, []).append(request)
+        unsent: list[str] = []
+        sent = 0
+        for conn, requests in by_connection.items():
+            count, status = (0, SendStatus.WOULD_BLOCK)
+            if conn not in self._blocked:
+                count, status = self._sockets[conn].send_batch(
+                    [b"", encode_message(r)] for r in requests
+                )
+            sent += count
+            if count < len(requests):
+                unsent.extend(r.request_id for r in requests[count:])
+                if status is SendStatus.WOULD_BLOCK:
+                    self._would_block += 1
+                    self._block(conn)
+        if unsent:
+            queue.send_failed(unsent, anyio.current_time())
+        if sent:
+            self._room_freed()
+            log.debug("sent %d requests (%s)", sent, trigger)
+        return sent
+
+    def _room_freed(self) -> None:
+        if self._room.statistics().tasks_waiting:  # no Event churn per send
+            self._room.set()
+            self._room = anyio.Event()
+
+    def _rearm_flusher(self) -> None:
+        """Kick the flusher if the policy now needs it earlier than it plans to wake.
+
+        Called after work done outside the flusher (submit, maybe_flush): a request
+        handed over there has a deadline, and one queued behind the rate limit a token
+        time, that the sleeping flusher does not know about.
+        """
+        if self._queue.next_deadline_at() < self._flusher_wakes_at:
+            self._kick()
+
+    def _flush(self, now: float, trigger: str) -> int:
+        """Flush in chunks, so the first request leaves at once; stop at the first
+        chunk that could not all go (EAGAIN: the rest stays queued, not re-queued).
+        Nothing is handed over while unread outcomes hold the dispatcher back."""
+        total = 0
+        while not self._book.full:
+            batch = self._queue.flush(now, limit=_FLUSH_CHUNK)
+            if not batch:
+                return total
+            sent = self._send(batch, trigger)
+            total += sent
+            if sent < len(batch):
+                return total
+        return total
+
+    def _block(self, endpoint: str) -> None:
+        """Stop routing to a socket that hit its high-water mark until it is writable."""
+        if endpoint in self._blocked or self._task_group is None:
+            return
+        self._blocked.add(endpoint)
+        self._queue.on_disconnected(anyio.current_time(), endpoint, requeue=False)
+        log.info("send to %s would block (high-water mark); waiting until writable", endpoint)
+        self._task_group.start_soon(self._unblock_when_writable, endpoint)
+
+    async def _unblock_when_writable(self, endpoint: str) -> None:
+        await self._sockets[endpoint].wait_writable()
+        self._blocked.discard(endpoint)
+        if endpoint in self._up:
+            self._queue.on_connected(anyio.current_time(), endpoint)
+        self._kick()
+
+    def _kick(self) -> None:
+        """Wake the flusher. Kicks coalesce: many kicks before it runs wake it once."""
+        if self._kicked:
+            return
+        try:
+            self._wake_send.send_nowait(_KICK)
+        except anyio.WouldBlock:
+            return  # the channel is full of events: the flusher is about to run anyway
+        except anyio.ClosedResourceError:
+            return
+        self._kicked = True
+
+    def _set_ready(self, endpoint: str) -> None:
+        self._ready.add(endpoint)
+        self._connected.set()
+        self._connected = anyio.Event()
+
+    def _ping(self, endpoint: str) -> None:
+        """Ask a service that came up for its datasets' fingerprints (best effort; only
+        the result cache needs them)."""
+        if self._cache and endpoint not in self._blocked:
+            self._sockets[endpoint].send_batch([[b"", encode_message(Ping())]])
+
+    async def _flusher(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Flush on connect events, kicks, ticks, tokens and deadlines.
+
+        While unread outcomes fill the book it hands nothing over and lets no deadline
+        expire (the replies may be waiting, unread, behind the caller): it applies
+        connection events and waits for a kick (room in the book, a submit).
+        """
+        queue = self._queue
+        task_status.started()
+        while True:
+            now = anyio.current_time()
+            if not self._book.full:
+                self._fail(queue.expire(now))
+            wakes: list[ConnectionEvent | _Kick] = []
+            wakes_at = math.inf if self._book.full else queue.next_deadline_at(now)
+            self._flusher_wakes_at = wakes_at
+            with anyio.move_on_at(wakes_at):
+                wakes.append(await self._wake_receive.receive())
+            self._flusher_wakes_at = -math.inf  # awake: nobody needs to kick it
+            while True:
+                try:
+                    wakes.append(self._wake_receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            now = anyio.current_time()
+            held = self._book.full
+            if not held:
+                self._fail(queue.expire(now))
+            connected_to: list[ConnectionEvent] = []
+            self._deliver_cached()
+            for wake in wakes:
+                if isinstance(wake, _Kick):
+                    self._kicked = False
+                elif self._apply(wake, now):
+                    connected_to.append(wake)
+            if held:
+                continue
+            if not wakes:
+                sent = self._send(queue.maybe_flush(now), "interval")
+                if not sent:
+                    self._flush(now, "token")
+            elif connected_to:
+                count = queue.queued
+                sent = self._flush(now, "connect")
+                ev = connected_to[-1]
+                ms = (anyio.current_time() - ev.at) * 1000
+                log.info("flushed %d queued requests %.1f ms after connect to %s "
+                         "(%d still queued)", sent, ms, ev.source, count - sent)  # fmt: skip
+            else:
+                self._flush(now, "kick")
+
+    def _apply(self, event: ConnectionEvent, now: float) -> bool:
+        """Apply a connection event to the policy; return whether a service came up."""
+        endpoint = event.source
+        if event.kind == "up":
+            self._up.add(endpoint)
+            if not self._cache:
+                self._set_ready(endpoint)
+            if endpoint not in self._blocked:
+                self._queue.on_connected(now, endpoint)
+            log.info("connected to %s", endpoint)
+            self._ping(endpoint)
+            return True
+        if event.kind == "down":
+            self._up.discard(endpoint)
+            self._ready.discard(endpoint)
+            before = self._queue.pending
+            failures = self._queue.on_disconnected(now, endpoint, requeue=True)
+            log.warning("disconnected from %s; %d pending requests re-queued, %d failed",
+                        endpoint, before - self._queue.pending - len(failures),
+                        len(failures))  # fmt: skip
+            self._fail(failures)
+            return False
+        self._refused += 1
+        log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
+        return False
