@@ -257,4 +257,3 @@ def test_a_taker_sleeping_to_each_token_gets_one_every_time(
             bucket.tokens(now + (at - now) / 2)
         now = at
         assert bucket.try_take(now), (now, bucket)
-

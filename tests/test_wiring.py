@@ -223,7 +223,7 @@ async def test_two_dispatchers_on_one_fake_endpoint_each_get_their_own_replies(
         ):
             await a.wait_connected()
             await b.wait_connected()
-            await a.submit_many([request(i) for i in range(0, 5)])
+            await a.submit_many([request(i) for i in range(5)])
             await b.submit_many([request(i) for i in range(5, 8)])
             got_a = sorted([(await a.outcomes.receive()).request_id for _ in range(5)])
             got_b = sorted([(await b.outcomes.receive()).request_id for _ in range(3)])
@@ -235,7 +235,7 @@ async def test_two_dispatchers_on_one_fake_endpoint_each_get_their_own_replies(
             assert (await a.outcomes.receive()).request_id == "req-8"
             assert (await b.outcomes.receive()).request_id == "req-9"
             sa, sb = a.stats().queue, b.stats().queue
-    assert got_a == [f"req-{i}" for i in range(0, 5)]
+    assert got_a == [f"req-{i}" for i in range(5)]
     assert got_b == [f"req-{i}" for i in range(5, 8)]
     assert (sa.results, sa.unknown_results) == (6, 0)  # none of b's replies reached a
     assert (sb.results, sb.unknown_results) == (4, 0)

@@ -191,7 +191,10 @@ class BacktestQueue(Generic[R]):
         clock: the monotonic clock, in seconds, read when a method gets ``now=None``.
 
     Raises:
-        UsageError: a setting is out of range (message names it).
+        UsageError: a setting has the wrong type (``bool`` is not a count, ``"8"`` is not
+            a number), is NaN or infinite, or is out of range; or ``burst`` is given
+            without ``rate``. The message names the setting, the value given and what is
+            accepted.
     """
 
     def __init__(
@@ -224,13 +227,14 @@ class BacktestQueue(Generic[R]):
                 f"burst={burst!r} needs a rate (requests per second); give rate= too, "
                 "or leave burst out"
             )
-        self.capacity = capacity
-        self.max_pending = max_pending
-        self.rate = rate
-        self.flush_interval = flush_interval
-        self.result_timeout = result_timeout
-        self.max_attempts = max_attempts
-        self.retry_backoff = retry_backoff
+        # Stored as plain int/float (an accepted numpy or Fraction value is converted).
+        self.capacity = int(capacity)
+        self.max_pending = None if max_pending is None else int(max_pending)
+        self.rate = None if rate is None else float(rate)
+        self.flush_interval = float(flush_interval)
+        self.result_timeout = float(result_timeout)
+        self.max_attempts = int(max_attempts)
+        self.retry_backoff = float(retry_backoff)
         self._clock = clock
         self.last_flush = -math.inf
         # When maybe_flush may next flush: stored as an absolute time and compared with

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from .errors import UsageError
 from .settings import check_number
 
 __all__ = ["TokenBucket"]

@@ -15,13 +15,9 @@ from typing import Final
 
 from .errors import UsageError
 
-__all__ = ["check_count", "check_number"]
+__all__ = ["check_choice", "check_count", "check_number"]
 
 _NO_LIMIT: Final = "None for no limit"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def check_count(name: str, value: object, *, minimum: int = 1, allow_none: bool = False) -> None:
@@ -39,7 +35,7 @@ def check_count(name: str, value: object, *, minimum: int = 1, allow_none: bool 
     """
     if value is None and allow_none:
         return
-    if isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum:
+    if not isinstance(value, bool) and isinstance(value, Integral) and int(value) >= minimum:
         return
     accepted = f"an int >= {minimum}" + (f", or {_NO_LIMIT}" if allow_none else "")
     raise UsageError(f"{name} must be {accepted}; got {value!r}")
@@ -72,11 +68,11 @@ def check_number(
     """
     if value is None and allow_none:
         return
-    if _is_number(value):
+    if not isinstance(value, bool) and isinstance(value, Real):
         try:
-            x = float(value)  # type: ignore[arg-type]  # a Real, checked above
-        except OverflowError:  # an int too large for a float
-            x = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+            x = float(value)
+        except OverflowError:  # an int too large for a float: out of any range here
+            x = math.nan
         in_range = x > minimum if exclusive else x >= minimum
         if in_range and not math.isnan(x) and (allow_inf or math.isfinite(x)):
             return
@@ -85,3 +81,15 @@ def check_number(
     if allow_none:
         accepted += f", or {_NO_LIMIT}"
     raise UsageError(f"{name} must be {accepted}; got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Check that ``value`` is one of the strings ``choices``.
+
+    Raises:
+        UsageError: it is not (the message lists the choices).
+    """
+    if isinstance(value, str) and value in choices:
+        return
+    listed = ", ".join(repr(c) for c in choices)
+    raise UsageError(f"{name} must be one of {listed}; got {value!r}")
