@@ -615,9 +615,9 @@ def test_retry_of_ids_not_pending() -> None:
     q.enqueue(Req("c"))
     assert q.retry("nope", 1.0) is None
     assert q.retry("a", 1.0) is None
-    assert q.retry("c", 1.0) is None  # queued: ignored
+    assert q.retry("c", 1.0) is None  # queued: a late reply, ignored
     s = q.stats()
-    assert (s.unknown_results, s.duplicate_results, s.retries) == (1, 1, 0)
+    assert (s.unknown_results, s.duplicate_results, s.retries, s.late_replies) == (1, 1, 0, 1)
     assert (q.state_of("b"), q.state_of("c")) == ("pending", "queued")
 
 

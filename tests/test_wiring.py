@@ -205,7 +205,9 @@ async def test_rate_limited_sends_let_virtual_time_move(
             outcomes = [await d.outcomes.receive() for _ in range(8)]
     assert all(o.ok for o in outcomes)
     gaps = [b.at - a.at for a, b in zip(net.received, net.received[1:], strict=False)]
-    assert all(g >= t(1 / rate) - 1e-9 for g in gaps), gaps
+    # Exact on trio; on asyncio a send is stamped a little after the instant the policy
+    # took its token, so a gap may look shorter by that much.
+    assert all(g >= t(1 / rate) - t.slack for g in gaps), gaps
 
 
 # -- the fake network models what a real one allows (issue 16) ---------------------------
