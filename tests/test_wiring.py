@@ -184,8 +184,9 @@ async def test_a_periodic_flush_that_can_send_nothing_lets_virtual_time_move(
             s = d.stats().queue
             assert (s.pending, s.queued, s.sent) == (1, 1, 1)
             # The ticks went on to the end (each moved last_flush), none was skipped.
-            slack = t.slack if anyio_backend != "asyncio" else 0.5 * t(3)
-            assert t(3) - t(interval) - slack <= s.last_flush - start <= t(3)
+            # (On asyncio's real clock a tick may run just before the sleeper resumes.)
+            early, late = (0.5 * t(3), t.slack) if anyio_backend == "asyncio" else (t.slack, 0)
+            assert t(3) - t(interval) - early <= s.last_flush - start <= t(3) + late
     with d.outcomes:  # one outcome each, at exit
         assert [o.reason async for o in d.outcomes] == ["shutdown", "shutdown"]
 
