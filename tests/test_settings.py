@@ -193,6 +193,22 @@ def test_checks_accept_what_they_say() -> None:
         check_number("x", math.nan, unit="s", minimum=-math.inf, allow_inf=True)
 
 
+def test_upper_bounds_and_no_limit_values() -> None:
+    check_count("n", 10, maximum=10)
+    check_count("n", math.inf, minimum=0, allow_inf=True)
+    with pytest.raises(UsageError, match=r"^n must be an int >= 1 and <= 10; got 11$"):
+        check_count("n", 11, maximum=10)
+    with pytest.raises(UsageError, match=r"or math\.inf for no limit; got nan"):
+        check_count("n", math.nan, allow_inf=True)
+    with pytest.raises(UsageError, match="; got -inf"):
+        check_count("n", -math.inf, allow_inf=True)
+    check_number("x", 5.0, unit="s", minimum=0.0, maximum=5.0)
+    with pytest.raises(
+        UsageError, match=r"^x must be a finite number of s > 0 and <= 5; got 5\.5$"
+    ):
+        check_number("x", 5.5, unit="s", minimum=0.0, exclusive=True, maximum=5.0)
+
+
 # -- through open_dispatcher: the error comes out at once, before anything is opened ----
 
 
