@@ -349,6 +349,7 @@ class BacktestQueue(Generic[R]):
             return []
         out: list[R] = []
         bucket, max_pending, pending = self._bucket, self.max_pending, self._pending
+        timeout = self.result_timeout
         single = next(iter(self._up)) if len(self._up) == 1 else None
         while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
@@ -359,7 +360,7 @@ class BacktestQueue(Generic[R]):
             conn = single or min(self._up, key=lambda c: len(pending[c]))
             entry.state = _PENDING
             entry.attempts += 1
-            deadline = self._deadline_at(t, entry.attempts)
+            deadline = t + timeout if entry.attempts == 1 else self._deadline_at(t, entry.attempts)
             entry.deadline_at = deadline
             entry.connection = conn
             pending[conn][entry.request_id] = entry
@@ -449,11 +450,12 @@ class BacktestQueue(Generic[R]):
         """
         self._now(now)
         entry = self._live.get(request_id)
-        if entry is not None and not self._answers_current(entry, connection):
-            self._late_results += 1
-        entry = self._resolve(request_id)
         if entry is None:
+            self._count_unknown(request_id)
             return None
+        if entry.state != _PENDING or connection not in (None, entry.connection):
+            self._late_results += 1
+        self._resolve(entry)
         self._results += 1
         return entry.request
 
@@ -484,12 +486,13 @@ class BacktestQueue(Generic[R]):
         """
         self._now(now)
         entry = self._live.get(request_id)
-        if entry is not None and not self._answers_current(entry, connection):
+        if entry is None:
+            self._count_unknown(request_id)
+            return None
+        if not self._answers_current(entry, connection):
             self._late_replies += 1
             return None
-        entry = self._resolve(request_id)
-        if entry is None:
-            return None
+        self._resolve(entry)
         self._errors += 1
         self._failed += 1
         return entry.request
@@ -679,20 +682,16 @@ class BacktestQueue(Generic[R]):
         self._compact_deadlines()
         return failed
 
-    def _resolve(self, request_id: str) -> _Entry[R] | None:
-        entry = self._live.get(request_id)
-        if entry is None:
-            self._count_unknown(request_id)
-            return None
+    def _resolve(self, entry: _Entry[R]) -> None:
+        """Take a live entry out of the queue or the pending table, for good."""
         if entry.state == _PENDING:
-            del self._pending[entry.connection][request_id]
+            del self._pending[entry.connection][entry.request_id]
             self._pending_count -= 1
         else:  # queued again after a deadline or disconnect: a late result still counts
             self._queued -= 1
         self._finish(entry)
         if len(self._deadlines) > 2 * self._pending_count + 1024:
             self._compact_deadlines()
-        return entry
 
     def _count_unknown(self, request_id: str) -> None:
         if request_id in self._resolved:
