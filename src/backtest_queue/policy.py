@@ -75,19 +75,25 @@ class BacktestQueue(Generic[R]):
     Args:
         capacity: most requests the send queue holds; :meth:`enqueue` raises
             :class:`~backtest_queue.QueueFull` beyond it. Requests put back after a
-            deadline or a disconnect are never refused. Default 5000.
-        max_pending: most requests in flight at once (``None``: no cap). Default 64.
-        rate: most requests handed to services per second (``None``: no limit).
+            deadline or a disconnect are never refused. An int >= 1; default 5000.
+        max_pending: most requests in flight at once, an int >= 1 (``None``: no cap).
+            Default 64.
+        rate: most requests handed to services per second, finite and > 0 (``None``: no
+            limit).
         burst: token-bucket size in requests (how many may go at once after a pause);
-            default ``max(1, rate)``. Only with ``rate``.
-        flush_interval: seconds between periodic flushes (:meth:`maybe_flush`). Default 1.0.
+            finite and >= 1; default ``max(1, rate)``. Only with ``rate``.
+        flush_interval: seconds between periodic flushes (:meth:`maybe_flush`), >= 0.
+            Default 1.0. With 0, every :meth:`maybe_flush` call flushes and
+            :meth:`next_deadline_at` names no periodic tick (after the first), so a shell
+            flushes on its events (connects, freed slots, tokens) only.
         result_timeout: seconds a handed-over request may wait for its reply before it is
-            retried or fails, on its first attempt. Default 60.0.
+            retried or fails, on its first attempt; finite and > 0. Default 60.0.
         retry_backoff: each later attempt waits this many times longer than the one
             before (attempt ``n`` waits ``result_timeout * retry_backoff ** (n - 1)``), so a
-            slow service gets more time instead of the same timeout again. Default 2.0.
+            slow service gets more time instead of the same timeout again. Finite and
+            >= 1; default 2.0.
         max_attempts: how many times a request may be handed to a service, counting the
-            first. Default 3.
+            first; an int >= 1. Default 3.
         clock: the monotonic clock, in seconds, read when a method gets ``now=None``.
 
     Raises:
