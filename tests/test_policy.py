@@ -502,13 +502,90 @@ def test_late_result_for_a_requeued_request_resolves_it() -> None:
     assert s.enqueued == s.queued + s.pending + s.results + s.failed
 
 
-def test_late_error_for_a_requeued_request_resolves_it() -> None:
+def test_late_error_for_a_requeued_request_decides_nothing() -> None:
+    """Issue 10 section 4: the error answers the attempt that timed out, not the next."""
     q = filled("a", result_timeout=5.0)
     q.flush(0.0)
     q.expire(5.0)
-    assert q.on_error("a", 5.5) == Req("a")
-    assert q.flush(6.0) == []
-    assert q.stats().failed == 1
+    assert q.on_error("a", 5.5) is None
+    assert q.on_error("a", 5.5, connection=DEFAULT_CONNECTION) is None
+    assert ids(q.flush(6.0)) == ["a"]  # re-sent: the late error failed nothing
+    s = q.stats()
+    assert (s.failed, s.errors, s.late_replies, s.pending) == (0, 0, 2, 1)
+    assert s.enqueued == s.queued + s.pending + s.results + s.failed
+
+
+# -- each reply decides only the attempt it answers (issue 10 section 4) -----------------
+
+
+def _moved_from_x_to_y(**settings: Any) -> BacktestQueue[Req]:
+    """``a`` was handed to ``x``, missed its deadline, and is now pending on ``y``."""
+    q = filled("a", connect_at=None, result_timeout=5.0, **settings)
+    q.on_connected(0.0, "x")
+    assert ids(q.flush(0.0)) == ["a"]
+    q.on_connected(1.0, "y")
+    q.expire(5.0)
+    q.on_disconnected(5.0, "x", requeue=False)  # so the re-send goes to y
+    assert ids(q.flush(5.0)) == ["a"]
+    assert q.connection_of("a") == "y"
+    return q
+
+
+@pytest.mark.parametrize("reply", ["error", "unavailable"])
+def test_a_late_reply_from_another_connection_decides_nothing(reply: str) -> None:
+    q = _moved_from_x_to_y(max_attempts=2)
+    if reply == "error":
+        assert q.on_error("a", 6.0, connection="x") is None
+    else:
+        assert q.retry("a", 6.0, connection="x") is None  # would be its last attempt
+    assert (q.state_of("a"), q.connection_of("a"), q.attempts_of("a")) == ("pending", "y", 2)
+    s = q.stats()
+    assert (s.late_replies, s.errors, s.failed, s.retries) == (1, 0, 0, 1)
+    # The current attempt's own reply still decides it.
+    assert q.on_result("a", 7.0, connection="y") == Req("a")
+    s = q.stats()
+    assert (s.results, s.late_results) == (1, 0)
+    assert s.enqueued == s.queued + s.pending + s.results + s.failed
+
+
+@pytest.mark.parametrize("connection", ["y", None])
+def test_a_reply_to_the_current_attempt_decides_it(connection: str | None) -> None:
+    q = _moved_from_x_to_y(max_attempts=2)
+    assert q.retry("a", 6.0, connection=connection) == FailedRequest(Req("a"), "unavailable", 2)
+    q2 = _moved_from_x_to_y()
+    assert q2.on_error("a", 6.0, connection=connection) == Req("a")
+    assert q2.stats().late_replies == 0
+
+
+def test_a_late_result_from_another_connection_wins_and_is_counted() -> None:
+    q = _moved_from_x_to_y()
+    assert q.on_result("a", 6.0, connection="x") == Req("a")
+    assert q.state_of("a") is None
+    assert q.pending == 0
+    assert q.on_result("a", 7.0, connection="y") is None  # the second one: a duplicate
+    s = q.stats()
+    assert (s.results, s.late_results, s.duplicate_results) == (1, 1, 1)
+
+
+def test_a_late_result_resolves_a_request_queued_for_a_re_send() -> None:
+    q = filled("a", result_timeout=5.0)
+    q.flush(0.0)
+    q.expire(5.0)
+    assert q.on_result("a", 5.5, connection=DEFAULT_CONNECTION) == Req("a")
+    assert (q.queued, q.flush(6.0)) == (0, [])
+    s = q.stats()
+    assert (s.results, s.late_results, s.retries) == (1, 1, 1)
+
+
+def test_two_attempts_on_the_same_connection_cannot_be_told_apart() -> None:
+    """The documented limit: no attempt field on the wire, so a late error from the first
+    attempt on a connection decides the second attempt on that same connection."""
+    q = filled("a", result_timeout=5.0)
+    q.flush(0.0)
+    q.expire(5.0)
+    q.flush(5.0)  # attempt 2, same connection
+    assert q.on_error("a", 6.0, connection=DEFAULT_CONNECTION) == Req("a")
+    assert q.stats().late_replies == 0
 
 
 # -- retry (the service said "unavailable") ----------------------------------------------
@@ -538,9 +615,9 @@ def test_retry_of_ids_not_pending() -> None:
     q.enqueue(Req("c"))
     assert q.retry("nope", 1.0) is None
     assert q.retry("a", 1.0) is None
-    assert q.retry("c", 1.0) is None  # queued: ignored
+    assert q.retry("c", 1.0) is None  # queued: a late reply, ignored
     s = q.stats()
-    assert (s.unknown_results, s.duplicate_results, s.retries) == (1, 1, 0)
+    assert (s.unknown_results, s.duplicate_results, s.retries, s.late_replies) == (1, 1, 0, 1)
     assert (q.state_of("b"), q.state_of("c")) == ("pending", "queued")
 
 
@@ -790,6 +867,8 @@ def test_stats_snapshot() -> None:
         failed=1,
         unknown_results=1,
         duplicate_results=1,
+        late_replies=0,
+        late_results=0,
         flushes=2,
         last_flush=0.0,
     )

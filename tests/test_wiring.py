@@ -9,13 +9,18 @@ sockets are tested elsewhere (``test_dispatcher.py``); never autojump with real 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import anyio
 import pytest
+import trio
+import trio.lowlevel
 from trio.testing import MockClock
 
-from backtest_queue import BacktestRequest, Strategy, open_dispatcher
+from backtest_queue import BacktestRequest, Strategy, UsageError, open_dispatcher
 from backtest_queue.testing import MemoryNetwork, echo_result
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +124,144 @@ async def test_a_disconnect_requeues_at_once_not_at_the_deadline(t: Time) -> Non
     assert outcome.ok
     assert outcome.attempts == 2
     assert_times([net.received[-1].at - back_at], [0.0], t)  # re-sent on reconnect
+
+
+# -- virtual time must not spin (issue 16) -----------------------------------------------
+
+
+@contextmanager
+def real_time_watchdog(anyio_backend: object, seconds: float) -> Iterator[None]:
+    """Fail, instead of hanging, if the block takes ``seconds`` of real time.
+
+    Under ``MockClock(autojump_threshold=0)`` a flusher that wakes again and again at one
+    instant keeps the scheduler busy, so virtual time never moves and ``fail_after``
+    never fires: only a real-time bound can catch that spin. (On asyncio the clock is the
+    real one and ``fail_after`` does the job.)
+    """
+    if anyio_backend == "asyncio":
+        yield
+        return
+    token = trio.lowlevel.current_trio_token()
+    scope = trio.CancelScope()
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(seconds):
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        with scope:
+            yield
+    finally:
+        done.set()
+        thread.join()
+    if scope.cancelled_caught:
+        pytest.fail(f"virtual time spun: the block did not end in {seconds} s of real time")
+
+
+@pytest.mark.parametrize("interval", [0.1, 0.2, 0.3, 1 / 3, 0.7, 1.1])
+async def test_a_periodic_flush_that_can_send_nothing_lets_virtual_time_move(
+    interval: float, t: Time, anyio_backend: object
+) -> None:
+    """The issue's script: max_pending=1, a silent service, two requests, sleep(3).
+
+    The flusher wakes at each tick and can send nothing (pending is full); the tick must
+    still be due at the instant the policy named, or it wakes again at once, forever.
+    """
+    net = MemoryNetwork()
+    net.bind(EP, lambda r: [])  # silent: the pending slot is never freed
+    with real_time_watchdog(anyio_backend, 30.0), anyio.fail_after(t(60)):
+        async with open_dispatcher([EP], network=net, max_pending=1,
+                                   flush_interval=t(interval)) as d:  # fmt: skip
+            await d.wait_connected()
+            start = anyio.current_time()
+            await d.submit_many([request(0), request(1)])
+            await anyio.sleep(t(3))
+            assert anyio.current_time() - start >= t(3)
+            s = d.stats().queue
+            assert (s.pending, s.queued, s.sent) == (1, 1, 1)
+            # The ticks went on to the end (each moved last_flush), none was skipped.
+            # (On asyncio's real clock a tick may run just before the sleeper resumes.)
+            early, late = (0.5 * t(3), t.slack) if anyio_backend == "asyncio" else (t.slack, 0)
+            assert t(3) - t(interval) - early <= s.last_flush - start <= t(3) + late
+    with d.outcomes:  # one outcome each, at exit
+        assert [o.reason async for o in d.outcomes] == ["shutdown", "shutdown"]
+
+
+@pytest.mark.parametrize("rate", [3.0, 7.0, 1 / 0.7, 10 / 3])
+async def test_rate_limited_sends_let_virtual_time_move(
+    rate: float, t: Time, anyio_backend: object
+) -> None:
+    """The token time the policy names is one at which the token is there."""
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    with real_time_watchdog(anyio_backend, 30.0), anyio.fail_after(t(60)):
+        async with open_dispatcher([EP], network=net, rate=rate / t.scale, burst=1,
+                                   flush_interval=t(0.7)) as d:  # fmt: skip
+            await d.wait_connected()
+            await d.submit_many([request(i) for i in range(8)])
+            outcomes = [await d.outcomes.receive() for _ in range(8)]
+    assert all(o.ok for o in outcomes)
+    gaps = [b.at - a.at for a, b in zip(net.received, net.received[1:], strict=False)]
+    # Exact on trio; on asyncio a send is stamped a little after the instant the policy
+    # took its token, so a gap may look shorter by that much.
+    assert all(g >= t(1 / rate) - t.slack for g in gaps), gaps
+
+
+# -- the fake network models what a real one allows (issue 16) ---------------------------
+
+
+async def test_two_dispatchers_on_one_fake_endpoint_each_get_their_own_replies(
+    t: Time,
+) -> None:
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    with anyio.fail_after(t(60)):
+        async with (
+            open_dispatcher([EP], network=net, flush_interval=t(1)) as a,
+            open_dispatcher([EP], network=net, flush_interval=t(1)) as b,
+        ):
+            await a.wait_connected()
+            await b.wait_connected()
+            await a.submit_many([request(i) for i in range(5)])
+            await b.submit_many([request(i) for i in range(5, 8)])
+            got_a = sorted([(await a.outcomes.receive()).request_id for _ in range(5)])
+            got_b = sorted([(await b.outcomes.receive()).request_id for _ in range(3)])
+            # The service goes and comes back: both requesters are served again.
+            net.unbind(EP)
+            net.bind(EP, echo_result)
+            await a.submit(request(8))
+            await b.submit(request(9))
+            assert (await a.outcomes.receive()).request_id == "req-8"
+            assert (await b.outcomes.receive()).request_id == "req-9"
+            sa, sb = a.stats().queue, b.stats().queue
+    assert got_a == [f"req-{i}" for i in range(5)]
+    assert got_b == [f"req-{i}" for i in range(5, 8)]
+    assert (sa.results, sa.unknown_results) == (6, 0)  # none of b's replies reached a
+    assert (sb.results, sb.unknown_results) == (4, 0)
+    assert {r.request_id for r in net.received} == {f"req-{i}" for i in range(10)}
+
+
+async def test_one_dispatcher_closing_leaves_the_other_connected(t: Time) -> None:
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    with anyio.fail_after(t(60)):
+        async with open_dispatcher([EP], network=net) as b:
+            async with open_dispatcher([EP], network=net) as a:
+                await a.wait_connected()
+            await b.wait_connected()
+            outcome = await b.wait((await b.submit(request(1))).request_id)
+    assert outcome.ok
+
+
+def test_binding_a_bound_fake_endpoint_twice_is_refused() -> None:
+    net = MemoryNetwork()
+    net.bind(EP)
+    with pytest.raises(UsageError, match="already bound"):
+        net.bind(EP)
+    net.unbind(EP)
+    with pytest.raises(UsageError, match="no fake service"):
+        net.unbind(EP)

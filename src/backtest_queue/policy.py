@@ -27,12 +27,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
-from typing import Final, Generic, Literal, Protocol, TypeVar
+from typing import Final, Generic, Literal
 
 from .errors import DuplicateRequest, QueueFull, UsageError
+from .policy_types import FailedRequest, HasRequestId, QueueStats, R, Throttle
 from .ratelimit import TokenBucket
+from .settings import check_count, check_number
 
 __all__ = [
     "DEFAULT_CONNECTION",
@@ -51,99 +52,6 @@ _RESOLVED_MEMORY: Final = 100_000
 _QUEUED: Final = 0
 _PENDING: Final = 1
 _DONE: Final = 2
-
-
-class HasRequestId(Protocol):
-    """Anything with a string ``request_id``; :class:`~backtest_queue.BacktestRequest` is one."""
-
-    @property
-    def request_id(self) -> str: ...
-
-
-R = TypeVar("R", bound=HasRequestId)
-
-
-@dataclass(frozen=True, slots=True)
-class Throttle:
-    """Why a flush would stop now.
-
-    Attributes:
-        reason: ``"pending"`` when ``max_pending`` requests are in flight (it takes
-            precedence), ``"rate"`` when the token bucket is empty, else ``None``.
-        pending: requests in flight now.
-        max_pending: the cap on in-flight requests (``None``: no cap).
-        rate: the rate limit in requests per second (``None``: no limit).
-        retry_after: seconds until a send may be allowed without a reply arriving: for
-            ``"rate"`` the time to the next token; for ``"pending"`` the later of the time
-            to the earliest pending deadline (the latest a slot frees) and the time to the
-            next token; ``0.0`` when not throttled.
-    """
-
-    reason: Literal["pending", "rate"] | None
-    pending: int
-    max_pending: int | None
-    rate: float | None
-    retry_after: float
-
-
-@dataclass(frozen=True, slots=True)
-class FailedRequest(Generic[R]):
-    """A request that failed for good.
-
-    Attributes:
-        request: the request as enqueued.
-        reason: ``"timeout"`` (no reply by its deadline, ``max_attempts`` times),
-            ``"disconnected"`` (its service disconnected on its last attempt),
-            ``"unavailable"`` (its service declined to run it on its last attempt).
-        attempts: how many times it was handed to a service.
-    """
-
-    request: R
-    reason: Literal["timeout", "disconnected", "unavailable"]
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """A snapshot of a :class:`BacktestQueue` (counts are totals since construction).
-
-    Attributes:
-        queued: requests in the send queue now.
-        pending: requests in flight now.
-        max_pending: the cap on in-flight requests (``None``: no cap).
-        capacity: the send queue's size limit.
-        connected: whether at least one connection is up.
-        connections: how many connections are up.
-        enqueued: requests accepted by :meth:`BacktestQueue.enqueue`.
-        sent: hand-overs to a service (a retry counts again; failed sends do not).
-        send_failures: requests put back by :meth:`BacktestQueue.send_failed`.
-        results: requests resolved by a result.
-        errors: requests resolved by an error reply.
-        retries: requests put back in the queue after a deadline or a disconnect.
-        failed: requests that ended without a result (errors, exhausted retries, drained).
-        unknown_results: replies for ids this queue never had.
-        duplicate_results: replies for ids already resolved.
-        flushes: flushes that returned at least one request.
-        last_flush: when :meth:`BacktestQueue.maybe_flush` last ran, seconds (``-inf``: never).
-    """
-
-    queued: int
-    pending: int
-    max_pending: int | None
-    capacity: int
-    connected: bool
-    connections: int
-    enqueued: int
-    sent: int
-    send_failures: int
-    results: int
-    errors: int
-    retries: int
-    failed: int
-    unknown_results: int
-    duplicate_results: int
-    flushes: int
-    last_flush: float
 
 
 class _Entry(Generic[R]):
@@ -167,23 +75,32 @@ class BacktestQueue(Generic[R]):
     Args:
         capacity: most requests the send queue holds; :meth:`enqueue` raises
             :class:`~backtest_queue.QueueFull` beyond it. Requests put back after a
-            deadline or a disconnect are never refused. Default 5000.
-        max_pending: most requests in flight at once (``None``: no cap). Default 64.
-        rate: most requests handed to services per second (``None``: no limit).
+            deadline or a disconnect are never refused. An int >= 1; default 5000.
+        max_pending: most requests in flight at once, an int >= 1 (``None``: no cap).
+            Default 64.
+        rate: most requests handed to services per second, finite and > 0 (``None``: no
+            limit).
         burst: token-bucket size in requests (how many may go at once after a pause);
-            default ``max(1, rate)``. Only with ``rate``.
-        flush_interval: seconds between periodic flushes (:meth:`maybe_flush`). Default 1.0.
+            finite and >= 1; default ``max(1, rate)``. Only with ``rate``.
+        flush_interval: seconds between periodic flushes (:meth:`maybe_flush`), >= 0.
+            Default 1.0. With 0, every :meth:`maybe_flush` call flushes and
+            :meth:`next_deadline_at` names no periodic tick (after the first), so a shell
+            flushes on its events (connects, freed slots, tokens) only.
         result_timeout: seconds a handed-over request may wait for its reply before it is
-            retried or fails, on its first attempt. Default 60.0.
+            retried or fails, on its first attempt; finite and > 0. Default 60.0.
         retry_backoff: each later attempt waits this many times longer than the one
             before (attempt ``n`` waits ``result_timeout * retry_backoff ** (n - 1)``), so a
-            slow service gets more time instead of the same timeout again. Default 2.0.
+            slow service gets more time instead of the same timeout again. Finite and
+            >= 1; default 2.0.
         max_attempts: how many times a request may be handed to a service, counting the
-            first. Default 3.
+            first; an int >= 1. Default 3.
         clock: the monotonic clock, in seconds, read when a method gets ``now=None``.
 
     Raises:
-        UsageError: a setting is out of range (message names it).
+        UsageError: a setting has the wrong type (``bool`` is not a count, ``"8"`` is not
+            a number), is NaN or infinite, or is out of range; or ``burst`` is given
+            without ``rate``. The message names the setting, the value given and what is
+            accepted.
     """
 
     def __init__(
@@ -199,29 +116,40 @@ class BacktestQueue(Generic[R]):
         retry_backoff: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if capacity < 1:
-            raise UsageError(f"capacity must be >= 1 request, got {capacity!r}")
-        if max_pending is not None and max_pending < 1:
-            raise UsageError(f"max_pending must be >= 1 request or None, got {max_pending!r}")
-        if not (math.isfinite(flush_interval) and flush_interval >= 0):
-            raise UsageError(f"flush_interval must be >= 0 seconds, got {flush_interval!r}")
-        if not (result_timeout > 0):
-            raise UsageError(f"result_timeout must be > 0 seconds, got {result_timeout!r}")
-        if max_attempts < 1:
-            raise UsageError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        if not (math.isfinite(retry_backoff) and retry_backoff >= 1.0):
-            raise UsageError(f"retry_backoff must be a factor >= 1.0, got {retry_backoff!r}")
+        check_count("capacity", capacity)
+        check_count("max_pending", max_pending, allow_none=True)
+        check_number("rate", rate, unit="requests per second", minimum=0.0, exclusive=True,
+                     allow_none=True)  # fmt: skip
+        check_number("burst", burst, unit="requests", minimum=1.0, allow_none=True)
+        check_number("flush_interval", flush_interval, unit="seconds", minimum=0.0)
+        check_number("result_timeout", result_timeout, unit="seconds", minimum=0.0,
+                     exclusive=True)  # fmt: skip
+        check_count("max_attempts", max_attempts)
+        check_number("retry_backoff", retry_backoff, unit="times (a factor)", minimum=1.0)
+        if not callable(clock):
+            raise UsageError(f"clock must be a callable returning seconds; got {clock!r}")
         if burst is not None and rate is None:
-            raise UsageError("burst needs a rate (requests per second)")
-        self.capacity = capacity
-        self.max_pending = max_pending
-        self.rate = rate
-        self.flush_interval = flush_interval
-        self.result_timeout = result_timeout
-        self.max_attempts = max_attempts
-        self.retry_backoff = retry_backoff
+            raise UsageError(
+                f"burst={burst!r} needs a rate (requests per second); give rate= too, "
+                "or leave burst out"
+            )
+        # Stored as plain int/float (an accepted numpy or Fraction value is converted).
+        self.capacity = int(capacity)
+        self.max_pending = None if max_pending is None else int(max_pending)
+        self.rate = None if rate is None else float(rate)
+        self.flush_interval = float(flush_interval)
+        self.result_timeout = float(result_timeout)
+        self.max_attempts = int(max_attempts)
+        self.retry_backoff = float(retry_backoff)
         self._clock = clock
         self.last_flush = -math.inf
+        # When maybe_flush may next flush: stored as an absolute time and compared with
+        # ``now >= _flush_due_at``, never recomputed as ``now - last_flush``, so that the
+        # instant next_deadline_at() names is one at which the check passes (issue 16).
+        self._flush_due_at = -math.inf
+        # The periodic tick next_deadline_at() hands out: _flush_due_at, except that a
+        # zero flush_interval has no tick after the first (it would be "now" forever).
+        self._tick_at = -math.inf
         self._latest_now = -math.inf
         # The bucket starts full, at the first time it is given (no clock read here).
         self._bucket = (
@@ -247,7 +175,7 @@ class BacktestQueue(Generic[R]):
         self._resolved_order: deque[str] = deque()
         self._enqueued = self._sent = self._send_failures = self._results = 0
         self._errors = self._retries = self._failed = self._unknown = self._duplicates = 0
-        self._flushes = 0
+        self._flushes = self._late_replies = self._late_results = 0
 
     # -- time ------------------------------------------------------------------------
 
@@ -318,6 +246,8 @@ class BacktestQueue(Generic[R]):
             failed=self._failed,
             unknown_results=self._unknown,
             duplicate_results=self._duplicates,
+            late_replies=self._late_replies,
+            late_results=self._late_results,
             flushes=self._flushes,
             last_flush=self.last_flush,
         )
@@ -425,6 +355,7 @@ class BacktestQueue(Generic[R]):
             return []
         out: list[R] = []
         bucket, max_pending, pending = self._bucket, self.max_pending, self._pending
+        timeout = self.result_timeout
         single = next(iter(self._up)) if len(self._up) == 1 else None
         while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
@@ -435,7 +366,7 @@ class BacktestQueue(Generic[R]):
             conn = single or min(self._up, key=lambda c: len(pending[c]))
             entry.state = _PENDING
             entry.attempts += 1
-            deadline = t + self.result_timeout * self.retry_backoff ** (entry.attempts - 1)
+            deadline = t + timeout if entry.attempts == 1 else self._deadline_at(t, entry.attempts)
             entry.deadline_at = deadline
             entry.connection = conn
             pending[conn][entry.request_id] = entry
@@ -453,13 +384,22 @@ class BacktestQueue(Generic[R]):
         """The periodic flush, gated by ``flush_interval`` (the original per-cycle contract).
 
         Returns ``[]`` at once, leaving ``last_flush`` alone, when the send queue is empty
-        or when ``now - last_flush < flush_interval``. Otherwise sets ``last_flush = now``
-        and returns :meth:`flush` (which is empty while disconnected).
+        or before the next tick (``last_flush + flush_interval``, computed once when
+        ``last_flush`` is set and compared as stored: so at the very instant
+        :meth:`next_deadline_at` names for the tick, the tick is due). Otherwise sets
+        ``last_flush = now`` and returns :meth:`flush` (which is empty while disconnected).
         """
         t = self._now(now)
-        if not self._queued or t - self.last_flush < self.flush_interval:
+        if not self._queued or t < self._flush_due_at:
             return []
         self.last_flush = t
+        interval = self.flush_interval
+        if interval > 0:
+            due = t + interval
+            # An interval below the clock's resolution at t would name t itself again.
+            self._flush_due_at = self._tick_at = due if due > t else math.nextafter(t, math.inf)
+        else:  # every call flushes; a tick at "now" forever would spin the flusher
+            self._flush_due_at, self._tick_at = t, math.inf
         return self.flush(t)
 
     def send_failed(self, request_ids: Iterable[str], now: float | None = None) -> None:
@@ -485,58 +425,123 @@ class BacktestQueue(Generic[R]):
 
     # -- replies ---------------------------------------------------------------------
 
-    def on_result(self, request_id: str, now: float | None = None) -> R | None:
+    # Which attempt does a reply answer? The wire carries only the request_id, so the
+    # core tells attempts apart by the connection a reply came in on: a reply from the
+    # connection the request is pending on answers the current attempt; any other reply
+    # (the request is queued for a re-send, or pending on another connection) answers an
+    # earlier one. A result is a result whichever attempt produced it: the first wins.
+    # An error or "unavailable" decides only the attempt it answers, so a late one is
+    # ignored and counted (late_replies). The limit: two attempts on the SAME connection
+    # (a re-send after a deadline to the same service) cannot be told apart without an
+    # attempt field on the wire; a late error then decides the current attempt.
+
+    def on_result(
+        self, request_id: str, now: float | None = None, *, connection: str | None = None
+    ) -> R | None:
         """Resolve a request by its result and free its pending slot.
 
-        A late result for a request already put back in the send queue (its deadline
-        passed, or its service disconnected) resolves it too.
+        A result from any attempt resolves it, also a late one for a request already put
+        back in the send queue (its deadline passed, or its service disconnected) or
+        pending on another connection since; that is counted in ``late_results``.
+
+        Args:
+            request_id: the reply's ``request_id``.
+            now: seconds, monotonic.
+            connection: the connection the reply came in on (``None``: unknown, taken to
+                be the one the request is pending on); used for counting only.
 
         Returns:
             The request, or ``None`` for an unknown or already-resolved id (counted in
             ``unknown_results`` / ``duplicate_results``; never raises).
         """
         self._now(now)
-        entry = self._resolve(request_id)
+        entry = self._live.get(request_id)
         if entry is None:
+            self._count_unknown(request_id)
             return None
+        if entry.state != _PENDING or connection not in (None, entry.connection):
+            self._late_results += 1
+        self._resolve(entry)
         self._results += 1
         return entry.request
 
-    def on_error(self, request_id: str, now: float | None = None) -> R | None:
-        """Resolve a request by an error reply (it failed for good) and free its slot.
+    def on_error(
+        self, request_id: str, now: float | None = None, *, connection: str | None = None
+    ) -> R | None:
+        """Resolve a pending request by an error reply (it failed for good), free its slot.
+
+        Only a reply to the current attempt decides it: an error for a request that is
+        queued for a re-send, or that came in on another connection than the one it is
+        pending on, answers an earlier attempt. It is ignored and counted in
+        ``late_replies``; the request carries on.
+
+        Limit: the wire carries no attempt number, so two attempts on the *same*
+        connection (a re-send after a deadline to the same service) cannot be told
+        apart: a late error from the first then decides the second.
+
+        Args:
+            request_id: the reply's ``request_id``.
+            now: seconds, monotonic.
+            connection: the connection the reply came in on (``None``: unknown, taken to
+                be the one the request is pending on).
 
         Returns:
-            The request, or ``None`` for an unknown or already-resolved id (counted).
+            The request, or ``None`` for an unknown, already-resolved (counted in
+            ``unknown_results`` / ``duplicate_results``) or late id (``late_replies``).
+            Never raises.
         """
         self._now(now)
-        entry = self._resolve(request_id)
+        entry = self._live.get(request_id)
         if entry is None:
+            self._count_unknown(request_id)
             return None
+        if not self._answers_current(entry, connection):
+            self._late_replies += 1
+            return None
+        self._resolve(entry)
         self._errors += 1
         self._failed += 1
         return entry.request
 
-    def retry(self, request_id: str, now: float | None = None) -> FailedRequest[R] | None:
+    def retry(
+        self, request_id: str, now: float | None = None, *, connection: str | None = None
+    ) -> FailedRequest[R] | None:
         """Put a pending request back because its service said it could not run it.
 
         Like a missed deadline, without the wait: it goes back to the **front** of the
         send queue with its attempt counted, or fails with reason ``"unavailable"`` after
         ``max_attempts``. An unknown or already-resolved id is counted (as an unknown or
-        duplicate reply) and ignored; so is an id that is queued, not pending.
+        duplicate reply) and ignored. A late reply (the request is queued, or pending on
+        another connection than ``connection``) is counted in ``late_replies`` and
+        ignored: it answers an earlier attempt, not the current one. (The limit of
+        :meth:`on_error` applies: attempts on one connection cannot be told apart.)
+
+        Args:
+            request_id: the reply's ``request_id``.
+            now: seconds, monotonic.
+            connection: the connection the reply came in on (``None``: unknown, taken to
+                be the one the request is pending on).
 
         Returns:
             The failure when that was its last attempt, else ``None``.
         """
         self._now(now)
         entry = self._live.get(request_id)
-        if entry is None or entry.state != _PENDING:
-            if entry is None:
-                self._count_unknown(request_id)
+        if entry is None:
+            self._count_unknown(request_id)
+            return None
+        if not self._answers_current(entry, connection):
+            self._late_replies += 1
             return None
         del self._pending[entry.connection][request_id]
         self._pending_count -= 1
         failed = self._retry_or_fail([entry], "unavailable")
         return failed[0] if failed else None
+
+    @staticmethod
+    def _answers_current(entry: _Entry[R], connection: str | None) -> bool:
+        """Whether a reply from ``connection`` answers the entry's current attempt."""
+        return entry.state == _PENDING and connection in (None, entry.connection)
 
     def expire(self, now: float | None = None) -> list[FailedRequest[R]]:
         """Release pending requests whose deadline is at or before ``now``.
@@ -609,22 +614,38 @@ class BacktestQueue(Generic[R]):
         never run).
 
         The earliest of: the next periodic flush (``last_flush + flush_interval``, when
-        the queue is not empty), the next rate-limit token (when connected and only the
-        rate limit holds the queue back) and the earliest pending deadline.
+        the queue is not empty; none after the first with ``flush_interval=0``), the next
+        rate-limit token (when connected and only the rate limit holds the queue back)
+        and the earliest pending deadline.
+
+        Each is a stored absolute time, and the check that acts on it compares
+        ``now >= that time``: a shell that calls :meth:`expire`, :meth:`maybe_flush` and
+        :meth:`flush` at the instant returned always makes progress there (something is
+        sent or expires, or the next deadline is later than that instant). It never has
+        to wake twice at one instant for nothing, which under a virtual clock that only
+        moves when every task sleeps (trio's ``MockClock(autojump_threshold=0)``) would
+        spin forever.
         """
         t = self._now(now)
         at = self._earliest_deadline()
         if self._queued:
-            at = min(at, self.last_flush + self.flush_interval)
+            at = min(at, self._tick_at)
             if (
                 self._up
                 and self._bucket is not None
                 and (self.max_pending is None or self._pending_count < self.max_pending)
             ):
-                at = min(at, t + self._bucket.seconds_until_token(t))
+                at = min(at, self._bucket.next_token_at(t))
         return at
 
     # -- internals -------------------------------------------------------------------
+
+    def _deadline_at(self, t: float, attempt: int) -> float:
+        """The reply deadline of an attempt handed over at ``t`` (stored, compared as is)."""
+        try:
+            return t + self.result_timeout * self.retry_backoff ** (attempt - 1)
+        except OverflowError:  # a backoff beyond any float: no deadline at all
+            return math.inf
 
     def _earliest_deadline(self) -> float:
         deadlines = self._deadlines
@@ -667,20 +688,16 @@ class BacktestQueue(Generic[R]):
         self._compact_deadlines()
         return failed
 
-    def _resolve(self, request_id: str) -> _Entry[R] | None:
-        entry = self._live.get(request_id)
-        if entry is None:
-            self._count_unknown(request_id)
-            return None
+    def _resolve(self, entry: _Entry[R]) -> None:
+        """Take a live entry out of the queue or the pending table, for good."""
         if entry.state == _PENDING:
-            del self._pending[entry.connection][request_id]
+            del self._pending[entry.connection][entry.request_id]
             self._pending_count -= 1
         else:  # queued again after a deadline or disconnect: a late result still counts
             self._queued -= 1
         self._finish(entry)
         if len(self._deadlines) > 2 * self._pending_count + 1024:
             self._compact_deadlines()
-        return entry
 
     def _count_unknown(self, request_id: str) -> None:
         if request_id in self._resolved:

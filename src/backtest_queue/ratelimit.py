@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-from .errors import UsageError
+from .settings import check_number
 
 __all__ = ["TokenBucket"]
 
 # A token counts as whole from 1 - _EPSILON, so float rounding in refills never leaves a
-# token a hair short; seconds_until_token() names an instant at which one is there. The
-# window bound loses 1e-9 of a token.
+# token a hair short; next_token_at() names an instant at which one is there. The window
+# bound loses 1e-9 of a token.
 _EPSILON = 1e-9
 
 
@@ -31,18 +31,17 @@ class TokenBucket:
             it is given).
 
     Raises:
-        UsageError: ``rate`` is not a finite number > 0, or ``burst`` is < 1.
+        UsageError: ``rate`` is not a finite number > 0, ``burst`` is not a finite
+            number >= 1, or ``now`` is not a number or is NaN (``bool`` and ``str`` are
+            refused everywhere).
     """
 
     __slots__ = ("_tokens", "_updated_at", "burst", "rate")
 
     def __init__(self, *, rate: float, burst: float, now: float) -> None:
-        if not (math.isfinite(rate) and rate > 0):
-            raise UsageError(
-                f"rate must be a finite number of requests per second > 0, got {rate!r}"
-            )
-        if not (math.isfinite(burst) and burst >= 1):
-            raise UsageError(f"burst must be a finite number of requests >= 1, got {burst!r}")
+        check_number("rate", rate, unit="requests per second", minimum=0.0, exclusive=True)
+        check_number("burst", burst, unit="requests", minimum=1.0)
+        check_number("now", now, unit="seconds", minimum=-math.inf, allow_inf=True)
         self.rate = float(rate)
         self.burst = float(burst)
         self._tokens = self.burst
@@ -69,14 +68,30 @@ class TokenBucket:
             return True
         return False
 
-    def seconds_until_token(self, now: float) -> float:
-        """Return the seconds from ``now`` until one whole token is available (0.0 if now)."""
+    def next_token_at(self, now: float) -> float:
+        """Return the earliest time, in seconds, at which one whole token is available.
+
+        It is ``now`` (or the latest time seen, if ``now`` is earlier) when a token is
+        there already. Otherwise it is the first float at which :meth:`try_take` succeeds,
+        computed with the very arithmetic :meth:`try_take` uses: a caller that sleeps until
+        this instant (an absolute deadline, not ``now`` plus a duration, which can round
+        below it) always finds the token.
+        """
         self._refill(now)
-        if self._tokens >= 1.0 - _EPSILON:
-            return 0.0
         base = max(now, self._updated_at)
+        if self._tokens >= 1.0 - _EPSILON:
+            return base
         at = base + (1.0 - self._tokens) / self.rate
-        # Floating point: make sure the token is really there at the instant named.
+        # Floating point: make sure the token is really there at the instant named, by
+        # the refill formula of _refill(at): tokens + (at - updated_at) * rate.
         while self._tokens + (at - base) * self.rate < 1.0 - _EPSILON:
             at = math.nextafter(at, math.inf)
-        return at - base
+        return at
+
+    def seconds_until_token(self, now: float) -> float:
+        """Return the seconds from ``now`` until one whole token is available (0.0 if now).
+
+        For people and logs; to wait for the token, sleep until :meth:`next_token_at`
+        (``now + seconds_until_token(now)`` can round to an instant a hair too early).
+        """
+        return self.next_token_at(now) - max(now, self._updated_at)

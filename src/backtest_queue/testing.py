@@ -7,6 +7,10 @@ binds or unbinds a service. Combined with trio's ``MockClock(autojump_threshold=
 time-dependent behaviour (periodic flushes, the rate limit, deadlines and retry backoff)
 can be asserted to the exact virtual second, in milliseconds of real time.
 
+Like a ROUTER bound to a real endpoint, one fake service serves any number of requesters
+(several dispatchers may connect to one endpoint): each requester gets the replies to its
+own requests, and all of them see the service come and go.
+
 It is a fake for *wiring* tests; it does not replace tests over real ZeroMQ sockets
 (message loss on disconnect, high-water marks, heartbeats are not modelled).
 """
@@ -22,6 +26,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .errors import UsageError
 from .protocol import (
     BacktestRequest,
     BacktestResult,
@@ -107,34 +112,51 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.services: dict[str, Reply] = {}
         self.received: list[Received] = []
-        self._requesters: dict[str, _MemoryRequester] = {}
+        # endpoint -> the requesters open on it, in opening order (a ROUTER serves many).
+        self._requesters: dict[str, list[_MemoryRequester]] = {}
 
     def bind(self, endpoint: str, reply: Reply = echo_result) -> None:
-        """Bind a fake service; a requester connected to ``endpoint`` sees it come up."""
+        """Bind a fake service; every requester connected to ``endpoint`` sees it come up.
+
+        Raises:
+            UsageError: a service is bound to ``endpoint`` already (as binding a real
+                endpoint twice fails with ``EADDRINUSE``).
+        """
+        if endpoint in self.services:
+            raise UsageError(f"a fake service is already bound to {endpoint!r}; unbind it first")
         self.services[endpoint] = reply
-        requester = self._requesters.get(endpoint)
-        if requester is not None and requester.connected:
-            requester.emit("up")
-            requester.writable.set()
+        for requester in self._requesters.get(endpoint, ()):
+            if requester.connected:
+                requester.emit("up")
+                requester.writable.set()
 
     def unbind(self, endpoint: str) -> None:
-        """Stop the fake service: its requester sees a disconnect; unread replies are lost."""
-        del self.services[endpoint]
-        requester = self._requesters.get(endpoint)
-        if requester is not None and requester.connected:
-            requester.writable = anyio.Event()
-            requester.emit("down")
+        """Stop the fake service: each requester on it sees a disconnect; unread replies
+        are lost.
+
+        Raises:
+            UsageError: no service is bound to ``endpoint``.
+        """
+        if self.services.pop(endpoint, None) is None:
+            raise UsageError(f"no fake service is bound to {endpoint!r}")
+        for requester in self._requesters.get(endpoint, ()):
+            if requester.connected:
+                requester.writable = anyio.Event()
+                requester.emit("down")
 
     @asynccontextmanager
     async def _open(self, endpoint: str) -> AsyncIterator[Requester]:
         send, receive = anyio.create_memory_object_stream[list[bytes]](1 << 20)
         with send, receive:
             requester = _MemoryRequester(endpoint, self, send, receive)
-            self._requesters[endpoint] = requester
+            self._requesters.setdefault(endpoint, []).append(requester)
             try:
                 yield requester
             finally:
-                del self._requesters[endpoint]
+                others = self._requesters[endpoint]
+                others.remove(requester)
+                if not others:
+                    del self._requesters[endpoint]
 
     def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
         return self._open(endpoint)
