@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis's per-example deadline measures the machine as much as the code: on a busy
+# 2-core CI box a 5 ms example can take 300 ms. Hangs are caught by pytest-timeout.
+settings.register_profile("backtest-queue", deadline=None)
+settings.load_profile("backtest-queue")
 
 
 @pytest.fixture(params=["trio", "asyncio"])

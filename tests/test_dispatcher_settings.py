@@ -5,10 +5,10 @@
 dispatcher uses are checked in ``open_dispatcher`` with the same helpers from
 :mod:`backtest_queue.settings`, before anything is opened.
 
-NEEDS DISPATCHER WIRING: ``open_dispatcher`` must call, before building the queue::
+``open_dispatcher`` calls, before building the queue::
 
     check_choice("on_full", on_full, ("wait", "error"))
-    check_count("outcome_buffer", outcome_buffer, minimum=0, allow_inf=True)
+    check_count("outcome_buffer", outcome_buffer, minimum=1, allow_inf=True)
     check_number("drain_timeout", drain_timeout, unit="seconds", minimum=0.0,
                  allow_inf=True)
     check_number("heartbeat_ivl", heartbeat_ivl, unit="seconds", minimum=0.0,
@@ -18,7 +18,6 @@ NEEDS DISPATCHER WIRING: ``open_dispatcher`` must call, before building the queu
     check_count("send_hwm", send_hwm, minimum=0, maximum=INT32_MAX)
     check_count("max_message_bytes", max_message_bytes, minimum=1)
 
-Remove the module-level skip below once that is wired.
 """
 
 from __future__ import annotations
@@ -35,12 +34,6 @@ from backtest_queue import UsageError, open_dispatcher
 from backtest_queue.settings import INT32_MAX, MAX_HEARTBEAT_IVL, MAX_RECONNECT_IVL
 from backtest_queue.testing import MemoryNetwork
 
-pytest.skip(
-    "needs dispatcher wiring: open_dispatcher must check its own settings with "
-    "backtest_queue.settings (see this module's docstring)",
-    allow_module_level=True,
-)
-
 wrong_types = st.one_of(
     st.booleans(),
     st.integers(1, 100).map(str),
@@ -50,7 +43,7 @@ seconds_out_of_range = st.floats(max_value=0.0) | st.just(math.nan)
 
 BAD: dict[str, st.SearchStrategy[Any]] = {
     "on_full": wrong_types | st.text().filter(lambda s: s not in ("wait", "error")),
-    "outcome_buffer": wrong_types | st.integers(max_value=-1) | st.floats(0.5, 1e6)
+    "outcome_buffer": wrong_types | st.integers(max_value=0) | st.floats(0.5, 1e6)
     | st.sampled_from([math.nan, -math.inf]),
     "drain_timeout": wrong_types | st.floats(max_value=-1e-9) | st.just(math.nan),
     "heartbeat_ivl": wrong_types | seconds_out_of_range
@@ -85,7 +78,7 @@ def test_a_bad_dispatcher_setting_is_a_usage_error_naming_it(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("outcome_buffer", 0), ("outcome_buffer", math.inf), ("drain_timeout", math.inf),
+    [("outcome_buffer", 1), ("outcome_buffer", math.inf), ("drain_timeout", math.inf),
      ("heartbeat_ivl", MAX_HEARTBEAT_IVL), ("reconnect_ivl", 0.001), ("send_hwm", 0),
      ("max_message_bytes", 1), ("on_full", "error")],
 )  # fmt: skip

@@ -39,12 +39,6 @@ from stubs import free_tcp_endpoint
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-pytest.skip(
-    "needs dispatcher wiring: the receiver must pass connection=endpoint to "
-    "BacktestQueue.on_result/on_error/retry (issue 10 section 4)",
-    allow_module_level=True,
-)
-
 T = 3.0  # result_timeout, seconds: the steps above are T/3 = 1 s apart (for a busy box)
 
 

@@ -12,7 +12,6 @@ unwrapped: the block's own exception as it was raised, one failure of an interna
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -26,6 +25,14 @@ from .dispatcher import Dispatcher
 from .errors import UsageError
 from .policy import BacktestQueue
 from .protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES, BacktestRequest
+from .settings import (
+    INT32_MAX,
+    MAX_HEARTBEAT_IVL,
+    MAX_RECONNECT_IVL,
+    check_choice,
+    check_count,
+    check_number,
+)
 from .store import SqliteStore
 from .store_writer import StoreWriter
 from .transport import CurveClient, Network, Requester, ZmqNetwork, requester_options
@@ -134,15 +141,17 @@ def open_dispatcher(
             raise UsageError(f"endpoints must be strings, got {endpoint!r}")
     if len(set(endpoint_list)) != len(endpoint_list):
         raise UsageError(f"endpoints must be distinct, got {endpoint_list!r}")
-    if on_full not in ("wait", "error"):
-        raise UsageError(f"on_full must be 'wait' or 'error', got {on_full!r}")
-    _check_seconds("drain_timeout", drain_timeout, allow_zero=True)
-    _check_seconds("store_timeout", store_timeout, allow_zero=True)
-    _check_seconds("heartbeat_ivl", heartbeat_ivl)
-    _check_seconds("reconnect_ivl", reconnect_ivl)
-    _check_count("outcome_buffer", outcome_buffer, allow_inf=True)
-    _check_count("send_hwm", send_hwm)
-    _check_count("max_message_bytes", max_message_bytes)
+    check_choice("on_full", on_full, ("wait", "error"))
+    # outcome_buffer >= 1: with 0 the book would be full before the first outcome.
+    check_count("outcome_buffer", outcome_buffer, minimum=1, allow_inf=True)
+    check_number("drain_timeout", drain_timeout, unit="seconds", minimum=0.0, allow_inf=True)
+    check_number("store_timeout", store_timeout, unit="seconds", minimum=0.0, allow_inf=True)
+    check_number("heartbeat_ivl", heartbeat_ivl, unit="seconds", minimum=0.0,
+                 exclusive=True, maximum=MAX_HEARTBEAT_IVL)  # fmt: skip
+    check_number("reconnect_ivl", reconnect_ivl, unit="seconds", minimum=0.0,
+                 exclusive=True, maximum=MAX_RECONNECT_IVL)  # fmt: skip
+    check_count("send_hwm", send_hwm, minimum=0, maximum=INT32_MAX)
+    check_count("max_message_bytes", max_message_bytes, minimum=1, maximum=INT32_MAX)
     for name, flag in (("store_shared", store_shared), ("cache", cache)):
         if not isinstance(flag, bool):
             raise UsageError(f"{name} must be True or False, got {flag!r}")
@@ -168,24 +177,6 @@ def open_dispatcher(
         ),
     )  # fmt: skip
     return _DispatcherContext(settings)
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if number and math.isfinite(value) and (value > 0 or (allow_zero and value == 0)):  # type: ignore[arg-type,operator]
-        return
-    bound = ">= 0" if allow_zero else "> 0"
-    raise UsageError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-
-
-def _check_count(name: str, value: object, *, allow_inf: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageError(f"{name} must be a whole number >= 1, got {value!r}")
-    if allow_inf and value == math.inf:
-        return
-    if not (math.isfinite(value) and value >= 1 and value == int(value)):
-        extra = " or math.inf" if allow_inf else ""
-        raise UsageError(f"{name} must be a whole number >= 1{extra}, got {value!r}")
 
 
 class _Settings:

@@ -78,7 +78,7 @@ def apply_reply(
         return ReplyEffect(invalid=exc.message)
     if isinstance(message, BacktestResult):
         attempts = queue.attempts_of(message.request_id)
-        request = queue.on_result(message.request_id, now)
+        request = queue.on_result(message.request_id, now, connection=endpoint)
         if request is None:
             return _NOTHING  # unknown, or resolved already: the policy counted it
         outcome = Outcome(request, message.result, None, "", attempts)
@@ -97,14 +97,15 @@ def _apply_error(
     if rid is None:
         return ReplyEffect(unreadable=f"{message.code}: {message.message}")
     if message.code == "unavailable":  # not run: send it again
-        failure = queue.retry(rid, now)
-        if failure is None:
-            return ReplyEffect(freed=True)
+        pending_here = queue.connection_of(rid) == endpoint
+        failure = queue.retry(rid, now, connection=endpoint)
+        if failure is None:  # re-queued (or a late reply: nothing changed)
+            return ReplyEffect(freed=pending_here)
         detail = f"unavailable on all {failure.attempts} attempts: {message.message}"
         outcome = Outcome(failure.request, None, "service_error", detail, failure.attempts)
         return ReplyEffect(freed=True, outcome=outcome)
     attempts = queue.attempts_of(rid)
-    request = queue.on_error(rid, now)
+    request = queue.on_error(rid, now, connection=endpoint)
     if request is None:
         return _NOTHING
     detail = f"{message.code}: {message.message}"
