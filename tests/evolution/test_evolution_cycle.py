@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from functools import partial
 
 import anyio
@@ -21,7 +22,7 @@ from backtest_queue.evolution.cycle import (
 )
 from backtest_queue.evolution.proposer import ListProposer, NSGAIIProposer, Proposal, objectives
 from backtest_queue.evolution.search import SearchConfig, run_search
-from backtest_queue.evolution.search_space import Candidate
+from backtest_queue.evolution.search_space import Candidate, SearchSpace
 from backtest_queue.evolution.split import SampleSplit
 
 from evolution_helpers import fake_metrics, fake_service
@@ -95,8 +96,9 @@ async def test_clones_reuse_results_and_are_not_sent() -> None:
 
 
 async def test_failures_are_told_as_failed_trials() -> None:
-    """Engine errors and undefined Sharpe ratios become TrialState.FAIL in the Optuna
-    study; results become COMPLETE trials with (sharpe, |max drawdown|)."""
+    """Engine errors become TrialState.FAIL in the Optuna study; results, those without
+    trades too, become COMPLETE trials with (sharpe, |max drawdown|) and the trade
+    constraint."""
     proposer = NSGAIIProposer(seed=3, population=12)
     endpoint = free_tcp_endpoint()
 
@@ -111,7 +113,7 @@ async def test_failures_are_told_as_failed_trials() -> None:
             evaluations = await run_evolution(
                 dispatcher, proposer, generations=3, population=12, run=RUN
             )
-    assert told_as_failed(proposer, evaluations) == {"service_error", "undefined sharpe"}
+    assert told_as_failed(proposer, evaluations) == {"service_error"}
 
 
 async def test_timeouts_are_told_as_failed_trials() -> None:
@@ -145,22 +147,48 @@ async def test_timeouts_are_told_as_failed_trials() -> None:
 
 
 def told_as_failed(proposer: NSGAIIProposer, evaluations: list[Evaluation]) -> set[str]:
-    """Check every trial's state and values against its evaluation; return why trials
-    were told as failed."""
+    """Check every trial's state, values and constraint against its evaluation; return
+    why trials were told as failed."""
     trials = {t.number: t for t in proposer.study.trials}
     assert len(trials) == len(evaluations)
     reasons = set()
     for e in evaluations:
         trial = trials[e.number]
         assert trial.params["kind"] == e.candidate.kind
-        values = objectives(e.metrics)
-        if values is None:
+        if e.metrics is None:
             assert trial.state is TrialState.FAIL, e
-            reasons.add(e.reason or "undefined sharpe")
-        else:
-            assert trial.state is TrialState.COMPLETE, e
-            assert trial.values == list(values)
+            reasons.add(e.reason or "?")
+            continue
+        assert trial.state is TrialState.COMPLETE, e
+        values = objectives(e.metrics)
+        assert trial.values == list(values or (0.0, 0.0))
+        infeasible = values is None or e.metrics.trades < max(proposer.min_trades, 1)
+        assert (trial.constraints["min_trades"] > 0) == infeasible, e
     return reasons
+
+
+async def test_zero_trade_results_count_toward_their_generation() -> None:
+    """Results without trades (or with too few) are told as COMPLETE but infeasible,
+    so NSGA-II counts them toward their generation: 4 generations asked, 4 real ones
+    (when they were told as FAIL, the next generation was bred from the same parents)."""
+    space = SearchSpace(kinds=("rsi_reversion",), period=(30, 50))  # > 40: no trades
+    proposer = NSGAIIProposer(seed=2, population=6, space=space, min_trades=20)
+    endpoint = free_tcp_endpoint()
+    async with (
+        fake_service(endpoint),
+        open_dispatcher([endpoint], flush_interval=0.05) as dispatcher,
+    ):
+        with anyio.fail_after(20):
+            evaluations = await run_evolution(
+                dispatcher, proposer, generations=4, population=6, run=RUN
+            )
+    assert any(e.metrics is not None and e.metrics.trades == 0 for e in evaluations)
+    by_generation = Counter(
+        t.system_attrs["NSGAIISampler:generation"] for t in proposer.study.trials
+    )
+    assert by_generation == {0: 6, 1: 6, 2: 6, 3: 6}
+    assert proposer.generations == 4
+    assert told_as_failed(proposer, evaluations) == set()
 
 
 def demo_split() -> SampleSplit:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..protocol import Metrics
 from .search_space import Candidate, SearchSpace
@@ -25,7 +25,16 @@ from .search_space import Candidate, SearchSpace
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["ListProposer", "NSGAIIProposer", "Proposal", "Proposer", "objectives"]
+__all__ = [
+    "ListProposer",
+    "NSGAIIProposer",
+    "Proposal",
+    "Proposer",
+    "feasible",
+    "objectives",
+    "told_values",
+    "trades_shortfall",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +74,46 @@ def objectives(metrics: Metrics | None) -> tuple[float, float] | None:
 
     Returns:
         ``None`` when there is no result, or its Sharpe ratio or drawdown is undefined
-        (a run without trades, say): such a trial is told as failed, never given an
-        invented score.
+        (a run without trades, say).
     """
     if metrics is None or metrics.sharpe is None or metrics.max_drawdown_pct is None:
         return None
     return metrics.sharpe, abs(metrics.max_drawdown_pct)
+
+
+def trades_shortfall(metrics: Metrics, min_trades: int) -> float:
+    """How far a result is from feasible: the constraint ``trades >= max(min_trades, 1)``.
+
+    Args:
+        metrics: a result.
+        min_trades: the fewest closed trades a feasible result has (0: no minimum; a
+            result still needs one trade, or its Sharpe ratio means nothing).
+
+    Returns:
+        ``max(min_trades, 1) - trades``, and at least 1 when the Sharpe ratio or the
+        drawdown is undefined: > 0 means infeasible (Optuna's convention).
+    """
+    shortfall = float(max(min_trades, 1) - metrics.trades)
+    if objectives(metrics) is None:
+        shortfall = max(shortfall, 1.0)
+    return shortfall
+
+
+def told_values(metrics: Metrics) -> tuple[float, float]:
+    """What an optimizer is told for a result: :func:`objectives`, with an undefined
+    Sharpe ratio or drawdown as 0.0 (a run without trades has flat equity). Only
+    meaningful together with :func:`trades_shortfall`, which makes such a result
+    infeasible, so it never ranks above a feasible one."""
+    sharpe, drawdown = metrics.sharpe, metrics.max_drawdown_pct
+    return (0.0 if sharpe is None else sharpe, 0.0 if drawdown is None else abs(drawdown))
+
+
+def feasible(metrics: Metrics | None, min_trades: int) -> bool:
+    """Whether a result counts: it exists, its Sharpe ratio and drawdown are defined and it
+    has at least ``min_trades`` trades (and one). The leaderboard, the "best so far" of
+    the progress display and of ``sharpe_by_generation.png`` and the optimizer's
+    constraint all use this one rule."""
+    return metrics is not None and trades_shortfall(metrics, min_trades) <= 0
 
 
 def silence_optuna() -> None:
@@ -83,18 +126,23 @@ def silence_optuna() -> None:
 class NSGAIIProposer:
     """Optuna's NSGA-II behind the :class:`Proposer` interface.
 
-    Objectives: Sharpe ratio (maximise), ``abs(max_drawdown_pct)`` (minimise). A failed
-    evaluation, or one whose objectives are undefined, is told as ``TrialState.FAIL``.
-    With ``min_trades``, a result with fewer trades is a *constraint violation*
-    (``min_trades - trades > 0``): NSGA-II ranks every feasible trial above it, so a
-    lucky handful of trades cannot lead the search. Same seed, same tells in the same
-    order: same proposals.
+    Objectives: Sharpe ratio (maximise), ``abs(max_drawdown_pct)`` (minimise). Every
+    result is told as a ``COMPLETE`` trial with one constraint, ``trades >=
+    max(min_trades, 1)`` (see :func:`trades_shortfall`, set with
+    ``Trial.set_constraint``): NSGA-II ranks every feasible trial above every infeasible
+    one, so a lucky handful of trades cannot lead the search, and a run without trades
+    (undefined Sharpe ratio: told as 0.0, see :func:`told_values`, and infeasible) still
+    counts toward its generation. Were it told as ``FAIL``, NSGA-II would not count it,
+    and the next generation would be bred from the same parents: "12 generations" were
+    7-11 real ones. Only an evaluation without a result (timeout, service error) is told
+    as ``FAIL``: there is nothing to score. Same seed, same tells in the same order:
+    same proposals.
 
     Args:
         seed: the sampler's random seed (``None``: not reproducible).
         population: NSGA-II's population size (use the evolution's population).
         space: the search space.
-        min_trades: the fewest closed trades a feasible result has (0: no constraint).
+        min_trades: the fewest closed trades a feasible result has (0: one trade).
         mutation_prob: the chance that a child's parameter is drawn afresh instead of
             inherited (``None``: Optuna's default, 1 / number of parameters).
 
@@ -116,14 +164,8 @@ class NSGAIIProposer:
         silence_optuna()
         self.space = space or SearchSpace()
         self.min_trades = min_trades
-        # Optuna 5 takes constraints per trial (set_constraint); before it, through
-        # constraints_func, which Optuna 5 deprecates with a FutureWarning.
-        self._per_trial = hasattr(optuna.trial.Trial, "set_constraint")
-        options: dict[str, Any] = {}
-        if min_trades > 0 and not self._per_trial:
-            options["constraints_func"] = _trades_constraint
         sampler = optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=population, mutation_prob=mutation_prob, **options
+            seed=seed, population_size=population, mutation_prob=mutation_prob
         )
         self.study: optuna.Study = optuna.create_study(
             directions=["maximize", "minimize"], sampler=sampler
@@ -132,6 +174,18 @@ class NSGAIIProposer:
 
     def __repr__(self) -> str:
         return f"<NSGAIIProposer trials={len(self.study.trials)} open={len(self._trials)}>"
+
+    @property
+    def generations(self) -> int:
+        """How many NSGA-II generations the told trials span: real generations, as the
+        sampler counts them (a generation is ``population`` completed trials)."""
+        from optuna.trial import TrialState
+
+        key = f"{type(self.study.sampler).__name__}:generation"
+        told = [
+            t.system_attrs.get(key) for t in self.study.get_trials(states=[TrialState.COMPLETE])
+        ]
+        return 1 + max((g for g in told if g is not None), default=-1)
 
     def ask(self, count: int) -> list[Proposal]:
         """See :meth:`Proposer.ask`."""
@@ -152,25 +206,11 @@ class NSGAIIProposer:
 
         for proposal, metrics in results:
             trial = self._trials.pop(proposal.number)
-            values = objectives(metrics)
-            if values is None or metrics is None:
+            if metrics is None:
                 self.study.tell(trial, state=TrialState.FAIL)
                 continue
-            if self.min_trades > 0:
-                shortfall = float(self.min_trades - metrics.trades)
-                if self._per_trial:
-                    trial.set_constraint("min_trades", shortfall)
-                else:
-                    trial.set_user_attr(_SHORTFALL, shortfall)
-            self.study.tell(trial, list(values))
-
-
-_SHORTFALL = "min_trades_shortfall"
-
-
-def _trades_constraint(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """``constraints_func`` for Optuna < 5: the shortfall stored at tell time."""
-    return [float(trial.user_attrs.get(_SHORTFALL, 0.0))]
+            trial.set_constraint("min_trades", trades_shortfall(metrics, self.min_trades))
+            self.study.tell(trial, list(told_values(metrics)))
 
 
 class ListProposer:
