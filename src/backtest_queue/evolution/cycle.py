@@ -52,7 +52,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..errors import UsageError
 from ..outcome import Outcome
 from ..protocol import BacktestRequest, Metrics
-from .proposer import Proposal, Proposer
+from .proposer import Proposal, Proposer, feasible
 from .search_space import Candidate
 
 if TYPE_CHECKING:
@@ -192,11 +192,16 @@ class Progress:
         evaluated: evaluations finished (results, clones and failures).
         results: results that reached the collector (clones not counted).
         clones: evaluations that reused an identical candidate's result.
-        failures: evaluations that ended without a result.
+        failures: evaluations that ended without a result (timeout, lost connection,
+            service error: see :attr:`Evaluation.reason`).
+        infeasible: evaluations with a result that does not count: fewer than the run's
+            ``min_trades`` trades (or none), or an undefined Sharpe ratio (see
+            :func:`~.proposer.feasible`).
         queued: requests in the dispatcher's send queue now.
         pending: requests in flight now.
         connected: whether a service is up.
-        best_sharpe: the best Sharpe ratio seen so far in this run, or ``None``.
+        best_sharpe: the best Sharpe ratio of a feasible result so far in this run (the
+            leaderboard's rule), or ``None``.
         elapsed: seconds since the run started.
     """
 
@@ -208,6 +213,7 @@ class Progress:
     results: int
     clones: int
     failures: int
+    infeasible: int
     queued: int
     pending: int
     connected: bool
@@ -224,11 +230,13 @@ class GenerationSummary:
         generation: 1-based.
         generations: how many the run has.
         evaluations: the generation's evaluations, in ask order.
-        best_sharpe: the generation's best Sharpe ratio (``None``: none defined).
-        median_sharpe: the median of its defined Sharpe ratios.
-        best_so_far: the best Sharpe ratio of the run up to and including it.
+        best_sharpe: the generation's best Sharpe ratio among feasible results (the
+            leaderboard's rule; ``None``: none).
+        median_sharpe: the median of all its defined Sharpe ratios, feasible or not.
+        best_so_far: the best feasible Sharpe ratio of the run up to and including it.
         clones: its evaluations that were clones.
-        failures: its evaluations that failed.
+        failures: its evaluations without a result.
+        infeasible: its evaluations with a result that does not count (too few trades).
         elapsed: seconds since the run started.
     """
 
@@ -241,6 +249,7 @@ class GenerationSummary:
     best_so_far: float | None
     clones: int
     failures: int
+    infeasible: int
     elapsed: float
 
 
@@ -275,6 +284,7 @@ class _Counts:
     results: int = 0
     clones: int = 0
     failures: int = 0
+    infeasible: int = 0
     best_sharpe: float | None = None
     generation: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -296,6 +306,7 @@ class _Evolution:
         cycle_hook: CycleHook | None,
         cycle_interval: float,
         phase: str,
+        min_trades: int,
     ) -> None:
         self._dispatcher = dispatcher
         self._proposer = proposer
@@ -307,6 +318,7 @@ class _Evolution:
         self._hook = cycle_hook
         self._cycle_interval = cycle_interval
         self._phase = phase
+        self._min_trades = min_trades
         self._owners: dict[str, tuple[Candidate, RunSettings]] = {}  # request_id -> key
         self._waiting: dict[tuple[Candidate, RunSettings], list[_Slot]] = {}
         self._counts = _Counts()
@@ -327,9 +339,7 @@ class _Evolution:
             async for outcome in self._dispatcher.outcomes:
                 if outcome.request_id in self._owners and outcome.result is not None:
                     self._counts.results += 1
-                    self._counts.best_sharpe = _best(
-                        self._counts.best_sharpe, outcome.result.sharpe
-                    )
+                    self._note_best(outcome.result)
                     self._report()
                 inbox.send_nowait(outcome)  # unbounded: never blocks, never full
 
@@ -448,8 +458,14 @@ class _Evolution:
             source=source,
         )
         self._counts.evaluated += 1
+        if not feasible(metrics, self._min_trades):
+            self._counts.infeasible += 1
         if status == "clone":
             self._counts.clones += 1
+            self._note_best(metrics)
+
+    def _note_best(self, metrics: Metrics) -> None:
+        if feasible(metrics, self._min_trades):
             self._counts.best_sharpe = _best(self._counts.best_sharpe, metrics.sharpe)
 
     async def _tell(self, slots: list[_Slot]) -> None:
@@ -462,7 +478,8 @@ class _Evolution:
 
     def _summary(self, evaluations: Sequence[Evaluation]) -> GenerationSummary:
         sharpes = [e.sharpe for e in evaluations if e.sharpe is not None]
-        best = max(sharpes) if sharpes else None
+        eligible = [e.sharpe for e in evaluations if feasible(e.metrics, self._min_trades)]
+        best = max((s for s in eligible if s is not None), default=None)
         self._best_so_far = _best(self._best_so_far, best)
         return GenerationSummary(
             phase=self._phase,
@@ -474,6 +491,10 @@ class _Evolution:
             best_so_far=self._best_so_far,
             clones=sum(e.status == "clone" for e in evaluations),
             failures=sum(e.status == "failed" for e in evaluations),
+            infeasible=sum(
+                e.metrics is not None and not feasible(e.metrics, self._min_trades)
+                for e in evaluations
+            ),
             elapsed=time.monotonic() - self._counts.started_at,
         )
 
@@ -489,6 +510,7 @@ class _Evolution:
             results=counts.results,
             clones=counts.clones,
             failures=counts.failures,
+            infeasible=counts.infeasible,
             queued=queue.queued,
             pending=queue.pending,
             connected=self._dispatcher.connected,
@@ -518,6 +540,7 @@ async def run_evolution(
     cycle_hook: CycleHook | None = None,
     cycle_interval: float = 0.25,
     phase: str = "in-sample",
+    min_trades: int = 0,
 ) -> list[Evaluation]:
     """Evolve strategies through a dispatcher: the cycle and the collector as siblings.
 
@@ -539,6 +562,9 @@ async def run_evolution(
         cycle_interval: the longest a cycle waits for an outcome, in seconds; the cycle
             runs at least this often, so ``maybe_flush`` does too.
         phase: a label for progress reports.
+        min_trades: the fewest trades a result needs to count as the best so far (the
+            leaderboard's rule, :func:`~.proposer.feasible`); fewer is reported as
+            infeasible.
 
     Returns:
         Every evaluation, in generation and ask order (``generations * population``).
@@ -553,12 +579,15 @@ async def run_evolution(
         raise UsageError(
             f"generations and population must be >= 1, got {generations} and {population}"
         )
+    if min_trades < 0:
+        raise UsageError(f"min_trades must be >= 0, got {min_trades}")
     if not (cycle_interval > 0 and math.isfinite(cycle_interval)):
         raise UsageError(f"cycle_interval must be > 0 seconds, got {cycle_interval!r}")
     evolution = _Evolution(
         dispatcher, proposer, generations=generations, population=population, run=run,
         cache=cache if cache is not None else ResultCache(), observer=observer,
         cycle_hook=cycle_hook, cycle_interval=cycle_interval, phase=phase,
+        min_trades=min_trades,
     )  # fmt: skip
     inbox_send, inbox = anyio.create_memory_object_stream[Outcome](math.inf)
     with inbox_send, inbox:  # closed here too, should a task never get to start

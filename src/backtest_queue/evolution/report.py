@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..protocol import Metrics
 from .cycle import Evaluation
-from .proposer import objectives
+from .proposer import feasible, objectives
 from .search_space import Candidate
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _ranked(evaluations: Iterable[Evaluation], min_trades: int) -> list[tuple[Ev
     groups: dict[tuple[object, ...], list[Evaluation]] = {}
     for evaluation in evaluations:
         m = evaluation.metrics
-        if m is None or m.sharpe is None or m.trades < min_trades:
+        if m is None or not feasible(m, min_trades):
             continue
         if evaluation.candidate in seen:
             continue
@@ -108,8 +108,8 @@ def best_candidates(
 
     A candidate counts once (its first evaluation with a result), and so does a group of
     candidates with exactly the same metrics (the earliest stands for the group);
-    evaluations without a defined Sharpe ratio, or with fewer than ``min_trades``
-    trades, are left out. Ties go to the earlier evaluation, so the order is
+    evaluations that are not :func:`~.proposer.feasible` (no defined Sharpe ratio, fewer
+    than ``min_trades`` trades) are left out. Ties go to the earlier evaluation, so the order is
     deterministic.
     """
     return [evaluation for evaluation, _ in _ranked(evaluations, min_trades)[:top]]
@@ -121,8 +121,7 @@ def pareto_front(evaluations: Iterable[Evaluation], *, min_trades: int = 0) -> s
     points: dict[Candidate, tuple[float, float]] = {}
     for evaluation in evaluations:
         values = objectives(evaluation.metrics)
-        trades = 0 if evaluation.metrics is None else evaluation.metrics.trades
-        if values is not None and trades >= min_trades:
+        if values is not None and feasible(evaluation.metrics, min_trades):
             points.setdefault(evaluation.candidate, values)
     front = set()
     for candidate, (sharpe, drawdown) in points.items():
@@ -160,17 +159,26 @@ def leaderboard(
 
 
 def sharpe_by_generation(
-    evaluations: Iterable[Evaluation],
+    evaluations: Iterable[Evaluation], *, min_trades: int = 0
 ) -> list[tuple[int, float | None, float | None]]:
-    """``(generation, best, median)`` of the defined Sharpe ratios, per generation (0-based)."""
-    by_generation: dict[int, list[float]] = {}
+    """``(generation, best, median)`` Sharpe ratio per generation (0-based).
+
+    ``best`` is over the feasible results only (at least ``min_trades`` trades: the
+    leaderboard's rule, so the chart's best is a candidate the leaderboard could rank);
+    ``median`` is over every defined Sharpe ratio of the generation.
+    """
+    defined: dict[int, list[float]] = {}
+    eligible: dict[int, list[float]] = {}
     for e in evaluations:
-        values = by_generation.setdefault(e.generation, [])
+        values = defined.setdefault(e.generation, [])
+        best = eligible.setdefault(e.generation, [])
         if e.sharpe is not None:
             values.append(e.sharpe)
+            if feasible(e.metrics, min_trades):
+                best.append(e.sharpe)
     return [
-        (g, max(v) if v else None, statistics.median(v) if v else None)
-        for g, v in sorted(by_generation.items())
+        (g, max(eligible[g], default=None), statistics.median(v) if v else None)
+        for g, v in sorted(defined.items())
     ]
 
 
@@ -247,8 +255,12 @@ def leaderboard_records(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
     return [_row_record(row) for row in rows]
 
 
-def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], title: str) -> Path:
-    """Draw best and median Sharpe ratio per generation, and the best so far, into a PNG.
+def plot_sharpe_by_generation(
+    path: Path, evaluations: Sequence[Evaluation], title: str, *, min_trades: int = 0
+) -> Path:
+    """Draw best and median Sharpe ratio per generation, and the best so far, into a PNG
+    (best: among results with at least ``min_trades`` trades, see
+    :func:`sharpe_by_generation`).
 
     Returns:
         ``path``.
@@ -256,7 +268,7 @@ def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], tit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    points = sharpe_by_generation(evaluations)
+    points = sharpe_by_generation(evaluations, min_trades=min_trades)
     generations = [g + 1 for g, _, _ in points]
     best = [b for _, b, _ in points]
     median = [m for _, _, m in points]
@@ -273,7 +285,8 @@ def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], tit
     figure = Figure(figsize=(7, 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot(generations, nan(best), marker="o", label="best of generation")
+    label = f" (>= {min_trades} trades)" if min_trades else ""
+    axes.plot(generations, nan(best), marker="o", label=f"best of generation{label}")
     axes.plot(generations, nan(median), marker="s", label="median of generation")
     axes.step(generations, nan(so_far), where="post", linestyle="--", label="best so far")
     axes.axhline(0.0, color="black", linewidth=0.5)

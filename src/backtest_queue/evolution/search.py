@@ -31,7 +31,7 @@ from .cycle import (
     RunSettings,
     run_evolution,
 )
-from .proposer import ListProposer, NSGAIIProposer, Proposer
+from .proposer import ListProposer, NSGAIIProposer, Proposer, feasible
 from .report import (
     LeaderboardRow,
     best_candidates,
@@ -110,6 +110,8 @@ class SearchReport:
         out_of_sample: the re-runs of the leaderboard's candidates, best first.
         leaderboard: the best ``config.top`` candidates with both results.
         elapsed: wall time of the search, in seconds.
+        min_trades: the fewest in-sample trades the leaderboard required: the
+            configured minimum, or 0 when no candidate reached it.
     """
 
     config: SearchConfig
@@ -118,12 +120,26 @@ class SearchReport:
     out_of_sample: list[Evaluation]
     leaderboard: list[LeaderboardRow]
     elapsed: float
+    min_trades: int = 0
 
     def counts(self) -> dict[str, int]:
-        """In-sample evaluations by status (``ok``, ``clone``, ``failed``) and in total."""
+        """In-sample evaluations in total and by cause.
+
+        Keys: ``evaluations``; by status ``ok``, ``clone``, ``failed`` (no result);
+        ``failed:<reason>`` per outcome reason (``timeout``, ``service_error``, ...);
+        ``infeasible``: results (own or reused) with fewer than ``config.min_trades``
+        trades or an undefined Sharpe ratio, which the optimizer was told as constraint
+        violations and the leaderboard does not rank.
+        """
         counts = {"evaluations": len(self.in_sample), "ok": 0, "clone": 0, "failed": 0}
+        counts["infeasible"] = 0
         for e in self.in_sample:
             counts[e.status] += 1
+            if e.metrics is None:
+                key = f"failed:{e.reason}"
+                counts[key] = counts.get(key, 0) + 1
+            elif not feasible(e.metrics, self.config.min_trades):
+                counts["infeasible"] += 1
         return counts
 
 
@@ -198,6 +214,7 @@ async def run_search(
         dispatcher, proposer, generations=config.generations, population=config.population,
         run=run, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
         cycle_interval=config.cycle_interval, phase="in-sample",
+        min_trades=config.min_trades,
     )  # fmt: skip
     min_trades = config.min_trades
     if not best_candidates(in_sample, 1, min_trades=min_trades):
@@ -221,6 +238,7 @@ async def run_search(
         out_of_sample=out_of_sample,
         leaderboard=leaderboard(in_sample, out_of_sample, top=config.top, min_trades=min_trades),
         elapsed=time.monotonic() - started,
+        min_trades=min_trades,
     )
 
 
@@ -260,6 +278,7 @@ def write_outputs(
             report.in_sample,
             f"{report.config.data_id} in-sample ({report.split.in_sample_bars} bars), "
             f"population {report.config.population}, seed {report.config.seed}",
+            min_trades=report.min_trades,
         ),
     }
     if bars is not None and report.leaderboard:
