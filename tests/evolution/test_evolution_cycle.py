@@ -149,7 +149,7 @@ async def test_timeouts_are_told_as_failed_trials() -> None:
 def told_as_failed(proposer: NSGAIIProposer, evaluations: list[Evaluation]) -> set[str]:
     """Check every trial's state, values and constraint against its evaluation; return
     why trials were told as failed."""
-    trials = {t.number: t for t in proposer.study.trials}
+    trials = {t.number: t for t in proposer.study.trials if "repeat_of" not in t.user_attrs}
     assert len(trials) == len(evaluations)
     reasons = set()
     for e in evaluations:
@@ -184,7 +184,9 @@ async def test_zero_trade_results_count_toward_their_generation() -> None:
             )
     assert any(e.metrics is not None and e.metrics.trades == 0 for e in evaluations)
     by_generation = Counter(
-        t.system_attrs["NSGAIISampler:generation"] for t in proposer.study.trials
+        t.system_attrs["NSGAIISampler:generation"]
+        for t in proposer.study.trials
+        if "repeat_of" not in t.user_attrs
     )
     assert by_generation == {0: 6, 1: 6, 2: 6, 3: 6}
     assert proposer.generations == 4
@@ -210,7 +212,9 @@ async def search_once(seed: int, reply_seed: int) -> list[tuple[str, float | Non
     ):
         with anyio.fail_after(20):
             report = await run_search(dispatcher, config, demo_split())
-    assert [e.number for e in report.in_sample] == list(range(30))
+    numbers = [e.number for e in report.in_sample]
+    assert len(numbers) == 30
+    assert numbers == sorted(set(numbers))  # ask order; repeats re-asked left gaps
     return [
         (row.candidate.name, row.in_sample.sharpe, row.out_of_sample.sharpe)
         for row in report.leaderboard
@@ -328,3 +332,47 @@ async def test_slow_proposer_blocks_nothing() -> None:
             proposer.release.set()
             with anyio.fail_after(5):
                 await done.wait()
+
+
+SMALL = SearchSpace(kinds=("sma_cross",), fast=(10, 14), gap=(40, 50), bracket=(0.002, 0.003))
+
+
+async def evolve_in(
+    space: SearchSpace, generations: int, population: int
+) -> tuple[NSGAIIProposer, list[Evaluation], int]:
+    proposer = NSGAIIProposer(seed=4, population=population, space=space)
+    endpoint = free_tcp_endpoint()
+    async with (
+        fake_service(endpoint) as fake,
+        open_dispatcher([endpoint], flush_interval=0.05) as dispatcher,
+    ):
+        with anyio.fail_after(30):
+            evaluations = await run_evolution(
+                dispatcher, proposer, generations=generations, population=population, run=RUN
+            )
+    return proposer, evaluations, len(fake.requests)
+
+
+async def test_repeats_are_reasked_so_the_budget_buys_distinct_evaluations() -> None:
+    """In a small space NSGA-II breeds many repeats of its parents; each is re-asked
+    (told as FAIL, repeat_of), so 5 generations of 8 are 40 distinct backtests."""
+    proposer, evaluations, sent = await evolve_in(SMALL, generations=5, population=8)
+    assert len({e.candidate for e in evaluations}) == len(evaluations) == 40
+    assert [e.status for e in evaluations] == ["ok"] * 40
+    assert sent == 40
+    assert proposer.repeats > 0  # there were repeats to re-ask
+    repeats = [t for t in proposer.study.trials if "repeat_of" in t.user_attrs]
+    assert len(repeats) == proposer.repeats
+    assert all(t.state is TrialState.FAIL for t in repeats)
+    assert proposer.generations == 5  # repeats do not count toward a generation
+
+
+async def test_a_space_smaller_than_the_budget_still_finishes() -> None:
+    """8 candidates in all, 18 asked: re-asks are bounded, then repeats are handed out
+    and answered from the clone table (not sent again)."""
+    tiny = SearchSpace(kinds=("sma_cross",), fast=(10, 10), gap=(40, 41), bracket=(0.002, 0.002))
+    proposer, evaluations, sent = await evolve_in(tiny, generations=3, population=6)
+    assert len(evaluations) == 18
+    assert len({e.candidate for e in evaluations}) == sent == 8
+    assert sum(e.status == "clone" for e in evaluations) == 10
+    assert proposer.repeats <= proposer.max_reasks * 18

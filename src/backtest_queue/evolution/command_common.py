@@ -346,5 +346,6 @@ def counts_line(report: SearchReport) -> str:
         f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "
         f"clones reused; {failed} (no result); {counts['infeasible']} infeasible (fewer than "
         f"{minimum} trades or no Sharpe ratio)) and {len(report.out_of_sample)} "
-        f"out-of-sample re-runs in {report.elapsed:.1f} s"
+        f"out-of-sample re-runs in {report.elapsed:.1f} s; {report.repeats} repeats "
+        f"re-asked, {report.real_generations or '?'} real generations"
     )

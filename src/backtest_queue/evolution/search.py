@@ -112,6 +112,11 @@ class SearchReport:
         elapsed: wall time of the search, in seconds.
         min_trades: the fewest in-sample trades the leaderboard required: the
             configured minimum, or 0 when no candidate reached it.
+        repeats: candidates the optimizer proposed again and re-asked (not evaluated,
+            not counted: see :class:`NSGAIIProposer`); 0 for a proposer that does not
+            count them.
+        real_generations: generations as the optimizer counted them (NSGA-II: told
+            trials span this many), ``None`` when it does not say.
     """
 
     config: SearchConfig
@@ -121,6 +126,8 @@ class SearchReport:
     leaderboard: list[LeaderboardRow]
     elapsed: float
     min_trades: int = 0
+    repeats: int = 0
+    real_generations: int | None = None
 
     def counts(self) -> dict[str, int]:
         """In-sample evaluations in total and by cause.
@@ -239,6 +246,8 @@ async def run_search(
         leaderboard=leaderboard(in_sample, out_of_sample, top=config.top, min_trades=min_trades),
         elapsed=time.monotonic() - started,
         min_trades=min_trades,
+        repeats=int(getattr(proposer, "repeats", 0)),
+        real_generations=getattr(proposer, "generations", None),
     )
 
 
@@ -265,6 +274,8 @@ def write_outputs(
         "config": config,
         "split": {**asdict(report.split), "out_of_sample_bars": report.split.out_of_sample_bars},
         "counts": report.counts(),
+        "repeats_reasked": report.repeats,
+        "real_generations": report.real_generations,
         "elapsed_s": round(report.elapsed, 3),
         "leaderboard": board,
         "evaluations": records,
