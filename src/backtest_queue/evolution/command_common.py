@@ -100,6 +100,13 @@ def add_search_arguments(
         "read here too, to split the bars",
     )
     parser.add_argument(
+        "--sampler",
+        choices=("tpe", "nsga2", "random"),
+        default="nsga2",
+        help="the optimizer: Optuna's TPE, NSGA-II or random search (default: %(default)s; "
+        "benchmarks/README.md compares them out of sample)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=7,
@@ -253,6 +260,7 @@ async def search_and_report(
     config = SearchConfig(
         generations=args.generations,
         population=args.population,
+        sampler=args.sampler,
         seed=args.seed,
         data_id=args.data,
         in_sample_fraction=args.in_sample,
@@ -260,9 +268,10 @@ async def search_and_report(
         min_trades=args.min_trades,
     )
     log.info(
-        "evolving on %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
+        "evolving on %s with %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
         "out-of-sample %s .. %s (%d bars)",
         config.data_id,
+        config.sampler,
         config.generations,
         config.population,
         *split.in_sample,

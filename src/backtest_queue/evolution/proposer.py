@@ -5,9 +5,10 @@ evolution cycle calls it once per generation each way, from a worker thread (so 
 optimizer never blocks the event loop, and with it the dispatcher's flusher), never
 from two threads at once.
 
-* :class:`NSGAIIProposer` - Optuna's ask/tell interface with the NSGA-II sampler (a
-  genetic algorithm), two objectives: Sharpe ratio (maximised) and the magnitude of the
-  maximum drawdown in percent (minimised).
+* :class:`OptunaProposer` - Optuna's ask/tell interface with the TPE, NSGA-II (a
+  genetic algorithm) or random sampler, two objectives: Sharpe ratio (maximised) and
+  the magnitude of the maximum drawdown in percent (minimised), one constraint (enough
+  trades). ``NSGAIIProposer`` is its old name.
 * :class:`ListProposer` - a fixed list of candidates (re-runs, out-of-sample checks,
   tests).
 """
@@ -17,8 +18,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
+from ..errors import UsageError
 from ..protocol import Metrics
 from .search_space import Candidate, SearchSpace
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ListProposer",
     "NSGAIIProposer",
+    "OptunaProposer",
+    "SAMPLERS",
+    "SamplerName",
     "Proposal",
     "Proposer",
     "feasible",
@@ -123,14 +128,24 @@ def silence_optuna() -> None:
     optuna.logging.set_verbosity(logging.WARNING)
 
 
-class NSGAIIProposer:
-    """Optuna's NSGA-II behind the :class:`Proposer` interface.
+#: The Optuna samplers :class:`OptunaProposer` offers.
+SAMPLERS: Final = ("tpe", "nsga2", "random")
+SamplerName = Literal["tpe", "nsga2", "random"]
+
+
+class OptunaProposer:
+    """An Optuna sampler behind the :class:`Proposer` interface, through ask/tell.
+
+    Samplers: ``"tpe"`` (the Tree-structured Parzen Estimator, multivariate, asked a
+    whole generation at a time), ``"nsga2"`` (NSGA-II, a genetic algorithm whose
+    population is the evolution's) or ``"random"`` (independent draws: the baseline).
+    See benchmarks/README.md for how they compare out of sample.
 
     Objectives: Sharpe ratio (maximise), ``abs(max_drawdown_pct)`` (minimise). Every
     result is told as a ``COMPLETE`` trial with one constraint, ``trades >=
     max(min_trades, 1)`` (see :func:`trades_shortfall`, set with
-    ``Trial.set_constraint``): NSGA-II ranks every feasible trial above every infeasible
-    one, so a lucky handful of trades cannot lead the search, and a run without trades
+    ``Trial.set_constraint``): NSGA-II and TPE rank every feasible trial above every
+    infeasible one, so a lucky handful of trades cannot lead the search, and a run without trades
     (undefined Sharpe ratio: told as 0.0, see :func:`told_values`, and infeasible) still
     counts toward its generation. Were it told as ``FAIL``, NSGA-II would not count it,
     and the next generation would be bred from the same parents: "12 generations" were
@@ -151,23 +166,28 @@ class NSGAIIProposer:
     proposed again.
 
     Args:
+        sampler: which Optuna sampler (see above).
         seed: the sampler's random seed (``None``: not reproducible).
         population: NSGA-II's population size (use the evolution's population).
         space: the search space.
         min_trades: the fewest closed trades a feasible result has (0: one trade).
-        mutation_prob: the chance that a child's parameter is drawn afresh instead of
-            inherited (``None``: Optuna's default, 1 / number of parameters).
+        mutation_prob: NSGA-II's chance that a child's parameter is drawn afresh instead
+            of inherited (``None``: Optuna's default, 1 / number of parameters).
         max_reasks: the most repeats re-asked per candidate asked, in one :meth:`ask`
             (0: hand repeats out).
 
     Attributes:
         study: the Optuna study (in memory): every trial, its state and values.
         repeats: how many repeats were re-asked (trials told ``FAIL`` as ``repeat_of``).
+
+    Raises:
+        UsageError: an unknown ``sampler``.
     """
 
     def __init__(
         self,
         *,
+        sampler: SamplerName = "nsga2",
         seed: int | None = None,
         population: int = 16,
         space: SearchSpace | None = None,
@@ -180,12 +200,21 @@ class NSGAIIProposer:
         silence_optuna()
         self.space = space or SearchSpace()
         self.min_trades = min_trades
-        sampler = optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=population, mutation_prob=mutation_prob
-        )
+        if sampler == "nsga2":
+            chosen: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=population, mutation_prob=mutation_prob
+            )
+        elif sampler == "tpe":
+            chosen = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        elif sampler == "random":
+            chosen = optuna.samplers.RandomSampler(seed=seed)
+        else:
+            raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        self.sampler = sampler
         self.study: optuna.Study = optuna.create_study(
-            directions=["maximize", "minimize"], sampler=sampler
+            directions=["maximize", "minimize"], sampler=chosen
         )
+        self._tells = 0
         self._trials: dict[int, optuna.Trial] = {}
         self._proposed: dict[Candidate, int] = {}  # candidate -> its first trial number
         self.max_reasks = max_reasks
@@ -193,16 +222,20 @@ class NSGAIIProposer:
 
     def __repr__(self) -> str:
         return (
-            f"<NSGAIIProposer trials={len(self.study.trials)} open={len(self._trials)} "
+            f"<OptunaProposer {self.sampler} trials={len(self.study.trials)} "
+            f"open={len(self._trials)} "
             f"repeats={self.repeats}>"
         )
 
     @property
     def generations(self) -> int:
-        """How many NSGA-II generations the told trials span: real generations, as the
-        sampler counts them (a generation is ``population`` completed trials)."""
+        """Real generations. NSGA-II: how many generations the completed trials span, as
+        the sampler counts them (a generation is ``population`` completed trials).
+        Others: how many batches were told."""
         from optuna.trial import TrialState
 
+        if self.sampler != "nsga2":
+            return self._tells
         key = f"{type(self.study.sampler).__name__}:generation"
         told = [
             t.system_attrs.get(key) for t in self.study.get_trials(states=[TrialState.COMPLETE])
@@ -238,6 +271,7 @@ class NSGAIIProposer:
         """
         from optuna.trial import TrialState
 
+        self._tells += 1
         for proposal, metrics in results:
             trial = self._trials.pop(proposal.number)
             if metrics is None:
@@ -247,6 +281,10 @@ class NSGAIIProposer:
                 continue
             trial.set_constraint("min_trades", trades_shortfall(metrics, self.min_trades))
             self.study.tell(trial, list(told_values(metrics)))
+
+
+#: The name this class had when NSGA-II was its only sampler.
+NSGAIIProposer = OptunaProposer
 
 
 class ListProposer:

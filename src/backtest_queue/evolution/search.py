@@ -31,7 +31,7 @@ from .cycle import (
     RunSettings,
     run_evolution,
 )
-from .proposer import ListProposer, NSGAIIProposer, Proposer, feasible
+from .proposer import ListProposer, OptunaProposer, Proposer, SamplerName, feasible
 from .report import (
     LeaderboardRow,
     best_candidates,
@@ -67,6 +67,9 @@ class SearchConfig:
     Attributes:
         generations: evolution generations, >= 1.
         population: candidates per generation (NSGA-II's population), >= 1.
+        sampler: the Optuna sampler, ``"tpe"``, ``"nsga2"`` or ``"random"`` (see
+            :class:`OptunaProposer` and benchmarks/README.md for the measurement behind
+            the default).
         seed: the optimizer's random seed (``None``: a different search every run).
         data_id: the dataset to search on.
         in_sample_fraction: share of the bars to evolve on; the rest is out-of-sample.
@@ -87,6 +90,7 @@ class SearchConfig:
 
     generations: int = 12
     population: int = 24
+    sampler: SamplerName = "nsga2"
     seed: int | None = 7
     data_id: str = "EURUSD-H1"
     in_sample_fraction: float = 0.7
@@ -189,7 +193,8 @@ async def run_search(
         dispatcher: an open dispatcher whose services have ``config.data_id``.
         config: the search settings.
         split: the in-sample / out-of-sample bounds (see :func:`.split.split_bars`).
-        proposer: the optimizer (default: :class:`NSGAIIProposer` with ``config.seed``).
+        proposer: the optimizer (default: :class:`OptunaProposer` with ``config.sampler``
+            and ``config.seed``).
         observer: receives progress from both runs.
         cycle_hook: awaited at the end of every cycle of both runs.
 
@@ -209,7 +214,8 @@ async def run_search(
         commission=config.commission,
     )
     if proposer is None:
-        proposer = NSGAIIProposer(
+        proposer = OptunaProposer(
+            sampler=config.sampler,
             seed=config.seed,
             population=config.population,
             space=config.space,
@@ -288,7 +294,8 @@ def write_outputs(
             out_dir / "sharpe_by_generation.png",
             report.in_sample,
             f"{report.config.data_id} in-sample ({report.split.in_sample_bars} bars), "
-            f"population {report.config.population}, seed {report.config.seed}",
+            f"population {report.config.population}, {report.config.sampler}, "
+            f"seed {report.config.seed}",
             min_trades=report.min_trades,
         ),
     }
