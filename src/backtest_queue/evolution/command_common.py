@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import anyio
 
+    from .robustness import Assessment
     from .search import SearchReport
 
 __all__ = [
@@ -318,14 +319,30 @@ async def search_and_report(
                 for d in opened:  # on an error, 'shutdown' outcomes are left unread
                     d.outcomes.close()
             outer.cancel_scope.cancel()
-    files = write_outputs(report, args.out, bars=bars)
-    print_report(console, report, files)
+    assessment = None
+    if report.leaderboard:
+        from .cycle import RunSettings
+        from .robustness import assess
+
+        log.info("computing the Deflated Sharpe Ratio and the PBO from daily returns")
+        assessment = assess(
+            report.in_sample,
+            [row.candidate for row in report.leaderboard],
+            bars.iloc[: split.in_sample_bars],
+            RunSettings(cash=config.cash, commission=config.commission),
+            min_trades=report.min_trades,
+        )
+    files = write_outputs(report, args.out, bars=bars, assessment=assessment)
+    print_report(console, report, files, assessment)
     return 0
 
 
-def print_report(console: Any, report: SearchReport, files: dict[str, Path]) -> None:
-    """Print the leaderboard, the counts and the files written."""
+def print_report(
+    console: Any, report: SearchReport, files: dict[str, Path], assessment: Assessment | None
+) -> None:
+    """Print the leaderboard, the counts, the overfitting measures and the files."""
     from .report import leaderboard_table
+    from .robustness import describe
 
     split = report.split
     title = (
@@ -336,8 +353,11 @@ def print_report(console: Any, report: SearchReport, files: dict[str, Path]) -> 
     note = ""
     if report.config.min_trades:
         note = f"ranked: strategies with at least {report.config.min_trades} in-sample trades"
-    console.print(leaderboard_table(report.leaderboard, title=title, note=note))
+    dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
+    console.print(leaderboard_table(report.leaderboard, title=title, note=note, dsr=dsr))
     console.print(counts_line(report), highlight=False)
+    if assessment is not None:
+        console.print(describe(assessment), highlight=False)
     for path in files.values():
         console.print(f"  wrote {path}", highlight=False)
 

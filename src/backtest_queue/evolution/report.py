@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -205,7 +205,7 @@ def evaluation_record(evaluation: Evaluation, phase: str) -> dict[str, Any]:
     return record
 
 
-def _row_record(row: LeaderboardRow) -> dict[str, Any]:
+def _row_record(row: LeaderboardRow, dsr: float | None) -> dict[str, Any]:
     def metric(e: Evaluation | None, name: str) -> Any:
         return None if e is None or e.metrics is None else getattr(e.metrics, name)
 
@@ -216,6 +216,7 @@ def _row_record(row: LeaderboardRow) -> dict[str, Any]:
         "params": row.candidate.describe(),
         "pareto": row.pareto,
         "alike": row.alike,
+        "deflated_sharpe_ratio": dsr,
         "in_sample_sharpe": metric(row.in_sample, "sharpe"),
         "out_of_sample_sharpe": metric(row.out_of_sample, "sharpe"),
         "in_sample_max_drawdown_pct": metric(row.in_sample, "max_drawdown_pct"),
@@ -250,9 +251,13 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def leaderboard_records(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
-    """The leaderboard as flat JSON-ready dicts."""
-    return [_row_record(row) for row in rows]
+def leaderboard_records(
+    rows: Sequence[LeaderboardRow], dsr: Mapping[Candidate, float] | None = None
+) -> list[dict[str, Any]]:
+    """The leaderboard as flat JSON-ready dicts (``dsr``: Deflated Sharpe Ratio by
+    candidate, see :mod:`.robustness`)."""
+    dsr = dsr or {}
+    return [_row_record(row, dsr.get(row.candidate)) for row in rows]
 
 
 def plot_sharpe_by_generation(
@@ -301,11 +306,15 @@ def plot_sharpe_by_generation(
 
 
 def leaderboard_table(
-    rows: Sequence[LeaderboardRow], *, title: str = "Leaderboard", note: str = ""
+    rows: Sequence[LeaderboardRow],
+    *,
+    title: str = "Leaderboard",
+    note: str = "",
+    dsr: Mapping[Candidate, float] | None = None,
 ) -> Table:
     """The leaderboard as a rich table: rank, strategy, parameters, Sharpe in and out of
-    sample, max drawdown (percent) and trades in and out of sample; ``note`` goes in the
-    caption."""
+    sample, max drawdown (percent), trades in and out of sample, and the Deflated Sharpe
+    Ratio when ``dsr`` is given; ``note`` goes in the caption."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -317,10 +326,12 @@ def leaderboard_table(
     table.add_column("max DD IS", justify="right")
     table.add_column("max DD OOS", justify="right")
     table.add_column("trades IS/OOS", justify="right")
+    if dsr is not None:
+        table.add_column("DSR", justify="right")
     for row in rows:
         i, o = row.in_sample.metrics, row.out_of_sample and row.out_of_sample.metrics
         mark = " *" if row.pareto else ""
-        table.add_row(
+        cells = [
             str(row.rank),
             row.candidate.kind + mark,
             row.candidate.describe() + (f" (+{row.alike} alike)" if row.alike else ""),
@@ -329,10 +340,18 @@ def leaderboard_table(
             _fmt(i.max_drawdown_pct if i else None, "{:.1f}%"),
             _fmt(o.max_drawdown_pct if o else None, "{:.1f}%"),
             f"{i.trades if i else '-'}/{o.trades if o else '-'}",
-        )
+        ]
+        if dsr is not None:
+            cells.append(_fmt(dsr.get(row.candidate), "{:.2f}"))
+        table.add_row(*cells)
     caption = [note] if note else []
     if any(row.pareto for row in rows):
         caption.append("* on the in-sample Pareto front (Sharpe up, drawdown down)")
+    if dsr is not None:
+        caption.append(
+            "DSR: Deflated Sharpe Ratio, the probability that the in-sample Sharpe ratio "
+            "beats what the search's luck alone gives (>= 0.95: significant)"
+        )
     if any(row.alike for row in rows):
         caption.append("+N alike: N more candidates with exactly the same in-sample results")
     if caption:

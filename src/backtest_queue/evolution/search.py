@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..dispatcher import Dispatcher
+    from .robustness import Assessment
 
 __all__ = ["SearchConfig", "SearchFailed", "SearchReport", "run_search", "write_outputs"]
 
@@ -258,7 +259,11 @@ async def run_search(
 
 
 def write_outputs(
-    report: SearchReport, out_dir: Path, *, bars: pd.DataFrame | None = None
+    report: SearchReport,
+    out_dir: Path,
+    *,
+    bars: pd.DataFrame | None = None,
+    assessment: Assessment | None = None,
 ) -> dict[str, Path]:
     """Write the results files and charts (see :mod:`.report`) into ``out_dir``.
 
@@ -266,6 +271,8 @@ def write_outputs(
         report: what :func:`run_search` returned.
         out_dir: the output directory (created if missing; files in it are replaced).
         bars: the dataset's bars, to draw the winner's equity curve; ``None`` skips it.
+        assessment: DSR and PBO (:func:`.robustness.assess`), written into
+            ``results.json`` (``overfitting``) and the leaderboard files.
 
     Returns:
         File role -> path, for the files written.
@@ -273,7 +280,8 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [evaluation_record(e, "in-sample") for e in report.in_sample]
     records += [evaluation_record(e, "out-of-sample") for e in report.out_of_sample]
-    board = leaderboard_records(report.leaderboard)
+    dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
+    board = leaderboard_records(report.leaderboard, dsr)
     config = asdict(report.config)
     document: dict[str, Any] = {
         "backtest_queue_version": __version__,
@@ -283,6 +291,7 @@ def write_outputs(
         "repeats_reasked": report.repeats,
         "real_generations": report.real_generations,
         "elapsed_s": round(report.elapsed, 3),
+        "overfitting": None if assessment is None else assessment.record(),
         "leaderboard": board,
         "evaluations": records,
     }
