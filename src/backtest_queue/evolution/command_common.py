@@ -108,6 +108,21 @@ def add_search_arguments(
         "benchmarks/README.md compares them out of sample)",
     )
     parser.add_argument(
+        "--walk-forward",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="score each candidate on K windows of the in-sample bars by mean minus "
+        "standard deviation of their Sharpe ratios (K >= 2; default: 0, one in-sample run)",
+    )
+    parser.add_argument(
+        "--wf-mode",
+        choices=("rolling", "anchored"),
+        default="rolling",
+        help="walk-forward windows: disjoint (rolling) or expanding from the first bar "
+        "(anchored) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=7,
@@ -267,7 +282,16 @@ async def search_and_report(
         in_sample_fraction=args.in_sample,
         top=args.top,
         min_trades=args.min_trades,
+        walk_forward=args.walk_forward,
+        wf_mode=args.wf_mode,
     )
+    windows: list[tuple[str, str]] = []
+    if args.walk_forward:
+        from .walkforward import windows as wf_windows
+
+        windows = wf_windows(bars.index[: split.in_sample_bars], args.walk_forward, args.wf_mode)
+        log.info("walk-forward: %d %s windows, %s", len(windows), args.wf_mode,
+                 ", ".join(f"{a[:10]}..{b[:10]}" for a, b in windows))  # fmt: skip
     log.info(
         "evolving on %s with %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
         "out-of-sample %s .. %s (%d bars)",
@@ -312,8 +336,9 @@ async def search_and_report(
                     opened.append(dispatcher)
                     tg.start_soon(watch, dispatcher)
                     report = await run_search(
-                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle
-                    )
+                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle,
+                        windows=windows,
+                    )  # fmt: skip
                     tg.cancel_scope.cancel()
             finally:
                 for d in opened:  # on an error, 'shutdown' outcomes are left unread
@@ -353,6 +378,11 @@ def print_report(
     note = ""
     if report.config.min_trades:
         note = f"ranked: strategies with at least {report.config.min_trades} in-sample trades"
+    if report.config.walk_forward >= 2:
+        note += (
+            f"{'; ' if note else ''}Sharpe IS: mean - sd of the Sharpe ratios over "
+            f"{report.config.walk_forward} {report.config.wf_mode} in-sample windows"
+        )
     dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
     console.print(leaderboard_table(report.leaderboard, title=title, note=note, dsr=dsr))
     console.print(counts_line(report), highlight=False)

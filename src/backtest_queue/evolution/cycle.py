@@ -40,7 +40,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -84,11 +84,29 @@ __all__ = [
 log = logging.getLogger("backtest_queue.evolution")
 
 
-@dataclass(slots=True)
+_Key = tuple[Candidate, RunSettings]
+#: Combines the results of one candidate's runs (walk-forward windows) into one.
+Combine = Callable[[Sequence[Metrics]], Metrics]
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """How one of a candidate's runs ended."""
+
+    status: Status
+    metrics: Metrics | None
+    request_id: str
+    source: int
+    reason: str | None = None
+    detail: str = ""
+
+
+@dataclass(slots=True, eq=False)  # hashed by identity
 class _Slot:
     proposal: Proposal
     generation: int
-    key: tuple[Candidate, RunSettings]
+    keys: tuple[_Key, ...]
+    parts: list[_Part | None]
     evaluation: Evaluation | None = None
 
 
@@ -114,7 +132,8 @@ class _Evolution:
         *,
         generations: int,
         population: int,
-        run: RunSettings,
+        runs: Sequence[RunSettings],
+        combine: Combine | None,
         cache: ResultCache,
         observer: EvolutionObserver | None,
         cycle_hook: CycleHook | None,
@@ -126,15 +145,16 @@ class _Evolution:
         self._proposer = proposer
         self._generations = generations
         self._population = population
-        self._run = run
+        self._runs = tuple(runs)
+        self._combine = combine
         self._cache = cache
         self._observer = observer
         self._hook = cycle_hook
         self._cycle_interval = cycle_interval
         self._phase = phase
         self._min_trades = min_trades
-        self._owners: dict[str, tuple[Candidate, RunSettings]] = {}  # request_id -> key
-        self._waiting: dict[tuple[Candidate, RunSettings], list[_Slot]] = {}
+        self._owners: dict[str, _Key] = {}  # request_id -> key
+        self._waiting: dict[_Key, list[tuple[_Slot, int]]] = {}  # key -> (slot, run index)
         self._counts = _Counts()
         self._best_so_far: float | None = None
         self.evaluations: list[Evaluation] = []
@@ -153,7 +173,8 @@ class _Evolution:
             async for outcome in self._dispatcher.outcomes:
                 if outcome.request_id in self._owners and outcome.result is not None:
                     self._counts.results += 1
-                    self._note_best(outcome.result)
+                    if len(self._runs) == 1:  # else the best is known once combined
+                        self._note_best(outcome.result)
                     self._report()
                 inbox.send_nowait(outcome)  # unbounded: never blocks, never full
 
@@ -188,24 +209,35 @@ class _Evolution:
             raise UsageError(
                 f"the proposer returned {len(proposals)} proposals for {self._population} asked"
             )
-        slots = [_Slot(p, generation, (p.candidate, self._run)) for p in proposals]
+        slots = [
+            _Slot(
+                p,
+                generation,
+                tuple((p.candidate, run) for run in self._runs),
+                [None] * len(self._runs),
+            )
+            for p in proposals
+        ]
         for slot in slots:
             await self._place(slot)
         return slots
 
     async def _place(self, slot: _Slot) -> None:
-        cached = self._cache._get(slot.key)
-        if cached is not None:
-            self._resolve(slot, "clone", cached.metrics, cached.request_id, cached.number)
-            return
-        waiting = self._waiting.get(slot.key)
-        if waiting is not None:  # an identical candidate is in flight: share its outcome
-            waiting.append(slot)
-            return
-        request = self._run.request_for(slot.proposal.candidate)
-        self._waiting[slot.key] = [slot]
-        self._owners[request.request_id] = slot.key
-        await self._dispatcher.submit(request)
+        for index, key in enumerate(slot.keys):
+            cached = self._cache._get(key)
+            if cached is not None:
+                slot.parts[index] = _Part("clone", cached.metrics, cached.request_id,
+                                          cached.number)  # fmt: skip
+                continue
+            waiting = self._waiting.get(key)
+            if waiting is not None:  # an identical candidate is in flight: share its outcome
+                waiting.append((slot, index))
+                continue
+            request = key[1].request_for(slot.proposal.candidate)
+            self._waiting[key] = [(slot, index)]
+            self._owners[request.request_id] = key
+            await self._dispatcher.submit(request)
+        self._finish(slot)
 
     async def _take(self, inbox: MemoryObjectReceiveStream[Outcome]) -> None:
         """Apply the outcomes that arrived, waiting up to ``cycle_interval`` for one."""
@@ -232,51 +264,63 @@ class _Evolution:
             log.debug("ignored an outcome for request %s: not this evolution's",
                       outcome.request_id)  # fmt: skip
             return
-        first, *clones = self._waiting.pop(key)
+        waiting = self._waiting.pop(key)
+        number = waiting[0][0].proposal.number
         if outcome.result is not None:
-            number = first.proposal.number
             self._cache._put(key, _Cached(outcome.result, outcome.request_id, number))
-            self._resolve(first, "ok", outcome.result, outcome.request_id, number)
-            for slot in clones:
-                self._resolve(slot, "clone", outcome.result, outcome.request_id, number)
+        for i, (slot, index) in enumerate(waiting):
+            if outcome.result is None:
+                part = _Part("failed", None, outcome.request_id, number, outcome.reason,
+                             outcome.detail)  # fmt: skip
+            else:
+                part = _Part("ok" if i == 0 else "clone", outcome.result, outcome.request_id,
+                             number)  # fmt: skip
+            slot.parts[index] = part
+        for slot in dict.fromkeys(slot for slot, _ in waiting):
+            self._finish(slot)
+
+    def _finish(self, slot: _Slot) -> None:
+        """Turn a slot whose runs all ended into its evaluation."""
+        parts = [part for part in slot.parts if part is not None]
+        if slot.evaluation is not None or len(parts) < len(slot.parts):
             return
-        for slot in (first, *clones):
-            evaluation = Evaluation(
-                number=slot.proposal.number,
-                generation=slot.generation,
-                candidate=slot.proposal.candidate,
-                status="failed",
-                reason=outcome.reason,
-                detail=outcome.detail,
-                request_id=outcome.request_id,
-                source=first.proposal.number,
-            )
-            slot.evaluation = evaluation
+        p = slot.proposal
+        failed = [part for part in parts if part.status == "failed"]
+        if failed:
+            first = failed[0]
+            slot.evaluation = Evaluation(
+                number=p.number, generation=slot.generation, candidate=p.candidate,
+                status="failed", reason=first.reason, detail=first.detail,
+                request_id=first.request_id, source=first.source,
+            )  # fmt: skip
             self._counts.evaluated += 1
             self._counts.failures += 1
-            log.warning("evaluation #%d (%s) failed: %s %s", evaluation.number,
-                        evaluation.candidate.name, outcome.reason, outcome.detail)  # fmt: skip
-
-    def _resolve(
-        self, slot: _Slot, status: Status, metrics: Metrics, request_id: str, source: int
-    ) -> None:
-        detail = f"reused the result of #{source}" if status == "clone" else ""
+            log.warning("evaluation #%d (%s) failed: %s %s", p.number, p.candidate.name,
+                        first.reason, first.detail)  # fmt: skip
+            return
+        results = [part.metrics for part in parts if part.metrics is not None]
+        metrics = results[0] if len(results) == 1 else self._combined(results)
+        clone = all(part.status == "clone" for part in parts)
+        source = parts[0].source if clone else p.number
         slot.evaluation = Evaluation(
-            number=slot.proposal.number,
-            generation=slot.generation,
-            candidate=slot.proposal.candidate,
-            status=status,
-            metrics=metrics,
-            detail=detail,
-            request_id=request_id,
-            source=source,
-        )
+            number=p.number, generation=slot.generation, candidate=p.candidate,
+            status="clone" if clone else "ok", metrics=metrics,
+            detail=f"reused the result of #{source}" if clone else "",
+            request_id=parts[0].request_id, source=source,
+            folds=tuple(results) if len(results) > 1 else (),
+        )  # fmt: skip
         self._counts.evaluated += 1
         if not feasible(metrics, self._min_trades):
             self._counts.infeasible += 1
-        if status == "clone":
+        if clone:
             self._counts.clones += 1
+        if clone or len(results) > 1:
             self._note_best(metrics)
+
+    def _combined(self, results: list[Metrics]) -> Metrics:
+        if self._combine is None:  # run_evolution refuses several runs without it
+            raise UsageError("several runs per candidate need a combine function")
+        return self._combine(results)
 
     def _note_best(self, metrics: Metrics) -> None:
         if feasible(metrics, self._min_trades):
@@ -348,7 +392,8 @@ async def run_evolution(
     *,
     generations: int,
     population: int,
-    run: RunSettings,
+    run: RunSettings | Sequence[RunSettings],
+    combine: Combine | None = None,
     cache: ResultCache | None = None,
     observer: EvolutionObserver | None = None,
     cycle_hook: CycleHook | None = None,
@@ -368,7 +413,13 @@ async def run_evolution(
         proposer: where candidates come from (see :class:`Proposer`).
         generations: how many generations (asks of ``population`` candidates), >= 1.
         population: candidates per generation, >= 1.
-        run: dataset, bar range, cash and commission for every request.
+        run: dataset, bar range, cash and commission for every request; or several
+            (walk-forward windows, say): each candidate is then run with each, and its
+            evaluation's metrics are ``combine`` of the results (in ``run`` order), its
+            ``folds`` the results. It fails when any of its runs fails; it is a clone
+            when every run reused a result.
+        combine: how to combine the results of several runs (see
+            :func:`.walkforward.combiner`); required with several.
         cache: results to reuse for clones (default: a fresh one); results of this run
             are added to it.
         observer: receives progress snapshots and generation summaries.
@@ -393,13 +444,16 @@ async def run_evolution(
         raise UsageError(
             f"generations and population must be >= 1, got {generations} and {population}"
         )
+    runs = [run] if isinstance(run, RunSettings) else list(run)
+    if not runs or (len(runs) > 1 and combine is None):
+        raise UsageError("run must be one RunSettings, or several with a combine function")
     if min_trades < 0:
         raise UsageError(f"min_trades must be >= 0, got {min_trades}")
     if not (cycle_interval > 0 and math.isfinite(cycle_interval)):
         raise UsageError(f"cycle_interval must be > 0 seconds, got {cycle_interval!r}")
     evolution = _Evolution(
-        dispatcher, proposer, generations=generations, population=population, run=run,
-        cache=cache if cache is not None else ResultCache(), observer=observer,
+        dispatcher, proposer, generations=generations, population=population, runs=runs,
+        combine=combine, cache=cache if cache is not None else ResultCache(), observer=observer,
         cycle_hook=cycle_hook, cycle_interval=cycle_interval, phase=phase,
         min_trades=min_trades,
     )  # fmt: skip

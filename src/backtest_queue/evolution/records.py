@@ -73,6 +73,8 @@ class Evaluation:
         request_id: the request whose outcome this is (for a clone, the original's).
         source: for a clone, the number of the evaluation whose result it reused; else
             its own number.
+        folds: with walk-forward windows, the result of each window in order (``metrics``
+            is then their combination, see :mod:`.walkforward`); else empty.
     """
 
     number: int
@@ -84,6 +86,7 @@ class Evaluation:
     detail: str = ""
     request_id: str | None = None
     source: int = -1
+    folds: tuple[Metrics, ...] = ()
 
     @property
     def ok(self) -> bool:

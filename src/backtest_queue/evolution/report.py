@@ -199,6 +199,7 @@ def evaluation_record(evaluation: Evaluation, phase: str) -> dict[str, Any]:
         "tp": c.tp,
         "request_id": evaluation.request_id,
         "source": evaluation.source,
+        "fold_sharpes": [m.sharpe for m in evaluation.folds] or None,
     }
     for name in _METRICS:
         record[name] = None if evaluation.metrics is None else getattr(evaluation.metrics, name)

@@ -11,7 +11,8 @@ returns are the equity's last value per calendar day, days without bars left out
   Sharpe ratio, skewness and kurtosis from its daily in-sample returns; the number of
   trials is the number of distinct candidates the search evaluated with a defined
   Sharpe ratio (a conservative count: similar candidates are not independent trials),
-  and their variance is that of their reported Sharpe ratios, de-annualised by the
+  and their variance is that of their reported Sharpe ratios (with walk-forward
+  windows: the mean of each trial's window Sharpe ratios), de-annualised by the
   trading days per year backtesting.py used (365 when weekends have bars, else 252).
 * **PBO** (:func:`~.overfitting.probability_of_backtest_overfitting`) over the daily
   in-sample returns of the ``candidates`` best distinct candidates (by in-sample
@@ -85,6 +86,14 @@ def daily_returns(equity: pd.Series) -> pd.Series:
     return equity.resample("D").last().dropna().pct_change().dropna()
 
 
+def _plain_sharpe(evaluation: Evaluation) -> float:
+    """A trial's Sharpe ratio: with walk-forward windows the mean of the windows' (its
+    score is not a Sharpe ratio), else the reported one."""
+    if evaluation.folds:
+        return statistics.fmean(m.sharpe or 0.0 for m in evaluation.folds)
+    return evaluation.sharpe or 0.0
+
+
 def _annual_days(index: pd.Index[Any]) -> int:
     """backtesting.py's choice: 365 when weekends have enough bars, else 252."""
     weekend = float(index.day_of_week.to_series().between(5, 6).mean())  # type: ignore[attr-defined]
@@ -120,7 +129,7 @@ def assess(
     from .equity import equity_segments
 
     annual_days = _annual_days(bars.index)
-    sharpes = {e.candidate: e.sharpe for e in in_sample if e.sharpe is not None}
+    sharpes = {e.candidate: _plain_sharpe(e) for e in in_sample if e.sharpe is not None}
     trials = len(sharpes)
     variance = statistics.pvariance(sharpes.values()) / annual_days if trials > 1 else 0.0
     best = [e.candidate for e in best_candidates(in_sample, pbo_candidates, min_trades=min_trades)]

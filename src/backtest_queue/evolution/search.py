@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import BacktestQueueError
+from ..errors import BacktestQueueError, UsageError
 from .cycle import (
     CycleHook,
     Evaluation,
@@ -44,6 +45,7 @@ from .report import (
 )
 from .search_space import SearchSpace
 from .split import SampleSplit
+from .walkforward import WalkForwardMode, combiner
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,6 +89,11 @@ class SearchConfig:
         commission: commission per trade, as a fraction of the trade value.
         space: the search space.
         cycle_interval: the longest an evolution cycle waits for outcomes, in seconds.
+        walk_forward: K >= 2 scores every candidate on K windows of the in-sample bars
+            by mean minus standard deviation of their Sharpe ratios (see
+            :mod:`.walkforward`; :func:`run_search` then needs the ``windows``); 0: one
+            in-sample run per candidate.
+        wf_mode: the windows, ``"rolling"`` (disjoint) or ``"anchored"`` (expanding).
     """
 
     generations: int = 12
@@ -102,6 +109,8 @@ class SearchConfig:
     commission: float = 0.0002
     space: SearchSpace = field(default_factory=SearchSpace)
     cycle_interval: float = 0.25
+    walk_forward: int = 0
+    wf_mode: WalkForwardMode = "rolling"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +193,7 @@ async def run_search(
     proposer: Proposer | None = None,
     observer: EvolutionObserver | None = None,
     cycle_hook: CycleHook | None = None,
+    windows: Sequence[tuple[str, str]] = (),
 ) -> SearchReport:
     """Evolve in-sample, re-run the best out-of-sample, rank (see the module docstring).
 
@@ -198,15 +208,22 @@ async def run_search(
             and ``config.seed``).
         observer: receives progress from both runs.
         cycle_hook: awaited at the end of every cycle of both runs.
+        windows: with ``config.walk_forward``, its K in-sample windows as ISO-8601
+            ``(start, end)`` bounds (:func:`.walkforward.windows`).
 
     Returns:
         The report.
 
     Raises:
         SearchFailed: the whole first generation failed.
-        UsageError: bad settings (see :func:`run_evolution`).
+        UsageError: bad settings (see :func:`run_evolution`), or ``windows`` that do not
+            match ``config.walk_forward``.
     """
     started = time.monotonic()
+    if config.walk_forward >= 2 and len(windows) != config.walk_forward:
+        raise UsageError(
+            f"walk_forward={config.walk_forward} needs as many windows, got {len(windows)}"
+        )
     run = RunSettings(
         data_id=config.data_id,
         start=split.in_sample[0],
@@ -224,9 +241,14 @@ async def run_search(
             mutation_prob=config.mutation_prob,
         )
     cache = ResultCache()
+    runs: list[RunSettings] = [run]
+    combine = None
+    if config.walk_forward >= 2:
+        runs = [replace(run, start=a, end=b) for a, b in windows]
+        combine = combiner(config.wf_mode)
     in_sample = await run_evolution(
         dispatcher, proposer, generations=config.generations, population=config.population,
-        run=run, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
+        run=runs, combine=combine, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
         cycle_interval=config.cycle_interval, phase="in-sample",
         min_trades=config.min_trades,
     )  # fmt: skip
