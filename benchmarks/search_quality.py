@@ -10,7 +10,11 @@ evaluations (repeats are re-asked by the proposer, see its docstring). Each back
 the service's engine (:class:`BacktestingPyEngine`) called in-process, in a small
 process pool: the ZeroMQ path is measured elsewhere and changes no result.
 
-Per run: the pick (best in-sample Sharpe ratio among candidates with at least
+With ``--walk-forward K`` each candidate is scored as ``demo --walk-forward K`` scores
+it (mean minus standard deviation of the Sharpe ratios of K in-sample windows, see
+:mod:`backtest_queue.evolution.walkforward`).
+
+Per run: the pick (best in-sample score among candidates with at least
 ``--min-trades`` trades, the leaderboard's #1), its out-of-sample Sharpe ratio and
 trades, the Spearman rank correlation of in- and out-of-sample Sharpe over the run's
 top 10, real generations and repeats re-asked. Per sampler: means and standard errors
@@ -36,18 +40,23 @@ from backtest_queue.evolution.cycle import Evaluation, RunSettings
 from backtest_queue.evolution.proposer import OptunaProposer
 from backtest_queue.evolution.report import best_candidates
 from backtest_queue.evolution.search_space import Candidate
+from backtest_queue.evolution.walkforward import combiner
 from backtest_queue.protocol import Metrics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search_quality.json"
 _BARS: dict[str, Any] = {}
 
 
-def _init(data_id: str, fraction: float) -> None:
+def _init(data_id: str, fraction: float, folds: int, mode: str) -> None:
     from backtest_queue.evolution.split import load_bars
 
     bars = load_bars(data_id)
     cut = int(len(bars) * fraction)
     _BARS["in"], _BARS["out"] = bars.iloc[:cut], bars.iloc[cut:]
+    for i in range(folds):  # the walk-forward windows, cut as walkforward.windows does
+        end = round((i + 1) * cut / folds)
+        start = 0 if mode == "anchored" else round(i * cut / folds)
+        _BARS[f"w{i}"] = bars.iloc[start:end]
 
 
 def _run(job: tuple[Candidate, str]) -> Metrics:
@@ -109,9 +118,15 @@ def one_run(
         mutation_prob=0.4,
     )
     evaluations: list[Evaluation] = []
+    combine = combiner(args.wf_mode)
     for generation in range(args.generations):
         proposals = proposer.ask(args.population)
-        results = evaluate([p.candidate for p in proposals], "in")
+        candidates = [p.candidate for p in proposals]
+        if args.walk_forward >= 2:
+            per_window = [evaluate(candidates, f"w{i}") for i in range(args.walk_forward)]
+            results = [combine(list(folds)) for folds in zip(*per_window, strict=True)]
+        else:
+            results = evaluate(candidates, "in")
         proposer.tell(list(zip(proposals, results, strict=True)))
         for p, m in zip(proposals, results, strict=True):
             evaluations.append(
@@ -200,13 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", default="EURUSD-H1")
     parser.add_argument("--in-sample", type=float, default=0.7)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--walk-forward", type=int, default=0, metavar="K")
+    parser.add_argument("--wf-mode", choices=("rolling", "anchored"), default="rolling")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
     started = time.monotonic()
     runs = []
     with ProcessPoolExecutor(args.workers, initializer=_init,
-                             initargs=(args.data, args.in_sample)) as pool:  # fmt: skip
+                             initargs=(args.data, args.in_sample, args.walk_forward,
+                                       args.wf_mode)) as pool:  # fmt: skip
         evaluate = Evaluator(pool)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for sampler in args.samplers:
