@@ -20,7 +20,14 @@ from backtest_queue.evolution.cycle import (
     RunSettings,
     run_evolution,
 )
-from backtest_queue.evolution.proposer import ListProposer, NSGAIIProposer, Proposal, objectives
+from backtest_queue.evolution.proposer import (
+    SAMPLERS,
+    ListProposer,
+    NSGAIIProposer,
+    Proposal,
+    SamplerName,
+    objectives,
+)
 from backtest_queue.evolution.search import SearchConfig, run_search
 from backtest_queue.evolution.search_space import Candidate, SearchSpace
 from backtest_queue.evolution.split import SampleSplit
@@ -203,9 +210,11 @@ def demo_split() -> SampleSplit:
     )
 
 
-async def search_once(seed: int, reply_seed: int) -> list[tuple[str, float | None, float | None]]:
+async def search_once(
+    seed: int, reply_seed: int, sampler: SamplerName = "tpe"
+) -> list[tuple[str, float | None, float | None]]:
     endpoint = free_tcp_endpoint()
-    config = SearchConfig(generations=3, population=10, seed=seed, top=5)
+    config = SearchConfig(generations=3, population=10, seed=seed, top=5, sampler=sampler)
     async with (
         fake_service(endpoint, reply_seed=reply_seed),
         open_dispatcher([endpoint], flush_interval=0.05, max_pending=4) as dispatcher,
@@ -222,14 +231,15 @@ async def search_once(seed: int, reply_seed: int) -> list[tuple[str, float | Non
     ]
 
 
-async def test_same_seed_same_leaderboard_whatever_the_reply_order() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+async def test_same_seed_same_leaderboard_whatever_the_reply_order(sampler: SamplerName) -> None:
     """Replies arrive in a different order each run (max_pending=4, shuffled batches);
     the generation barrier tells them in ask order, so the leaderboard is the same."""
-    first = await search_once(seed=11, reply_seed=1)
-    second = await search_once(seed=11, reply_seed=2)
+    first = await search_once(seed=11, reply_seed=1, sampler=sampler)
+    second = await search_once(seed=11, reply_seed=2, sampler=sampler)
     assert first == second
     assert len(first) == 5  # every leaderboard row has its out-of-sample re-run
-    assert first != await search_once(seed=12, reply_seed=1)
+    assert first != await search_once(seed=12, reply_seed=1, sampler=sampler)
 
 
 async def test_stalled_cycle_still_flushes_on_connect(caplog: pytest.LogCaptureFixture) -> None:

@@ -103,7 +103,7 @@ def add_search_arguments(
     parser.add_argument(
         "--sampler",
         choices=("tpe", "nsga2", "random"),
-        default="nsga2",
+        default="tpe",
         help="the optimizer: Optuna's TPE, NSGA-II or random search (default: %(default)s; "
         "benchmarks/README.md compares them out of sample)",
     )

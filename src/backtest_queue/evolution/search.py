@@ -98,7 +98,7 @@ class SearchConfig:
 
     generations: int = 12
     population: int = 24
-    sampler: SamplerName = "nsga2"
+    sampler: SamplerName = "tpe"
     seed: int | None = 7
     data_id: str = "EURUSD-H1"
     in_sample_fraction: float = 0.7
