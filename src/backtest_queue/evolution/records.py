@@ -60,7 +60,7 @@ class Evaluation:
     """How one proposal was evaluated.
 
     Attributes:
-        number: the proposal's number (Optuna's trial number for NSGA-II).
+        number: the proposal's number (Optuna's trial number for an OptunaProposer).
         generation: 0-based generation it belongs to.
         candidate: the strategy.
         status: ``"ok"`` (a result from the service), ``"clone"`` (the result of an

@@ -3,7 +3,9 @@
 :func:`run_search`, inside an open dispatcher:
 
 1. evolves strategies on the in-sample bars (the first 70 % by default) with
-   :func:`~backtest_queue.evolution.cycle.run_evolution` and NSGA-II;
+   :func:`~backtest_queue.evolution.cycle.run_evolution` and an Optuna sampler (TPE by
+   default), each candidate scored on the whole in-sample part or, with
+   ``walk_forward``, on K windows of it (:mod:`.walkforward`);
 2. re-runs the best ``top`` distinct candidates (by in-sample Sharpe ratio) on the
    out-of-sample bars, through the same cycle with a :class:`ListProposer`;
 3. returns a :class:`SearchReport` with the leaderboard.
@@ -78,7 +80,7 @@ class SearchConfig:
         in_sample_fraction: share of the bars to evolve on; the rest is out-of-sample.
         top: how many of the best candidates to re-run out-of-sample and rank.
         min_trades: the fewest in-sample trades a candidate needs to rank, and to be a
-            feasible solution for NSGA-II (0: no minimum). Sharpe ratios from a handful
+            feasible solution for the optimizer (0: one trade). Sharpe ratios from a handful
             of trades are mostly luck.
         mutation_prob: NSGA-II's chance to redraw each parameter of a child. Half of
             every genome is inactive (the other kinds' parameters), so Optuna's default
@@ -127,7 +129,7 @@ class SearchReport:
         min_trades: the fewest in-sample trades the leaderboard required: the
             configured minimum, or 0 when no candidate reached it.
         repeats: candidates the optimizer proposed again and re-asked (not evaluated,
-            not counted: see :class:`NSGAIIProposer`); 0 for a proposer that does not
+            not counted: see :class:`OptunaProposer`); 0 for a proposer that does not
             count them.
         real_generations: generations as the optimizer counted them (NSGA-II: told
             trials span this many), ``None`` when it does not say.
