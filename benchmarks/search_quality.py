@@ -1,6 +1,7 @@
 """Search quality (issue #12): which proposer's pick holds up out of sample.
 
-``python -m benchmarks.search_quality [--seeds 5] [--generations 6] [--population 16]``
+``python -m benchmarks.search_quality [--seeds 10] [--generations 8] [--population 16]
+[--walk-forward K] [--merge JSON ...]``
 
 For each sampler (``tpe``, ``nsga2``, ``random``: :class:`OptunaProposer`, exactly as
 ``demo`` builds it) and each seed, the same loop the evolution cycle runs - ask a
@@ -18,7 +19,8 @@ Per run: the pick (best in-sample score among candidates with at least
 ``--min-trades`` trades, the leaderboard's #1), its out-of-sample Sharpe ratio and
 trades, the Spearman rank correlation of in- and out-of-sample Sharpe over the run's
 top 10, real generations and repeats re-asked. Per sampler: means and standard errors
-over seeds. Results go to ``benchmarks/results/search_quality.json`` (``--json``).
+over seeds. Results go to ``benchmarks/results/search_quality_latest.json`` (``--json``);
+the measured ones are described in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from backtest_queue.evolution.search_space import Candidate
 from backtest_queue.evolution.walkforward import combiner
 from backtest_queue.protocol import Metrics
 
-RESULTS = Path(__file__).resolve().parent / "results" / "search_quality.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "search_quality_latest.json"
 _BARS: dict[str, Any] = {}
 
 
@@ -207,9 +209,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.search_quality")
     parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "random"])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=1)
-    parser.add_argument("--generations", type=int, default=6)
+    parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--min-trades", type=int, default=20)
     parser.add_argument("--data", default="EURUSD-H1")
@@ -218,7 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--walk-forward", type=int, default=0, metavar="K")
     parser.add_argument("--wf-mode", choices=("rolling", "anchored"), default="rolling")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="summarise earlier runs' JSON files together (runs nothing)",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = [run for path in args.merge for run in json.loads(path.read_text())["runs"]]
+        print(table(summarise(runs, list(dict.fromkeys(r["sampler"] for r in runs)))))
+        return 0
     os.environ.setdefault("TQDM_DISABLE", "1")
     started = time.monotonic()
     runs = []
