@@ -347,7 +347,9 @@ def _write_equity(report: SearchReport, out_dir: Path, bars: pd.DataFrame) -> Pa
         row.candidate, [("in-sample", bars.iloc[:cut]), ("out-of-sample", bars.iloc[cut:])], run
     )
     for segment, evaluation in zip(segments, (row.in_sample, row.out_of_sample), strict=True):
-        reported = None if evaluation is None or evaluation.metrics is None else (
+        # Under walk-forward the in-sample result combines windows: nothing to compare.
+        combined = evaluation is not None and bool(evaluation.folds)
+        reported = None if evaluation is None or evaluation.metrics is None or combined else (
             evaluation.metrics.return_pct
         )  # fmt: skip
         if reported is not None and abs(reported - segment.return_pct) > 1e-6 * max(
