@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import statistics
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backtest_queue import Metrics, Strategy
 from backtest_queue.dispatcher import open_dispatcher
@@ -17,7 +20,12 @@ from backtest_queue.evolution.proposer import ListProposer
 from backtest_queue.evolution.search import SearchConfig, run_search
 from backtest_queue.evolution.search_space import Candidate
 from backtest_queue.evolution.split import SampleSplit
-from backtest_queue.evolution.walkforward import combiner, robust_sharpe, windows
+from backtest_queue.evolution.walkforward import (
+    WalkForwardMode,
+    combiner,
+    robust_sharpe,
+    windows,
+)
 
 from evolution_helpers import fake_metrics, fake_service
 from stubs import free_tcp_endpoint
@@ -133,3 +141,22 @@ async def test_search_with_walk_forward_ranks_by_the_score() -> None:
     assert [row.candidate for row in report.leaderboard][:1] == [sma(12, 60)]
     assert all(len(e.folds) == 3 for e in report.in_sample)
     assert all(not e.folds for e in report.out_of_sample)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 8), st.integers(0, 200), st.sampled_from(["rolling", "anchored"]))
+def test_windows_cover_the_bars_in_order(folds: int, extra: int, mode: WalkForwardMode) -> None:
+    """Rolling windows partition the bars (contiguous, disjoint, all of them); anchored
+    ones start at the first bar and end where the rolling ones do."""
+    stamps = [datetime(2020, 1, 1) + timedelta(hours=h) for h in range(2 * folds + extra)]
+    index = {stamp.isoformat(): i for i, stamp in enumerate(stamps)}
+    bounds = [(index[a], index[b]) for a, b in windows(stamps, folds, mode)]
+    rolling = [(index[a], index[b]) for a, b in windows(stamps, folds, "rolling")]
+    assert len(bounds) == folds
+    assert [b for _, b in bounds] == [b for _, b in rolling]
+    assert rolling[0][0] == 0
+    assert rolling[-1][1] == len(stamps) - 1
+    assert all(nxt[0] == prev[1] + 1 for prev, nxt in pairwise(rolling))
+    assert all(b - a >= 1 for a, b in rolling)  # at least 2 bars each
+    if mode == "anchored":
+        assert {a for a, _ in bounds} == {0}
