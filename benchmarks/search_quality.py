@@ -4,12 +4,13 @@
 [--walk-forward K] [--merge JSON ...]``
 
 For each sampler (``tpe``, ``nsga2``, ``random``: :class:`OptunaProposer`, exactly as
-``demo`` builds it) and each seed, the same loop the evolution cycle runs - ask a
-generation, evaluate it, tell it in ask order - on the demo's in-sample bars (the first
-70 % of EURUSD-H1), at an equal budget of ``generations x population`` distinct
-evaluations (repeats are re-asked by the proposer, see its docstring). Each backtest is
-the service's engine (:class:`BacktestingPyEngine`) called in-process, in a small
-process pool: the ZeroMQ path is measured elsewhere and changes no result.
+``demo`` builds it; ``tpe-1``: TPE asked and told one trial at a time) and each seed,
+the same loop the evolution cycle runs - ask a generation, evaluate it, tell it in ask
+order - on the demo's in-sample bars (the first 70 % of EURUSD-H1), at an equal budget
+of ``generations x population`` distinct evaluations (repeats are re-asked by the
+proposer, see its docstring). Each backtest is the service's engine
+(:class:`BacktestingPyEngine`) called in-process, in a small process pool: the ZeroMQ
+path is measured elsewhere and changes no result.
 
 With ``--walk-forward K`` each candidate is scored as ``demo --walk-forward K`` scores
 it (mean minus standard deviation of the Sharpe ratios of K in-sample windows, see
@@ -112,8 +113,9 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 def one_run(
     sampler: str, seed: int, args: argparse.Namespace, evaluate: Evaluator
 ) -> dict[str, Any]:
+    name, _, single = sampler.partition("-")  # "tpe-1": TPE told one trial at a time
     proposer = OptunaProposer(
-        sampler=sampler,  # type: ignore[arg-type]
+        sampler=name,  # type: ignore[arg-type]
         seed=seed,
         population=args.population,
         min_trades=args.min_trades,
@@ -121,8 +123,12 @@ def one_run(
     )
     evaluations: list[Evaluation] = []
     combine = combiner(args.wf_mode)
-    for generation in range(args.generations):
-        proposals = proposer.ask(args.population)
+    batches = [args.population] * args.generations
+    if single == "1":
+        batches = [1] * (args.population * args.generations)
+    for batch, size in enumerate(batches):
+        generation = batch * size // args.population
+        proposals = proposer.ask(size)
         candidates = [p.candidate for p in proposals]
         if args.walk_forward >= 2:
             per_window = [evaluate(candidates, f"w{i}") for i in range(args.walk_forward)]

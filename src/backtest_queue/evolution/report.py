@@ -6,11 +6,13 @@ Files written by :func:`write_outputs` into the output directory:
     One row per evaluation, in-sample and out-of-sample (column ``phase``): generation,
     number, status, strategy, parameters, every metric.
 ``results.json``
-    The same evaluations plus the settings, the split and the leaderboard.
+    The same evaluations plus the settings, the split, the counts by cause, the
+    leaderboard and the overfitting measures (DSR per row, PBO: see :mod:`.robustness`).
 ``leaderboard.csv``
-    The leaderboard rows.
+    The leaderboard rows (with their Deflated Sharpe Ratio).
 ``sharpe_by_generation.png``
-    Best and median in-sample Sharpe ratio per generation, and the best so far.
+    Best (among results with at least ``min_trades`` trades, the leaderboard's rule) and
+    median in-sample Sharpe ratio per generation, and the best so far.
 ``equity_curve.png``
     The leaderboard winner's equity, in-sample then out-of-sample (see :mod:`.equity`).
 """
