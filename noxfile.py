@@ -47,3 +47,10 @@ def bench(session: nox.Session) -> None:
     """The benchmark harness (pass --quick for a run under a minute)."""
     session.install("-e", ".[all]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python=PYTHON[0])
+def search_quality(session: nox.Session) -> None:
+    """Issue #12's search-quality harness: samplers compared out of sample (minutes)."""
+    session.install("-e", ".[all]")
+    session.run("python", "-m", "benchmarks.search_quality", *session.posargs)

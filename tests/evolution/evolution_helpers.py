@@ -36,9 +36,12 @@ def fake_metrics(request: BacktestRequest) -> Metrics:
     """Invented but deterministic metrics: best near fast=12, slow=60, tp=0.02, no sl.
 
     ``rsi_reversion`` with ``period > 40`` never trades: Sharpe and drawdown undefined.
+    A moving-average cross with ``slow >= 200`` is a lucky few-trade strategy: 5 trades,
+    Sharpe 3 above the landscape.
     """
     s = request.strategy
     p = s.params
+    trades = 20
     if s.kind == "rsi_reversion":
         if p["period"] > 40:
             return Metrics(strategy_name=s.name, trades=0, bars=100)
@@ -47,6 +50,8 @@ def fake_metrics(request: BacktestRequest) -> Metrics:
         sharpe = 1.0 - abs(p["fast"] - 12) / 30 - abs(p["slow"] - 60) / 120
         if s.kind == "ema_cross":
             sharpe += 0.1
+        if p["slow"] >= 200:
+            sharpe, trades = sharpe + 3.0, 5
     sharpe += 0.3 - abs((s.tp or 0.0) - 0.02) * 10 - (s.sl or 0.0) * 2
     drawdown = -(2.0 + abs(sharpe) * 3 + (s.sl or 0.05) * 20)
     return Metrics(
@@ -54,7 +59,7 @@ def fake_metrics(request: BacktestRequest) -> Metrics:
         sharpe=round(sharpe, 6),
         max_drawdown_pct=round(drawdown, 6),
         return_pct=round(sharpe * 4, 6),
-        trades=20,
+        trades=trades,
         bars=100,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from functools import partial
 
 import anyio
@@ -19,9 +20,16 @@ from backtest_queue.evolution.cycle import (
     RunSettings,
     run_evolution,
 )
-from backtest_queue.evolution.proposer import ListProposer, NSGAIIProposer, Proposal, objectives
+from backtest_queue.evolution.proposer import (
+    SAMPLERS,
+    ListProposer,
+    NSGAIIProposer,
+    Proposal,
+    SamplerName,
+    objectives,
+)
 from backtest_queue.evolution.search import SearchConfig, run_search
-from backtest_queue.evolution.search_space import Candidate
+from backtest_queue.evolution.search_space import Candidate, SearchSpace
 from backtest_queue.evolution.split import SampleSplit
 
 from evolution_helpers import fake_metrics, fake_service
@@ -95,8 +103,9 @@ async def test_clones_reuse_results_and_are_not_sent() -> None:
 
 
 async def test_failures_are_told_as_failed_trials() -> None:
-    """Engine errors and undefined Sharpe ratios become TrialState.FAIL in the Optuna
-    study; results become COMPLETE trials with (sharpe, |max drawdown|)."""
+    """Engine errors become TrialState.FAIL in the Optuna study; results, those without
+    trades too, become COMPLETE trials with (sharpe, |max drawdown|) and the trade
+    constraint."""
     proposer = NSGAIIProposer(seed=3, population=12)
     endpoint = free_tcp_endpoint()
 
@@ -111,7 +120,7 @@ async def test_failures_are_told_as_failed_trials() -> None:
             evaluations = await run_evolution(
                 dispatcher, proposer, generations=3, population=12, run=RUN
             )
-    assert told_as_failed(proposer, evaluations) == {"service_error", "undefined sharpe"}
+    assert told_as_failed(proposer, evaluations) == {"service_error"}
 
 
 async def test_timeouts_are_told_as_failed_trials() -> None:
@@ -145,22 +154,50 @@ async def test_timeouts_are_told_as_failed_trials() -> None:
 
 
 def told_as_failed(proposer: NSGAIIProposer, evaluations: list[Evaluation]) -> set[str]:
-    """Check every trial's state and values against its evaluation; return why trials
-    were told as failed."""
-    trials = {t.number: t for t in proposer.study.trials}
+    """Check every trial's state, values and constraint against its evaluation; return
+    why trials were told as failed."""
+    trials = {t.number: t for t in proposer.study.trials if "repeat_of" not in t.user_attrs}
     assert len(trials) == len(evaluations)
     reasons = set()
     for e in evaluations:
         trial = trials[e.number]
         assert trial.params["kind"] == e.candidate.kind
-        values = objectives(e.metrics)
-        if values is None:
+        if e.metrics is None:
             assert trial.state is TrialState.FAIL, e
-            reasons.add(e.reason or "undefined sharpe")
-        else:
-            assert trial.state is TrialState.COMPLETE, e
-            assert trial.values == list(values)
+            reasons.add(e.reason or "?")
+            continue
+        assert trial.state is TrialState.COMPLETE, e
+        values = objectives(e.metrics)
+        assert trial.values == list(values or (0.0, 0.0))
+        infeasible = values is None or e.metrics.trades < max(proposer.min_trades, 1)
+        assert (trial.constraints["min_trades"] > 0) == infeasible, e
     return reasons
+
+
+async def test_zero_trade_results_count_toward_their_generation() -> None:
+    """Results without trades (or with too few) are told as COMPLETE but infeasible,
+    so NSGA-II counts them toward their generation: 4 generations asked, 4 real ones
+    (when they were told as FAIL, the next generation was bred from the same parents)."""
+    space = SearchSpace(kinds=("rsi_reversion",), period=(30, 50))  # > 40: no trades
+    proposer = NSGAIIProposer(seed=2, population=6, space=space, min_trades=20)
+    endpoint = free_tcp_endpoint()
+    async with (
+        fake_service(endpoint),
+        open_dispatcher([endpoint], flush_interval=0.05) as dispatcher,
+    ):
+        with anyio.fail_after(20):
+            evaluations = await run_evolution(
+                dispatcher, proposer, generations=4, population=6, run=RUN
+            )
+    assert any(e.metrics is not None and e.metrics.trades == 0 for e in evaluations)
+    by_generation = Counter(
+        t.system_attrs["NSGAIISampler:generation"]
+        for t in proposer.study.trials
+        if "repeat_of" not in t.user_attrs
+    )
+    assert by_generation == {0: 6, 1: 6, 2: 6, 3: 6}
+    assert proposer.generations == 4
+    assert told_as_failed(proposer, evaluations) == set()
 
 
 def demo_split() -> SampleSplit:
@@ -173,16 +210,20 @@ def demo_split() -> SampleSplit:
     )
 
 
-async def search_once(seed: int, reply_seed: int) -> list[tuple[str, float | None, float | None]]:
+async def search_once(
+    seed: int, reply_seed: int, sampler: SamplerName = "tpe"
+) -> list[tuple[str, float | None, float | None]]:
     endpoint = free_tcp_endpoint()
-    config = SearchConfig(generations=3, population=10, seed=seed, top=5)
+    config = SearchConfig(generations=3, population=10, seed=seed, top=5, sampler=sampler)
     async with (
         fake_service(endpoint, reply_seed=reply_seed),
         open_dispatcher([endpoint], flush_interval=0.05, max_pending=4) as dispatcher,
     ):
         with anyio.fail_after(20):
             report = await run_search(dispatcher, config, demo_split())
-    assert [e.number for e in report.in_sample] == list(range(30))
+    numbers = [e.number for e in report.in_sample]
+    assert len(numbers) == 30
+    assert numbers == sorted(set(numbers))  # ask order; repeats re-asked left gaps
     return [
         (row.candidate.name, row.in_sample.sharpe, row.out_of_sample.sharpe)
         for row in report.leaderboard
@@ -190,14 +231,15 @@ async def search_once(seed: int, reply_seed: int) -> list[tuple[str, float | Non
     ]
 
 
-async def test_same_seed_same_leaderboard_whatever_the_reply_order() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+async def test_same_seed_same_leaderboard_whatever_the_reply_order(sampler: SamplerName) -> None:
     """Replies arrive in a different order each run (max_pending=4, shuffled batches);
     the generation barrier tells them in ask order, so the leaderboard is the same."""
-    first = await search_once(seed=11, reply_seed=1)
-    second = await search_once(seed=11, reply_seed=2)
+    first = await search_once(seed=11, reply_seed=1, sampler=sampler)
+    second = await search_once(seed=11, reply_seed=2, sampler=sampler)
     assert first == second
     assert len(first) == 5  # every leaderboard row has its out-of-sample re-run
-    assert first != await search_once(seed=12, reply_seed=1)
+    assert first != await search_once(seed=12, reply_seed=1, sampler=sampler)
 
 
 async def test_stalled_cycle_still_flushes_on_connect(caplog: pytest.LogCaptureFixture) -> None:
@@ -300,3 +342,47 @@ async def test_slow_proposer_blocks_nothing() -> None:
             proposer.release.set()
             with anyio.fail_after(5):
                 await done.wait()
+
+
+SMALL = SearchSpace(kinds=("sma_cross",), fast=(10, 14), gap=(40, 50), bracket=(0.002, 0.003))
+
+
+async def evolve_in(
+    space: SearchSpace, generations: int, population: int
+) -> tuple[NSGAIIProposer, list[Evaluation], int]:
+    proposer = NSGAIIProposer(seed=4, population=population, space=space)
+    endpoint = free_tcp_endpoint()
+    async with (
+        fake_service(endpoint) as fake,
+        open_dispatcher([endpoint], flush_interval=0.05) as dispatcher,
+    ):
+        with anyio.fail_after(30):
+            evaluations = await run_evolution(
+                dispatcher, proposer, generations=generations, population=population, run=RUN
+            )
+    return proposer, evaluations, len(fake.requests)
+
+
+async def test_repeats_are_reasked_so_the_budget_buys_distinct_evaluations() -> None:
+    """In a small space NSGA-II breeds many repeats of its parents; each is re-asked
+    (told as FAIL, repeat_of), so 5 generations of 8 are 40 distinct backtests."""
+    proposer, evaluations, sent = await evolve_in(SMALL, generations=5, population=8)
+    assert len({e.candidate for e in evaluations}) == len(evaluations) == 40
+    assert [e.status for e in evaluations] == ["ok"] * 40
+    assert sent == 40
+    assert proposer.repeats > 0  # there were repeats to re-ask
+    repeats = [t for t in proposer.study.trials if "repeat_of" in t.user_attrs]
+    assert len(repeats) == proposer.repeats
+    assert all(t.state is TrialState.FAIL for t in repeats)
+    assert proposer.generations == 5  # repeats do not count toward a generation
+
+
+async def test_a_space_smaller_than_the_budget_still_finishes() -> None:
+    """8 candidates in all, 18 asked: re-asks are bounded, then repeats are handed out
+    and answered from the clone table (not sent again)."""
+    tiny = SearchSpace(kinds=("sma_cross",), fast=(10, 10), gap=(40, 41), bracket=(0.002, 0.002))
+    proposer, evaluations, sent = await evolve_in(tiny, generations=3, population=6)
+    assert len(evaluations) == 18
+    assert len({e.candidate for e in evaluations}) == sent == 8
+    assert sum(e.status == "clone" for e in evaluations) == 10
+    assert proposer.repeats <= proposer.max_reasks * 18

@@ -76,6 +76,12 @@ def test_demo_end_to_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     ranked = [e["sharpe"] for e in in_sample if e["sharpe"] is not None and e["trades"] >= 20]
     assert document["leaderboard"][0]["in_sample_sharpe"] == max(ranked or sharpes)
     assert all(row["in_sample_trades"] >= 20 for row in document["leaderboard"]) or not ranked
+    # Overfitting is measured: a DSR per leaderboard row, a PBO for the run.
+    overfitting = document["overfitting"]
+    assert 0.0 <= overfitting["pbo"] <= 1.0
+    assert overfitting["trials"] >= len(document["leaderboard"])
+    assert all(0.0 <= row["deflated_sharpe_ratio"] <= 1.0 for row in document["leaderboard"])
+    assert document["real_generations"] == 3
     # The files exist and parse.
     with (out / "results.csv").open() as f:
         assert len(list(csv.DictReader(f))) == len(document["evaluations"])

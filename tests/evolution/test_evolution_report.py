@@ -86,7 +86,7 @@ def test_outputs_are_written_and_parse(tmp_path: Path) -> None:
     assert split.in_sample == ("2020-01-01T00:00:00", "2020-01-07T00:00:00")
     assert split.out_of_sample == ("2020-01-08T00:00:00", "2020-01-10T00:00:00")
     report = SearchReport(
-        config=SearchConfig(generations=2, population=4),
+        config=SearchConfig(generations=2, population=4, min_trades=0),
         split=SampleSplit(
             data_id="X", bars=10, in_sample_bars=7, in_sample=("a", "b"), out_of_sample=("c", "d")
         ),
@@ -105,7 +105,10 @@ def test_outputs_are_written_and_parse(tmp_path: Path) -> None:
     assert json.loads(rows[0]["params"]) == {"fast": 10, "slow": 100}
     assert rows[-1]["phase"] == "out-of-sample"
     document = json.loads(files["results_json"].read_text())
-    assert document["counts"] == {"evaluations": 8, "ok": 6, "clone": 1, "failed": 1}
+    assert document["counts"] == {
+        "evaluations": 8, "ok": 6, "clone": 1, "failed": 1, "failed:timeout": 1,
+        "infeasible": 1,  # no Sharpe ratio (no trades)
+    }  # fmt: skip
     assert document["leaderboard"][1]["out_of_sample_sharpe"] == -0.3
     assert [e["generation"] for e in document["evaluations"][:8]] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert files["sharpe_by_generation"].read_bytes().startswith(b"\x89PNG")

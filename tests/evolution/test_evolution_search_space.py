@@ -12,7 +12,14 @@ import pytest
 from optuna.trial import TrialState
 
 from backtest_queue import Metrics
-from backtest_queue.evolution.proposer import ListProposer, NSGAIIProposer
+from backtest_queue.errors import UsageError
+from backtest_queue.evolution.proposer import (
+    SAMPLERS,
+    ListProposer,
+    NSGAIIProposer,
+    OptunaProposer,
+    SamplerName,
+)
 from backtest_queue.evolution.search_space import KINDS, Candidate, SearchSpace
 from backtest_queue.service.strategies import check_strategy
 
@@ -78,7 +85,9 @@ def test_nsga2_proposals_are_valid_and_reproducible() -> None:
     first = NSGAIIProposer(seed=5, population=8).ask(40)
     second = NSGAIIProposer(seed=5, population=8).ask(40)
     assert [p.candidate for p in first] == [p.candidate for p in second]
-    assert [p.number for p in first] == list(range(40))
+    numbers = [p.number for p in first]
+    assert numbers == sorted(set(numbers))
+    assert len({p.candidate for p in first}) == 40  # no repeats handed out
     for p in first:
         check_strategy(p.candidate.strategy())
     assert len({p.candidate.kind for p in first}) == 3
@@ -146,3 +155,28 @@ def test_the_cli_can_list_the_commands_without_the_heavy_imports() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_tells_results_as_complete_with_the_trade_constraint(
+    sampler: SamplerName,
+) -> None:
+    proposer = OptunaProposer(sampler=sampler, seed=3, population=4, min_trades=20)
+    for _ in range(3):
+        proposals = proposer.ask(4)
+        assert len({p.candidate for p in proposals}) == 4
+        results = [
+            Metrics(strategy_name="x", sharpe=sharpe, max_drawdown_pct=dd, trades=trades)
+            for sharpe, dd, trades in ((1.0, -2.0, 30), (None, None, 0), (2.0, -1.0, 5),
+                                       (0.5, -3.0, 20))
+        ]  # fmt: skip
+        proposer.tell(list(zip(proposals, results, strict=True)))
+    told = [t for t in proposer.study.trials if "repeat_of" not in t.user_attrs]
+    assert [t.state for t in told] == [TrialState.COMPLETE] * 12
+    assert [t.constraints["min_trades"] > 0 for t in told[:4]] == [False, True, True, False]
+    assert proposer.generations == 3
+
+
+def test_an_unknown_sampler_is_refused() -> None:
+    with pytest.raises(UsageError, match="sampler must be one of tpe, nsga2, random"):
+        OptunaProposer(sampler="cmaes")  # type: ignore[arg-type]

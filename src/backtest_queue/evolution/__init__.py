@@ -3,7 +3,8 @@
 * :func:`run_evolution` - the evolution cycle and its outcome collector, run as sibling
   tasks inside an open dispatcher (see :mod:`.cycle`).
 * :class:`Proposer` - the ask/tell interface optimizers plug into;
-  :class:`NSGAIIProposer` is Optuna's NSGA-II, :class:`ListProposer` a fixed list.
+  :class:`OptunaProposer` is Optuna's TPE, NSGA-II or random sampler
+  (``NSGAIIProposer``, its old name), :class:`ListProposer` a fixed list.
 * :class:`SearchSpace` and :class:`Candidate` - what may be proposed.
 * :func:`run_search` - the whole job behind ``backtest-queue demo`` and ``evolve``:
   evolve in-sample, re-run the best out-of-sample, report.
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .cycle import run_evolution as run_evolution
     from .proposer import ListProposer as ListProposer
     from .proposer import NSGAIIProposer as NSGAIIProposer
+    from .proposer import OptunaProposer as OptunaProposer
     from .proposer import Proposal as Proposal
     from .proposer import Proposer as Proposer
     from .search import SearchConfig as SearchConfig
@@ -51,6 +53,7 @@ _LAZY = {
     "run_evolution": "cycle",
     "ListProposer": "proposer",
     "NSGAIIProposer": "proposer",
+    "OptunaProposer": "proposer",
     "Proposal": "proposer",
     "Proposer": "proposer",
     "SearchConfig": "search",
@@ -82,6 +85,7 @@ __all__ = [
     "GenerationSummary",
     "ListProposer",
     "NSGAIIProposer",
+    "OptunaProposer",
     "Progress",
     "Proposal",
     "Proposer",

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import anyio
 
+    from .robustness import Assessment
     from .search import SearchReport
 
 __all__ = [
     "add_search_arguments",
+    "counts_line",
     "non_negative_float",
     "non_negative_int",
     "positive_int",
@@ -97,6 +99,28 @@ def add_search_arguments(
         metavar="DIR",
         help="directory of <data_id>.csv datasets (the service's --data); "
         "read here too, to split the bars",
+    )
+    parser.add_argument(
+        "--sampler",
+        choices=("tpe", "nsga2", "random"),
+        default="tpe",
+        help="the optimizer: Optuna's TPE, NSGA-II or random search (default: %(default)s; "
+        "benchmarks/README.md compares them out of sample)",
+    )
+    parser.add_argument(
+        "--walk-forward",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="score each candidate on K windows of the in-sample bars by mean minus "
+        "standard deviation of their Sharpe ratios (K >= 2; default: 0, one in-sample run)",
+    )
+    parser.add_argument(
+        "--wf-mode",
+        choices=("rolling", "anchored"),
+        default="rolling",
+        help="walk-forward windows: disjoint (rolling) or expanding from the first bar "
+        "(anchored) (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",
@@ -252,16 +276,27 @@ async def search_and_report(
     config = SearchConfig(
         generations=args.generations,
         population=args.population,
+        sampler=args.sampler,
         seed=args.seed,
         data_id=args.data,
         in_sample_fraction=args.in_sample,
         top=args.top,
         min_trades=args.min_trades,
+        walk_forward=args.walk_forward,
+        wf_mode=args.wf_mode,
     )
+    windows: list[tuple[str, str]] = []
+    if args.walk_forward:
+        from .walkforward import windows as wf_windows
+
+        windows = wf_windows(bars.index[: split.in_sample_bars], args.walk_forward, args.wf_mode)
+        log.info("walk-forward: %d %s windows, %s", len(windows), args.wf_mode,
+                 ", ".join(f"{a[:10]}..{b[:10]}" for a, b in windows))  # fmt: skip
     log.info(
-        "evolving on %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
+        "evolving on %s with %s: %d generations x %d candidates; in-sample %s .. %s (%d bars), "
         "out-of-sample %s .. %s (%d bars)",
         config.data_id,
+        config.sampler,
         config.generations,
         config.population,
         *split.in_sample,
@@ -301,21 +336,38 @@ async def search_and_report(
                     opened.append(dispatcher)
                     tg.start_soon(watch, dispatcher)
                     report = await run_search(
-                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle
-                    )
+                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle,
+                        windows=windows,
+                    )  # fmt: skip
                     tg.cancel_scope.cancel()
             finally:
                 for d in opened:  # on an error, 'shutdown' outcomes are left unread
                     d.outcomes.close()
             outer.cancel_scope.cancel()
-    files = write_outputs(report, args.out, bars=bars)
-    print_report(console, report, files)
+    assessment = None
+    if report.leaderboard:
+        from .cycle import RunSettings
+        from .robustness import assess
+
+        log.info("computing the Deflated Sharpe Ratio and the PBO from daily returns")
+        assessment = assess(
+            report.in_sample,
+            [row.candidate for row in report.leaderboard],
+            bars.iloc[: split.in_sample_bars],
+            RunSettings(cash=config.cash, commission=config.commission),
+            min_trades=report.min_trades,
+        )
+    files = write_outputs(report, args.out, bars=bars, assessment=assessment)
+    print_report(console, report, files, assessment)
     return 0
 
 
-def print_report(console: Any, report: SearchReport, files: dict[str, Path]) -> None:
-    """Print the leaderboard, the counts and the files written."""
+def print_report(
+    console: Any, report: SearchReport, files: dict[str, Path], assessment: Assessment | None
+) -> None:
+    """Print the leaderboard, the counts, the overfitting measures and the files."""
     from .report import leaderboard_table
+    from .robustness import describe
 
     split = report.split
     title = (
@@ -326,13 +378,33 @@ def print_report(console: Any, report: SearchReport, files: dict[str, Path]) -> 
     note = ""
     if report.config.min_trades:
         note = f"ranked: strategies with at least {report.config.min_trades} in-sample trades"
-    console.print(leaderboard_table(report.leaderboard, title=title, note=note))
-    counts = report.counts()
-    console.print(
-        f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "
-        f"clones reused, {counts['failed']} failed) and {len(report.out_of_sample)} "
-        f"out-of-sample re-runs in {report.elapsed:.1f} s",
-        highlight=False,
-    )
+    if report.config.walk_forward >= 2:
+        note += (
+            f"{'; ' if note else ''}Sharpe IS: mean - sd of the Sharpe ratios over "
+            f"{report.config.walk_forward} {report.config.wf_mode} in-sample windows"
+        )
+    dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
+    console.print(leaderboard_table(report.leaderboard, title=title, note=note, dsr=dsr))
+    console.print(counts_line(report), highlight=False)
+    if assessment is not None:
+        console.print(describe(assessment), highlight=False)
     for path in files.values():
         console.print(f"  wrote {path}", highlight=False)
+
+
+def counts_line(report: SearchReport) -> str:
+    """The in-sample evaluations by cause, for people: e.g. ``288 in-sample evaluations
+    (281 run, 7 clones reused; 2 failed: 2 timeout; 31 infeasible: fewer than 20
+    trades) and 10 out-of-sample re-runs in 37.6 s``."""
+    counts = report.counts()
+    causes = [f"{n} {key.removeprefix('failed:')}" for key, n in sorted(counts.items())
+              if key.startswith("failed:")]  # fmt: skip
+    failed = f"{counts['failed']} failed" + (f": {', '.join(causes)}" if causes else "")
+    minimum = max(report.config.min_trades, 1)
+    return (
+        f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "
+        f"clones reused; {failed} (no result); {counts['infeasible']} infeasible (fewer than "
+        f"{minimum} trades or no Sharpe ratio)) and {len(report.out_of_sample)} "
+        f"out-of-sample re-runs in {report.elapsed:.1f} s; {report.repeats} repeats "
+        f"re-asked, {report.real_generations or '?'} real generations"
+    )

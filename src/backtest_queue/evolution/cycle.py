@@ -40,9 +40,9 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -51,8 +51,19 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..errors import UsageError
 from ..outcome import Outcome
-from ..protocol import BacktestRequest, Metrics
-from .proposer import Proposal, Proposer
+from ..protocol import Metrics
+from .proposer import Proposal, Proposer, feasible
+from .records import (
+    CycleHook,
+    Evaluation,
+    EvolutionObserver,
+    GenerationSummary,
+    Progress,
+    ResultCache,
+    RunSettings,
+    Status,
+    _Cached,
+)
 from .search_space import Candidate
 
 if TYPE_CHECKING:
@@ -72,200 +83,30 @@ __all__ = [
 
 log = logging.getLogger("backtest_queue.evolution")
 
-#: How an evaluation ended: a result, a reused result, or no result.
-Status = Literal["ok", "clone", "failed"]
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunSettings:
-    """What every request of a search shares besides the strategy.
-
-    Attributes:
-        data_id: the service's dataset id, e.g. ``"EURUSD-H1"``.
-        start: inclusive ISO-8601 lower bound on the bars used, or ``None``.
-        end: inclusive ISO-8601 upper bound on the bars used, or ``None``.
-        cash: starting cash, in the dataset's quote currency.
-        commission: commission per trade, as a fraction of the trade value.
-    """
-
-    data_id: str = "EURUSD-H1"
-    start: str | None = None
-    end: str | None = None
-    cash: float = 10_000.0
-    commission: float = 0.0002
-
-    def request_for(self, candidate: Candidate) -> BacktestRequest:
-        """A new request (fresh ``request_id``) for ``candidate`` with these settings."""
-        return BacktestRequest(
-            strategy=candidate.strategy(),
-            data_id=self.data_id,
-            start=self.start,
-            end=self.end,
-            cash=self.cash,
-            commission=self.commission,
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Evaluation:
-    """How one proposal was evaluated.
-
-    Attributes:
-        number: the proposal's number (Optuna's trial number for NSGA-II).
-        generation: 0-based generation it belongs to.
-        candidate: the strategy.
-        status: ``"ok"`` (a result from the service), ``"clone"`` (the result of an
-            identical candidate, reused), ``"failed"`` (no result; see ``reason``).
-        metrics: the result, ``None`` when failed.
-        reason: why it failed (an outcome's reason: ``"timeout"``, ``"disconnected"``,
-            ``"service_error"``, ``"shutdown"``), ``None`` otherwise.
-        detail: one line for people (the service's error, or which evaluation a clone
-            reused).
-        request_id: the request whose outcome this is (for a clone, the original's).
-        source: for a clone, the number of the evaluation whose result it reused; else
-            its own number.
-    """
-
-    number: int
-    generation: int
-    candidate: Candidate
-    status: Status
-    metrics: Metrics | None = None
-    reason: str | None = None
-    detail: str = ""
-    request_id: str | None = None
-    source: int = -1
-
-    @property
-    def ok(self) -> bool:
-        """Whether it has a result (its own or a clone's)."""
-        return self.metrics is not None
-
-    @property
-    def sharpe(self) -> float | None:
-        """The Sharpe ratio, ``None`` when failed or undefined."""
-        return None if self.metrics is None else self.metrics.sharpe
+_Key = tuple[Candidate, RunSettings]
+#: Combines the results of one candidate's runs (walk-forward windows) into one.
+Combine = Callable[[Sequence[Metrics]], Metrics]
 
 
 @dataclass(frozen=True, slots=True)
-class _Cached:
-    metrics: Metrics
+class _Part:
+    """How one of a candidate's runs ended."""
+
+    status: Status
+    metrics: Metrics | None
     request_id: str
-    number: int
+    source: int
+    reason: str | None = None
+    detail: str = ""
 
 
-class ResultCache:
-    """Results by ``(candidate, run settings)``: what makes clones free.
-
-    Share one between :func:`run_evolution` calls to reuse results across them.
-    """
-
-    def __init__(self) -> None:
-        self._results: dict[tuple[Candidate, RunSettings], _Cached] = {}
-        self.hits = 0
-
-    def __repr__(self) -> str:
-        return f"<ResultCache results={len(self._results)} hits={self.hits}>"
-
-    def __len__(self) -> int:
-        return len(self._results)
-
-    def _get(self, key: tuple[Candidate, RunSettings]) -> _Cached | None:
-        cached = self._results.get(key)
-        if cached is not None:
-            self.hits += 1
-        return cached
-
-    def _put(self, key: tuple[Candidate, RunSettings], cached: _Cached) -> None:
-        self._results.setdefault(key, cached)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Progress:
-    """A snapshot of a running evolution, for progress displays.
-
-    Attributes:
-        phase: a label for the run, e.g. ``"in-sample"``.
-        generation: the generation being evaluated, 1-based (0 before the first ask).
-        generations: how many generations the run has.
-        planned: evaluations the run will make (``generations * population``).
-        evaluated: evaluations finished (results, clones and failures).
-        results: results that reached the collector (clones not counted).
-        clones: evaluations that reused an identical candidate's result.
-        failures: evaluations that ended without a result.
-        queued: requests in the dispatcher's send queue now.
-        pending: requests in flight now.
-        connected: whether a service is up.
-        best_sharpe: the best Sharpe ratio seen so far in this run, or ``None``.
-        elapsed: seconds since the run started.
-    """
-
-    phase: str
-    generation: int
-    generations: int
-    planned: int
-    evaluated: int
-    results: int
-    clones: int
-    failures: int
-    queued: int
-    pending: int
-    connected: bool
-    best_sharpe: float | None
-    elapsed: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GenerationSummary:
-    """One finished generation.
-
-    Attributes:
-        phase: the run's label.
-        generation: 1-based.
-        generations: how many the run has.
-        evaluations: the generation's evaluations, in ask order.
-        best_sharpe: the generation's best Sharpe ratio (``None``: none defined).
-        median_sharpe: the median of its defined Sharpe ratios.
-        best_so_far: the best Sharpe ratio of the run up to and including it.
-        clones: its evaluations that were clones.
-        failures: its evaluations that failed.
-        elapsed: seconds since the run started.
-    """
-
-    phase: str
-    generation: int
-    generations: int
-    evaluations: tuple[Evaluation, ...]
-    best_sharpe: float | None
-    median_sharpe: float | None
-    best_so_far: float | None
-    clones: int
-    failures: int
-    elapsed: float
-
-
-class EvolutionObserver(Protocol):
-    """Receives progress from a running evolution (called on the event loop: be quick)."""
-
-    def progress(self, progress: Progress) -> None:
-        """A snapshot after each cycle and each arriving outcome."""
-        ...
-
-    def generation_done(self, summary: GenerationSummary) -> None:
-        """A generation finished and was told to the proposer."""
-        ...
-
-
-#: Awaited at the end of every cycle with its progress snapshot. A slow hook stalls the
-#: cycle - and only the cycle.
-CycleHook = Callable[[Progress], Awaitable[None]]
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity
 class _Slot:
     proposal: Proposal
     generation: int
-    key: tuple[Candidate, RunSettings]
+    keys: tuple[_Key, ...]
+    parts: list[_Part | None]
     evaluation: Evaluation | None = None
 
 
@@ -275,6 +116,7 @@ class _Counts:
     results: int = 0
     clones: int = 0
     failures: int = 0
+    infeasible: int = 0
     best_sharpe: float | None = None
     generation: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -290,25 +132,29 @@ class _Evolution:
         *,
         generations: int,
         population: int,
-        run: RunSettings,
+        runs: Sequence[RunSettings],
+        combine: Combine | None,
         cache: ResultCache,
         observer: EvolutionObserver | None,
         cycle_hook: CycleHook | None,
         cycle_interval: float,
         phase: str,
+        min_trades: int,
     ) -> None:
         self._dispatcher = dispatcher
         self._proposer = proposer
         self._generations = generations
         self._population = population
-        self._run = run
+        self._runs = tuple(runs)
+        self._combine = combine
         self._cache = cache
         self._observer = observer
         self._hook = cycle_hook
         self._cycle_interval = cycle_interval
         self._phase = phase
-        self._owners: dict[str, tuple[Candidate, RunSettings]] = {}  # request_id -> key
-        self._waiting: dict[tuple[Candidate, RunSettings], list[_Slot]] = {}
+        self._min_trades = min_trades
+        self._owners: dict[str, _Key] = {}  # request_id -> key
+        self._waiting: dict[_Key, list[tuple[_Slot, int]]] = {}  # key -> (slot, run index)
         self._counts = _Counts()
         self._best_so_far: float | None = None
         self.evaluations: list[Evaluation] = []
@@ -327,9 +173,8 @@ class _Evolution:
             async for outcome in self._dispatcher.outcomes:
                 if outcome.request_id in self._owners and outcome.result is not None:
                     self._counts.results += 1
-                    self._counts.best_sharpe = _best(
-                        self._counts.best_sharpe, outcome.result.sharpe
-                    )
+                    if len(self._runs) == 1:  # else the best is known once combined
+                        self._note_best(outcome.result)
                     self._report()
                 inbox.send_nowait(outcome)  # unbounded: never blocks, never full
 
@@ -364,24 +209,35 @@ class _Evolution:
             raise UsageError(
                 f"the proposer returned {len(proposals)} proposals for {self._population} asked"
             )
-        slots = [_Slot(p, generation, (p.candidate, self._run)) for p in proposals]
+        slots = [
+            _Slot(
+                p,
+                generation,
+                tuple((p.candidate, run) for run in self._runs),
+                [None] * len(self._runs),
+            )
+            for p in proposals
+        ]
         for slot in slots:
             await self._place(slot)
         return slots
 
     async def _place(self, slot: _Slot) -> None:
-        cached = self._cache._get(slot.key)
-        if cached is not None:
-            self._resolve(slot, "clone", cached.metrics, cached.request_id, cached.number)
-            return
-        waiting = self._waiting.get(slot.key)
-        if waiting is not None:  # an identical candidate is in flight: share its outcome
-            waiting.append(slot)
-            return
-        request = self._run.request_for(slot.proposal.candidate)
-        self._waiting[slot.key] = [slot]
-        self._owners[request.request_id] = slot.key
-        await self._dispatcher.submit(request)
+        for index, key in enumerate(slot.keys):
+            cached = self._cache._get(key)
+            if cached is not None:
+                slot.parts[index] = _Part("clone", cached.metrics, cached.request_id,
+                                          cached.number)  # fmt: skip
+                continue
+            waiting = self._waiting.get(key)
+            if waiting is not None:  # an identical candidate is in flight: share its outcome
+                waiting.append((slot, index))
+                continue
+            request = key[1].request_for(slot.proposal.candidate)
+            self._waiting[key] = [(slot, index)]
+            self._owners[request.request_id] = key
+            await self._dispatcher.submit(request)
+        self._finish(slot)
 
     async def _take(self, inbox: MemoryObjectReceiveStream[Outcome]) -> None:
         """Apply the outcomes that arrived, waiting up to ``cycle_interval`` for one."""
@@ -408,48 +264,66 @@ class _Evolution:
             log.debug("ignored an outcome for request %s: not this evolution's",
                       outcome.request_id)  # fmt: skip
             return
-        first, *clones = self._waiting.pop(key)
+        waiting = self._waiting.pop(key)
+        number = waiting[0][0].proposal.number
         if outcome.result is not None:
-            number = first.proposal.number
             self._cache._put(key, _Cached(outcome.result, outcome.request_id, number))
-            self._resolve(first, "ok", outcome.result, outcome.request_id, number)
-            for slot in clones:
-                self._resolve(slot, "clone", outcome.result, outcome.request_id, number)
+        for i, (slot, index) in enumerate(waiting):
+            if outcome.result is None:
+                part = _Part("failed", None, outcome.request_id, number, outcome.reason,
+                             outcome.detail)  # fmt: skip
+            else:
+                part = _Part("ok" if i == 0 else "clone", outcome.result, outcome.request_id,
+                             number)  # fmt: skip
+            slot.parts[index] = part
+        for slot in dict.fromkeys(slot for slot, _ in waiting):
+            self._finish(slot)
+
+    def _finish(self, slot: _Slot) -> None:
+        """Turn a slot whose runs all ended into its evaluation."""
+        parts = [part for part in slot.parts if part is not None]
+        if slot.evaluation is not None or len(parts) < len(slot.parts):
             return
-        for slot in (first, *clones):
-            evaluation = Evaluation(
-                number=slot.proposal.number,
-                generation=slot.generation,
-                candidate=slot.proposal.candidate,
-                status="failed",
-                reason=outcome.reason,
-                detail=outcome.detail,
-                request_id=outcome.request_id,
-                source=first.proposal.number,
-            )
-            slot.evaluation = evaluation
+        p = slot.proposal
+        failed = [part for part in parts if part.status == "failed"]
+        if failed:
+            first = failed[0]
+            slot.evaluation = Evaluation(
+                number=p.number, generation=slot.generation, candidate=p.candidate,
+                status="failed", reason=first.reason, detail=first.detail,
+                request_id=first.request_id, source=first.source,
+            )  # fmt: skip
             self._counts.evaluated += 1
             self._counts.failures += 1
-            log.warning("evaluation #%d (%s) failed: %s %s", evaluation.number,
-                        evaluation.candidate.name, outcome.reason, outcome.detail)  # fmt: skip
-
-    def _resolve(
-        self, slot: _Slot, status: Status, metrics: Metrics, request_id: str, source: int
-    ) -> None:
-        detail = f"reused the result of #{source}" if status == "clone" else ""
+            log.warning("evaluation #%d (%s) failed: %s %s", p.number, p.candidate.name,
+                        first.reason, first.detail)  # fmt: skip
+            return
+        results = [part.metrics for part in parts if part.metrics is not None]
+        metrics = results[0] if len(results) == 1 else self._combined(results)
+        clone = all(part.status == "clone" for part in parts)
+        source = parts[0].source if clone else p.number
         slot.evaluation = Evaluation(
-            number=slot.proposal.number,
-            generation=slot.generation,
-            candidate=slot.proposal.candidate,
-            status=status,
-            metrics=metrics,
-            detail=detail,
-            request_id=request_id,
-            source=source,
-        )
+            number=p.number, generation=slot.generation, candidate=p.candidate,
+            status="clone" if clone else "ok", metrics=metrics,
+            detail=f"reused the result of #{source}" if clone else "",
+            request_id=parts[0].request_id, source=source,
+            folds=tuple(results) if len(results) > 1 else (),
+        )  # fmt: skip
         self._counts.evaluated += 1
-        if status == "clone":
+        if not feasible(metrics, self._min_trades):
+            self._counts.infeasible += 1
+        if clone:
             self._counts.clones += 1
+        if clone or len(results) > 1:
+            self._note_best(metrics)
+
+    def _combined(self, results: list[Metrics]) -> Metrics:
+        if self._combine is None:  # run_evolution refuses several runs without it
+            raise UsageError("several runs per candidate need a combine function")
+        return self._combine(results)
+
+    def _note_best(self, metrics: Metrics) -> None:
+        if feasible(metrics, self._min_trades):
             self._counts.best_sharpe = _best(self._counts.best_sharpe, metrics.sharpe)
 
     async def _tell(self, slots: list[_Slot]) -> None:
@@ -462,7 +336,8 @@ class _Evolution:
 
     def _summary(self, evaluations: Sequence[Evaluation]) -> GenerationSummary:
         sharpes = [e.sharpe for e in evaluations if e.sharpe is not None]
-        best = max(sharpes) if sharpes else None
+        eligible = [e.sharpe for e in evaluations if feasible(e.metrics, self._min_trades)]
+        best = max((s for s in eligible if s is not None), default=None)
         self._best_so_far = _best(self._best_so_far, best)
         return GenerationSummary(
             phase=self._phase,
@@ -474,6 +349,10 @@ class _Evolution:
             best_so_far=self._best_so_far,
             clones=sum(e.status == "clone" for e in evaluations),
             failures=sum(e.status == "failed" for e in evaluations),
+            infeasible=sum(
+                e.metrics is not None and not feasible(e.metrics, self._min_trades)
+                for e in evaluations
+            ),
             elapsed=time.monotonic() - self._counts.started_at,
         )
 
@@ -489,6 +368,7 @@ class _Evolution:
             results=counts.results,
             clones=counts.clones,
             failures=counts.failures,
+            infeasible=counts.infeasible,
             queued=queue.queued,
             pending=queue.pending,
             connected=self._dispatcher.connected,
@@ -512,12 +392,14 @@ async def run_evolution(
     *,
     generations: int,
     population: int,
-    run: RunSettings,
+    run: RunSettings | Sequence[RunSettings],
+    combine: Combine | None = None,
     cache: ResultCache | None = None,
     observer: EvolutionObserver | None = None,
     cycle_hook: CycleHook | None = None,
     cycle_interval: float = 0.25,
     phase: str = "in-sample",
+    min_trades: int = 0,
 ) -> list[Evaluation]:
     """Evolve strategies through a dispatcher: the cycle and the collector as siblings.
 
@@ -531,7 +413,13 @@ async def run_evolution(
         proposer: where candidates come from (see :class:`Proposer`).
         generations: how many generations (asks of ``population`` candidates), >= 1.
         population: candidates per generation, >= 1.
-        run: dataset, bar range, cash and commission for every request.
+        run: dataset, bar range, cash and commission for every request; or several
+            (walk-forward windows, say): each candidate is then run with each, and its
+            evaluation's metrics are ``combine`` of the results (in ``run`` order), its
+            ``folds`` the results. It fails when any of its runs fails; it is a clone
+            when every run reused a result.
+        combine: how to combine the results of several runs (see
+            :func:`.walkforward.combiner`); required with several.
         cache: results to reuse for clones (default: a fresh one); results of this run
             are added to it.
         observer: receives progress snapshots and generation summaries.
@@ -539,6 +427,9 @@ async def run_evolution(
         cycle_interval: the longest a cycle waits for an outcome, in seconds; the cycle
             runs at least this often, so ``maybe_flush`` does too.
         phase: a label for progress reports.
+        min_trades: the fewest trades a result needs to count as the best so far (the
+            leaderboard's rule, :func:`~.proposer.feasible`); fewer is reported as
+            infeasible.
 
     Returns:
         Every evaluation, in generation and ask order (``generations * population``).
@@ -553,12 +444,18 @@ async def run_evolution(
         raise UsageError(
             f"generations and population must be >= 1, got {generations} and {population}"
         )
+    runs = [run] if isinstance(run, RunSettings) else list(run)
+    if not runs or (len(runs) > 1 and combine is None):
+        raise UsageError("run must be one RunSettings, or several with a combine function")
+    if min_trades < 0:
+        raise UsageError(f"min_trades must be >= 0, got {min_trades}")
     if not (cycle_interval > 0 and math.isfinite(cycle_interval)):
         raise UsageError(f"cycle_interval must be > 0 seconds, got {cycle_interval!r}")
     evolution = _Evolution(
-        dispatcher, proposer, generations=generations, population=population, run=run,
-        cache=cache if cache is not None else ResultCache(), observer=observer,
+        dispatcher, proposer, generations=generations, population=population, runs=runs,
+        combine=combine, cache=cache if cache is not None else ResultCache(), observer=observer,
         cycle_hook=cycle_hook, cycle_interval=cycle_interval, phase=phase,
+        min_trades=min_trades,
     )  # fmt: skip
     inbox_send, inbox = anyio.create_memory_object_stream[Outcome](math.inf)
     with inbox_send, inbox:  # closed here too, should a task never get to start

@@ -29,11 +29,13 @@ def _sharpe(value: float | None) -> str:
 
 
 def summary_line(s: GenerationSummary) -> str:
-    """One line for a finished generation."""
+    """One line for a finished generation: failed = no result (transport, service error),
+    infeasible = a result with too few trades; best = best feasible Sharpe ratio."""
     done = len(s.evaluations)
     return (
         f"{s.phase} generation {s.generation}/{s.generations}: {done} evaluated "
-        f"({s.clones} clones, {s.failures} failed); Sharpe best {_sharpe(s.best_sharpe)}, "
+        f"({s.clones} clones, {s.failures} failed, {s.infeasible} infeasible); "
+        f"Sharpe best {_sharpe(s.best_sharpe)}, "
         f"median {_sharpe(s.median_sharpe)}, best so far {_sharpe(s.best_so_far)} "
         f"[{s.elapsed:.1f} s]"
     )
@@ -69,9 +71,10 @@ class LogProgress(AbstractContextManager["LogProgress"]):
             return
         self._last = now
         state = "connected" if progress.connected else "no service yet"
-        log.info("%s: %d/%d evaluated, %d results; queued %d, pending %d (%s); "
-                 "best Sharpe %s", progress.phase, progress.evaluated, progress.planned,
-                 progress.results, progress.queued, progress.pending, state,
+        log.info("%s: %d/%d evaluated, %d results, %d failed, %d infeasible; queued %d, "
+                 "pending %d (%s); best Sharpe %s", progress.phase, progress.evaluated,
+                 progress.planned, progress.results, progress.failures, progress.infeasible,
+                 progress.queued, progress.pending, state,
                  _sharpe(progress.best_sharpe))  # fmt: skip
 
     def generation_done(self, summary: GenerationSummary) -> None:

@@ -6,11 +6,13 @@ Files written by :func:`write_outputs` into the output directory:
     One row per evaluation, in-sample and out-of-sample (column ``phase``): generation,
     number, status, strategy, parameters, every metric.
 ``results.json``
-    The same evaluations plus the settings, the split and the leaderboard.
+    The same evaluations plus the settings, the split, the counts by cause, the
+    leaderboard and the overfitting measures (DSR per row, PBO: see :mod:`.robustness`).
 ``leaderboard.csv``
-    The leaderboard rows.
+    The leaderboard rows (with their Deflated Sharpe Ratio).
 ``sharpe_by_generation.png``
-    Best and median in-sample Sharpe ratio per generation, and the best so far.
+    Best (among results with at least ``min_trades`` trades, the leaderboard's rule) and
+    median in-sample Sharpe ratio per generation, and the best so far.
 ``equity_curve.png``
     The leaderboard winner's equity, in-sample then out-of-sample (see :mod:`.equity`).
 """
@@ -20,14 +22,14 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ..protocol import Metrics
 from .cycle import Evaluation
-from .proposer import objectives
+from .proposer import feasible, objectives
 from .search_space import Candidate
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ def _ranked(evaluations: Iterable[Evaluation], min_trades: int) -> list[tuple[Ev
     groups: dict[tuple[object, ...], list[Evaluation]] = {}
     for evaluation in evaluations:
         m = evaluation.metrics
-        if m is None or m.sharpe is None or m.trades < min_trades:
+        if m is None or not feasible(m, min_trades):
             continue
         if evaluation.candidate in seen:
             continue
@@ -108,8 +110,8 @@ def best_candidates(
 
     A candidate counts once (its first evaluation with a result), and so does a group of
     candidates with exactly the same metrics (the earliest stands for the group);
-    evaluations without a defined Sharpe ratio, or with fewer than ``min_trades``
-    trades, are left out. Ties go to the earlier evaluation, so the order is
+    evaluations that are not :func:`~.proposer.feasible` (no defined Sharpe ratio, fewer
+    than ``min_trades`` trades) are left out. Ties go to the earlier evaluation, so the order is
     deterministic.
     """
     return [evaluation for evaluation, _ in _ranked(evaluations, min_trades)[:top]]
@@ -121,8 +123,7 @@ def pareto_front(evaluations: Iterable[Evaluation], *, min_trades: int = 0) -> s
     points: dict[Candidate, tuple[float, float]] = {}
     for evaluation in evaluations:
         values = objectives(evaluation.metrics)
-        trades = 0 if evaluation.metrics is None else evaluation.metrics.trades
-        if values is not None and trades >= min_trades:
+        if values is not None and feasible(evaluation.metrics, min_trades):
             points.setdefault(evaluation.candidate, values)
     front = set()
     for candidate, (sharpe, drawdown) in points.items():
@@ -160,17 +161,26 @@ def leaderboard(
 
 
 def sharpe_by_generation(
-    evaluations: Iterable[Evaluation],
+    evaluations: Iterable[Evaluation], *, min_trades: int = 0
 ) -> list[tuple[int, float | None, float | None]]:
-    """``(generation, best, median)`` of the defined Sharpe ratios, per generation (0-based)."""
-    by_generation: dict[int, list[float]] = {}
+    """``(generation, best, median)`` Sharpe ratio per generation (0-based).
+
+    ``best`` is over the feasible results only (at least ``min_trades`` trades: the
+    leaderboard's rule, so the chart's best is a candidate the leaderboard could rank);
+    ``median`` is over every defined Sharpe ratio of the generation.
+    """
+    defined: dict[int, list[float]] = {}
+    eligible: dict[int, list[float]] = {}
     for e in evaluations:
-        values = by_generation.setdefault(e.generation, [])
+        values = defined.setdefault(e.generation, [])
+        best = eligible.setdefault(e.generation, [])
         if e.sharpe is not None:
             values.append(e.sharpe)
+            if feasible(e.metrics, min_trades):
+                best.append(e.sharpe)
     return [
-        (g, max(v) if v else None, statistics.median(v) if v else None)
-        for g, v in sorted(by_generation.items())
+        (g, max(eligible[g], default=None), statistics.median(v) if v else None)
+        for g, v in sorted(defined.items())
     ]
 
 
@@ -191,13 +201,14 @@ def evaluation_record(evaluation: Evaluation, phase: str) -> dict[str, Any]:
         "tp": c.tp,
         "request_id": evaluation.request_id,
         "source": evaluation.source,
+        "fold_sharpes": [m.sharpe for m in evaluation.folds] or None,
     }
     for name in _METRICS:
         record[name] = None if evaluation.metrics is None else getattr(evaluation.metrics, name)
     return record
 
 
-def _row_record(row: LeaderboardRow) -> dict[str, Any]:
+def _row_record(row: LeaderboardRow, dsr: float | None) -> dict[str, Any]:
     def metric(e: Evaluation | None, name: str) -> Any:
         return None if e is None or e.metrics is None else getattr(e.metrics, name)
 
@@ -208,6 +219,7 @@ def _row_record(row: LeaderboardRow) -> dict[str, Any]:
         "params": row.candidate.describe(),
         "pareto": row.pareto,
         "alike": row.alike,
+        "deflated_sharpe_ratio": dsr,
         "in_sample_sharpe": metric(row.in_sample, "sharpe"),
         "out_of_sample_sharpe": metric(row.out_of_sample, "sharpe"),
         "in_sample_max_drawdown_pct": metric(row.in_sample, "max_drawdown_pct"),
@@ -242,13 +254,21 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def leaderboard_records(rows: Sequence[LeaderboardRow]) -> list[dict[str, Any]]:
-    """The leaderboard as flat JSON-ready dicts."""
-    return [_row_record(row) for row in rows]
+def leaderboard_records(
+    rows: Sequence[LeaderboardRow], dsr: Mapping[Candidate, float] | None = None
+) -> list[dict[str, Any]]:
+    """The leaderboard as flat JSON-ready dicts (``dsr``: Deflated Sharpe Ratio by
+    candidate, see :mod:`.robustness`)."""
+    dsr = dsr or {}
+    return [_row_record(row, dsr.get(row.candidate)) for row in rows]
 
 
-def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], title: str) -> Path:
-    """Draw best and median Sharpe ratio per generation, and the best so far, into a PNG.
+def plot_sharpe_by_generation(
+    path: Path, evaluations: Sequence[Evaluation], title: str, *, min_trades: int = 0
+) -> Path:
+    """Draw best and median Sharpe ratio per generation, and the best so far, into a PNG
+    (best: among results with at least ``min_trades`` trades, see
+    :func:`sharpe_by_generation`).
 
     Returns:
         ``path``.
@@ -256,7 +276,7 @@ def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], tit
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    points = sharpe_by_generation(evaluations)
+    points = sharpe_by_generation(evaluations, min_trades=min_trades)
     generations = [g + 1 for g, _, _ in points]
     best = [b for _, b, _ in points]
     median = [m for _, _, m in points]
@@ -273,7 +293,8 @@ def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], tit
     figure = Figure(figsize=(7, 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.plot(generations, nan(best), marker="o", label="best of generation")
+    label = f" (>= {min_trades} trades)" if min_trades else ""
+    axes.plot(generations, nan(best), marker="o", label=f"best of generation{label}")
     axes.plot(generations, nan(median), marker="s", label="median of generation")
     axes.step(generations, nan(so_far), where="post", linestyle="--", label="best so far")
     axes.axhline(0.0, color="black", linewidth=0.5)
@@ -288,11 +309,15 @@ def plot_sharpe_by_generation(path: Path, evaluations: Sequence[Evaluation], tit
 
 
 def leaderboard_table(
-    rows: Sequence[LeaderboardRow], *, title: str = "Leaderboard", note: str = ""
+    rows: Sequence[LeaderboardRow],
+    *,
+    title: str = "Leaderboard",
+    note: str = "",
+    dsr: Mapping[Candidate, float] | None = None,
 ) -> Table:
     """The leaderboard as a rich table: rank, strategy, parameters, Sharpe in and out of
-    sample, max drawdown (percent) and trades in and out of sample; ``note`` goes in the
-    caption."""
+    sample, max drawdown (percent), trades in and out of sample, and the Deflated Sharpe
+    Ratio when ``dsr`` is given; ``note`` goes in the caption."""
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -304,10 +329,12 @@ def leaderboard_table(
     table.add_column("max DD IS", justify="right")
     table.add_column("max DD OOS", justify="right")
     table.add_column("trades IS/OOS", justify="right")
+    if dsr is not None:
+        table.add_column("DSR", justify="right")
     for row in rows:
         i, o = row.in_sample.metrics, row.out_of_sample and row.out_of_sample.metrics
         mark = " *" if row.pareto else ""
-        table.add_row(
+        cells = [
             str(row.rank),
             row.candidate.kind + mark,
             row.candidate.describe() + (f" (+{row.alike} alike)" if row.alike else ""),
@@ -316,10 +343,18 @@ def leaderboard_table(
             _fmt(i.max_drawdown_pct if i else None, "{:.1f}%"),
             _fmt(o.max_drawdown_pct if o else None, "{:.1f}%"),
             f"{i.trades if i else '-'}/{o.trades if o else '-'}",
-        )
+        ]
+        if dsr is not None:
+            cells.append(_fmt(dsr.get(row.candidate), "{:.2f}"))
+        table.add_row(*cells)
     caption = [note] if note else []
     if any(row.pareto for row in rows):
         caption.append("* on the in-sample Pareto front (Sharpe up, drawdown down)")
+    if dsr is not None:
+        caption.append(
+            "DSR: Deflated Sharpe Ratio, the probability that the in-sample Sharpe ratio "
+            "beats what the search's luck alone gives (>= 0.95: significant)"
+        )
     if any(row.alike for row in rows):
         caption.append("+N alike: N more candidates with exactly the same in-sample results")
     if caption:

@@ -3,7 +3,9 @@
 :func:`run_search`, inside an open dispatcher:
 
 1. evolves strategies on the in-sample bars (the first 70 % by default) with
-   :func:`~backtest_queue.evolution.cycle.run_evolution` and NSGA-II;
+   :func:`~backtest_queue.evolution.cycle.run_evolution` and an Optuna sampler (TPE by
+   default), each candidate scored on the whole in-sample part or, with
+   ``walk_forward``, on K windows of it (:mod:`.walkforward`);
 2. re-runs the best ``top`` distinct candidates (by in-sample Sharpe ratio) on the
    out-of-sample bars, through the same cycle with a :class:`ListProposer`;
 3. returns a :class:`SearchReport` with the leaderboard.
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import BacktestQueueError
+from ..errors import BacktestQueueError, UsageError
 from .cycle import (
     CycleHook,
     Evaluation,
@@ -31,7 +34,7 @@ from .cycle import (
     RunSettings,
     run_evolution,
 )
-from .proposer import ListProposer, NSGAIIProposer, Proposer
+from .proposer import ListProposer, OptunaProposer, Proposer, SamplerName, feasible
 from .report import (
     LeaderboardRow,
     best_candidates,
@@ -44,11 +47,13 @@ from .report import (
 )
 from .search_space import SearchSpace
 from .split import SampleSplit
+from .walkforward import WalkForwardMode, combiner
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..dispatcher import Dispatcher
+    from .robustness import Assessment
 
 __all__ = ["SearchConfig", "SearchFailed", "SearchReport", "run_search", "write_outputs"]
 
@@ -67,12 +72,15 @@ class SearchConfig:
     Attributes:
         generations: evolution generations, >= 1.
         population: candidates per generation (NSGA-II's population), >= 1.
+        sampler: the Optuna sampler, ``"tpe"``, ``"nsga2"`` or ``"random"`` (see
+            :class:`OptunaProposer` and benchmarks/README.md for the measurement behind
+            the default).
         seed: the optimizer's random seed (``None``: a different search every run).
         data_id: the dataset to search on.
         in_sample_fraction: share of the bars to evolve on; the rest is out-of-sample.
         top: how many of the best candidates to re-run out-of-sample and rank.
         min_trades: the fewest in-sample trades a candidate needs to rank, and to be a
-            feasible solution for NSGA-II (0: no minimum). Sharpe ratios from a handful
+            feasible solution for the optimizer (0: one trade). Sharpe ratios from a handful
             of trades are mostly luck.
         mutation_prob: NSGA-II's chance to redraw each parameter of a child. Half of
             every genome is inactive (the other kinds' parameters), so Optuna's default
@@ -83,10 +91,16 @@ class SearchConfig:
         commission: commission per trade, as a fraction of the trade value.
         space: the search space.
         cycle_interval: the longest an evolution cycle waits for outcomes, in seconds.
+        walk_forward: K >= 2 scores every candidate on K windows of the in-sample bars
+            by mean minus standard deviation of their Sharpe ratios (see
+            :mod:`.walkforward`; :func:`run_search` then needs the ``windows``); 0: one
+            in-sample run per candidate.
+        wf_mode: the windows, ``"rolling"`` (disjoint) or ``"anchored"`` (expanding).
     """
 
     generations: int = 12
     population: int = 24
+    sampler: SamplerName = "tpe"
     seed: int | None = 7
     data_id: str = "EURUSD-H1"
     in_sample_fraction: float = 0.7
@@ -97,6 +111,8 @@ class SearchConfig:
     commission: float = 0.0002
     space: SearchSpace = field(default_factory=SearchSpace)
     cycle_interval: float = 0.25
+    walk_forward: int = 0
+    wf_mode: WalkForwardMode = "rolling"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +126,13 @@ class SearchReport:
         out_of_sample: the re-runs of the leaderboard's candidates, best first.
         leaderboard: the best ``config.top`` candidates with both results.
         elapsed: wall time of the search, in seconds.
+        min_trades: the fewest in-sample trades the leaderboard required: the
+            configured minimum, or 0 when no candidate reached it.
+        repeats: candidates the optimizer proposed again and re-asked (not evaluated,
+            not counted: see :class:`OptunaProposer`); 0 for a proposer that does not
+            count them.
+        real_generations: generations as the optimizer counted them (NSGA-II: told
+            trials span this many), ``None`` when it does not say.
     """
 
     config: SearchConfig
@@ -118,12 +141,28 @@ class SearchReport:
     out_of_sample: list[Evaluation]
     leaderboard: list[LeaderboardRow]
     elapsed: float
+    min_trades: int = 0
+    repeats: int = 0
+    real_generations: int | None = None
 
     def counts(self) -> dict[str, int]:
-        """In-sample evaluations by status (``ok``, ``clone``, ``failed``) and in total."""
+        """In-sample evaluations in total and by cause.
+
+        Keys: ``evaluations``; by status ``ok``, ``clone``, ``failed`` (no result);
+        ``failed:<reason>`` per outcome reason (``timeout``, ``service_error``, ...);
+        ``infeasible``: results (own or reused) with fewer than ``config.min_trades``
+        trades or an undefined Sharpe ratio, which the optimizer was told as constraint
+        violations and the leaderboard does not rank.
+        """
         counts = {"evaluations": len(self.in_sample), "ok": 0, "clone": 0, "failed": 0}
+        counts["infeasible"] = 0
         for e in self.in_sample:
             counts[e.status] += 1
+            if e.metrics is None:
+                key = f"failed:{e.reason}"
+                counts[key] = counts.get(key, 0) + 1
+            elif not feasible(e.metrics, self.config.min_trades):
+                counts["infeasible"] += 1
         return counts
 
 
@@ -156,6 +195,7 @@ async def run_search(
     proposer: Proposer | None = None,
     observer: EvolutionObserver | None = None,
     cycle_hook: CycleHook | None = None,
+    windows: Sequence[tuple[str, str]] = (),
 ) -> SearchReport:
     """Evolve in-sample, re-run the best out-of-sample, rank (see the module docstring).
 
@@ -166,18 +206,26 @@ async def run_search(
         dispatcher: an open dispatcher whose services have ``config.data_id``.
         config: the search settings.
         split: the in-sample / out-of-sample bounds (see :func:`.split.split_bars`).
-        proposer: the optimizer (default: :class:`NSGAIIProposer` with ``config.seed``).
+        proposer: the optimizer (default: :class:`OptunaProposer` with ``config.sampler``
+            and ``config.seed``).
         observer: receives progress from both runs.
         cycle_hook: awaited at the end of every cycle of both runs.
+        windows: with ``config.walk_forward``, its K in-sample windows as ISO-8601
+            ``(start, end)`` bounds (:func:`.walkforward.windows`).
 
     Returns:
         The report.
 
     Raises:
         SearchFailed: the whole first generation failed.
-        UsageError: bad settings (see :func:`run_evolution`).
+        UsageError: bad settings (see :func:`run_evolution`), or ``windows`` that do not
+            match ``config.walk_forward``.
     """
     started = time.monotonic()
+    if config.walk_forward >= 2 and len(windows) != config.walk_forward:
+        raise UsageError(
+            f"walk_forward={config.walk_forward} needs as many windows, got {len(windows)}"
+        )
     run = RunSettings(
         data_id=config.data_id,
         start=split.in_sample[0],
@@ -186,7 +234,8 @@ async def run_search(
         commission=config.commission,
     )
     if proposer is None:
-        proposer = NSGAIIProposer(
+        proposer = OptunaProposer(
+            sampler=config.sampler,
             seed=config.seed,
             population=config.population,
             space=config.space,
@@ -194,10 +243,16 @@ async def run_search(
             mutation_prob=config.mutation_prob,
         )
     cache = ResultCache()
+    runs: list[RunSettings] = [run]
+    combine = None
+    if config.walk_forward >= 2:
+        runs = [replace(run, start=a, end=b) for a, b in windows]
+        combine = combiner(config.wf_mode)
     in_sample = await run_evolution(
         dispatcher, proposer, generations=config.generations, population=config.population,
-        run=run, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
+        run=runs, combine=combine, cache=cache, observer=_FailFast(observer), cycle_hook=cycle_hook,
         cycle_interval=config.cycle_interval, phase="in-sample",
+        min_trades=config.min_trades,
     )  # fmt: skip
     min_trades = config.min_trades
     if not best_candidates(in_sample, 1, min_trades=min_trades):
@@ -221,11 +276,18 @@ async def run_search(
         out_of_sample=out_of_sample,
         leaderboard=leaderboard(in_sample, out_of_sample, top=config.top, min_trades=min_trades),
         elapsed=time.monotonic() - started,
+        min_trades=min_trades,
+        repeats=int(getattr(proposer, "repeats", 0)),
+        real_generations=getattr(proposer, "generations", None),
     )
 
 
 def write_outputs(
-    report: SearchReport, out_dir: Path, *, bars: pd.DataFrame | None = None
+    report: SearchReport,
+    out_dir: Path,
+    *,
+    bars: pd.DataFrame | None = None,
+    assessment: Assessment | None = None,
 ) -> dict[str, Path]:
     """Write the results files and charts (see :mod:`.report`) into ``out_dir``.
 
@@ -233,6 +295,8 @@ def write_outputs(
         report: what :func:`run_search` returned.
         out_dir: the output directory (created if missing; files in it are replaced).
         bars: the dataset's bars, to draw the winner's equity curve; ``None`` skips it.
+        assessment: DSR and PBO (:func:`.robustness.assess`), written into
+            ``results.json`` (``overfitting``) and the leaderboard files.
 
     Returns:
         File role -> path, for the files written.
@@ -240,14 +304,18 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [evaluation_record(e, "in-sample") for e in report.in_sample]
     records += [evaluation_record(e, "out-of-sample") for e in report.out_of_sample]
-    board = leaderboard_records(report.leaderboard)
+    dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
+    board = leaderboard_records(report.leaderboard, dsr)
     config = asdict(report.config)
     document: dict[str, Any] = {
         "backtest_queue_version": __version__,
         "config": config,
         "split": {**asdict(report.split), "out_of_sample_bars": report.split.out_of_sample_bars},
         "counts": report.counts(),
+        "repeats_reasked": report.repeats,
+        "real_generations": report.real_generations,
         "elapsed_s": round(report.elapsed, 3),
+        "overfitting": None if assessment is None else assessment.record(),
         "leaderboard": board,
         "evaluations": records,
     }
@@ -259,7 +327,9 @@ def write_outputs(
             out_dir / "sharpe_by_generation.png",
             report.in_sample,
             f"{report.config.data_id} in-sample ({report.split.in_sample_bars} bars), "
-            f"population {report.config.population}, seed {report.config.seed}",
+            f"population {report.config.population}, {report.config.sampler}, "
+            f"seed {report.config.seed}",
+            min_trades=report.min_trades,
         ),
     }
     if bars is not None and report.leaderboard:
@@ -277,7 +347,9 @@ def _write_equity(report: SearchReport, out_dir: Path, bars: pd.DataFrame) -> Pa
         row.candidate, [("in-sample", bars.iloc[:cut]), ("out-of-sample", bars.iloc[cut:])], run
     )
     for segment, evaluation in zip(segments, (row.in_sample, row.out_of_sample), strict=True):
-        reported = None if evaluation is None or evaluation.metrics is None else (
+        # Under walk-forward the in-sample result combines windows: nothing to compare.
+        combined = evaluation is not None and bool(evaluation.folds)
+        reported = None if evaluation is None or evaluation.metrics is None or combined else (
             evaluation.metrics.return_pct
         )  # fmt: skip
         if reported is not None and abs(reported - segment.return_pct) > 1e-6 * max(
