@@ -157,8 +157,21 @@ def add_search_arguments(
         default=None,
         metavar="PATH",
         help="SQLite file that keeps the send queue durable and caches results by "
-        "content, so a rerun or a restart after a crash does not run finished backtests "
-        "again (default: none)",
+        "content and data fingerprint, so a rerun or a restart after a crash does not "
+        "run finished backtests again (default: none)",
+    )
+    parser.add_argument(
+        "--store-shared",
+        action="store_true",
+        help="let other runs use the same --store at the same time (they share its result "
+        "cache); without it a second run on a store in use stops with an error naming "
+        "the run that holds it",
+    )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="with --store, run every backtest even when the store has its result",
     )
     parser.add_argument(
         "--out",

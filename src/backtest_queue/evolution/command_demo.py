@@ -77,6 +77,8 @@ async def _main(args: argparse.Namespace) -> int:
         "result_timeout": 60.0,
         "max_attempts": 2,
         "store": args.store,
+        "store_shared": args.store_shared,
+        "cache": args.cache,
     }
     companion = None
     if args.connect is None:

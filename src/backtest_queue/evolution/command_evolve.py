@@ -72,5 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "result_timeout": args.result_timeout,
         "max_attempts": 2,
         "store": args.store,
+        "store_shared": args.store_shared,
+        "cache": args.cache,
     }
     return run_command(args, partial(search_and_report, args, args.connect, options))
