@@ -108,14 +108,11 @@ def test_the_optional_fields_are_optional_on_the_wire() -> None:
     assert isinstance(old_pong, Pong)
     assert old_pong.fingerprints == {}
     old_result = decode_message(
-        b'{"type": "BACKTEST_RESULT", "v": 1, "request_id": "r", '
-        b'"result": {"strategy_name": "s"}}'
+        b'{"type": "BACKTEST_RESULT", "v": 1, "request_id": "r", "result": {"strategy_name": "s"}}'
     )
     assert isinstance(old_result, BacktestResult)
     assert old_result.data_fingerprint is None
-    new = BacktestResult(
-        request_id="r", result=Metrics(strategy_name="s"), data_fingerprint="00ff"
-    )
+    new = BacktestResult(request_id="r", result=Metrics(strategy_name="s"), data_fingerprint="00ff")
     assert decode_message(encode_message(new)) == new
 
 
