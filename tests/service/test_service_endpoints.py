@@ -15,6 +15,7 @@ import zmq
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
 from backtest_queue.errors import TransportError
+from backtest_queue.evolution import service_process
 from backtest_queue.service import open_service
 from backtest_queue.transport import (
     CONNECT_LOG_INTERVAL,
@@ -199,7 +200,8 @@ async def test_a_dispatcher_gets_results_from_a_service_on_ipv6(tmp_path: Path) 
 def test_the_service_command_binds_an_ipv6_endpoint(
     zmq_context: zmq.Context[Any], tmp_path: Path
 ) -> None:
-    endpoint = f"tcp://[::1]:{_free_ipv6_port()}"
+    endpoint = service_process.free_tcp_endpoint("::1")
+    assert endpoint.startswith("tcp://[::1]:")
     service = start_service_process(
         zmq_context, tmp_path / "v6.log", "--workers", "1", endpoint=endpoint
     )

@@ -50,11 +50,15 @@ class ServiceExited(BacktestQueueError):
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    """Return ``tcp://host:port`` with a port that was free a moment ago (loopback)."""
-    with socket.socket() as s:
+    """Return ``tcp://host:port`` with a port that was free a moment ago (loopback).
+
+    An IPv6 ``host`` (``"::1"``) gives ``tcp://[::1]:port``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         s.bind((host, 0))
         port = s.getsockname()[1]
-    return f"tcp://{host}:{port}"
+    return f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}"
 
 
 def service_command(
