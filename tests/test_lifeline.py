@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ def test_kill_9_of_the_demo_stops_its_service_and_workers(tmp_path: Path, backen
     for process in [pid, *sorted(below)]:
         assert wait_gone(process, GONE_TIMEOUT), f"pid {process} outlived the demo"
     assert _bindable(endpoint)
+    # It stopped gracefully (SIGTERM from its lifeline): its datasets file is gone too.
+    assert not list(Path(tempfile.gettempdir()).glob(f"backtest-queue-datasets-{pid}-*"))
 
 
 def test_kill_9_of_a_service_stops_its_workers() -> None:
