@@ -75,3 +75,23 @@ def test_kill_9_of_a_service_leaves_a_file_the_next_start_removes(
     finally:
         second.stop(signal.SIGKILL)
     assert _files(scratch) == []
+
+
+def test_a_file_system_without_locks_still_works_and_sweeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    other = tmp_path / "backtest-queue-datasets-999999-zz.pickle"  # cannot tell: kept
+    other.write_bytes(b"")
+    new = write_datasets_file(BARS, str(tmp_path))
+    try:
+        assert _files(tmp_path) == sorted([Path(new.path), other])
+    finally:
+        new.close()
+    assert _files(tmp_path) == [other]

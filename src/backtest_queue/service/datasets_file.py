@@ -71,14 +71,21 @@ class DatasetsFile:
             self._fd = -1
 
 
-def _lock(fd: int) -> bool:
-    """Take an exclusive lock on ``fd`` without waiting; False if another holder has it."""
+def _lock(fd: int) -> bool | None:
+    """Take an exclusive lock on ``fd`` without waiting.
+
+    Returns:
+        True when locked, False when another holder has it, None when this file system
+        (or platform) has no locks.
+    """
     if fcntl is None:  # pragma: no cover - Windows
-        return True
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         return False
+    except OSError:  # ENOLCK, EOPNOTSUPP, ...: a file system without flock
+        return None
     return True
 
 
@@ -113,7 +120,7 @@ def sweep_stale_files(directory: str | None = None) -> list[str]:
         except OSError:
             continue  # gone already, or another user's
         try:
-            if _lock(fd) and _same_file(path, fd):
+            if _lock(fd) is True and _same_file(path, fd):
                 os.unlink(path)
                 removed.append(path)
         except OSError:
@@ -145,14 +152,17 @@ def write_datasets_file(
         OSError: the file cannot be written.
     """
     sweep_stale_files(directory)
-    while True:
+    for _ in range(100):
         prefix = f"{PREFIX}{os.getpid()}-"
         fd, path = tempfile.mkstemp(prefix=prefix, suffix=".pickle", dir=directory)
         # Another service's sweep may have removed the file between its creation and our
-        # lock (it was unlocked then); if so, make another one.
-        if _lock(fd) and _same_file(path, fd):
+        # lock (it was unlocked then); if so, make another one. Without locks (None), a
+        # killed service's file is not swept, and that is all.
+        if _lock(fd) is not False and _same_file(path, fd):
             break
         os.close(fd)
+    else:  # pragma: no cover - would take 100 sweeps racing us in a row
+        raise OSError(f"could not create a datasets file in {directory or tempfile.gettempdir()}")
     file = DatasetsFile(path, fd)
     try:
         with os.fdopen(os.dup(fd), "wb") as stream:
