@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-from backtest_queue.lifeline import Lifeline
 
 #: For tests that need them: skip elsewhere, saying why.
 needs_proc = pytest.mark.skipif(
@@ -69,19 +65,3 @@ def wait_gone(pid: int, timeout: float) -> bool:
         return not alive(pid)
     finally:
         os.close(fd)
-
-
-_lifeline: list[Lifeline] = []
-
-
-def tied(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``subprocess.Popen`` keyword arguments (``env``, ``pass_fds``) that tie the child
-    to this test process (see :mod:`backtest_queue.lifeline`).
-
-    One lifeline serves every child: its write end lives as long as this process, so the
-    children stop when the test run is killed, whatever kills it.
-    """
-    if not _lifeline:
-        _lifeline.append(Lifeline())
-    line = _lifeline[0]
-    return {"env": {**(os.environ if env is None else env), **line.env}, "pass_fds": line.pass_fds}

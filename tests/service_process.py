@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zmq
 
-from proc_watch import tied
+from lifelines import tied
 
 PROCS = Path(__file__).parent / "procs"
 READY_TIMEOUT = 30.0

@@ -30,7 +30,7 @@ from backtest_queue.protocol import BacktestRequest, Metrics, Strategy, decode_m
 from backtest_queue.service import Service, ServiceStatistics
 from backtest_queue.transport import SendStatus, ZmqSocket, open_socket
 
-from proc_watch import tied
+from lifelines import tied
 
 #: Generous bound for one reply; real replies take milliseconds.
 REPLY_TIMEOUT = 15.0
