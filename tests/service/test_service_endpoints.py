@@ -14,15 +14,11 @@ import pytest
 import zmq
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
+from backtest_queue.endpoints import check_ipc_path_free, endpoint_options
 from backtest_queue.errors import TransportError
 from backtest_queue.evolution import service_process
 from backtest_queue.service import open_service
-from backtest_queue.transport import (
-    CONNECT_LOG_INTERVAL,
-    _ConnectTrouble,
-    check_ipc_path_free,
-    endpoint_options,
-)
+from backtest_queue.transport import CONNECT_LOG_INTERVAL, _ConnectTrouble
 
 from service_helpers import (
     ScriptedEngine,
