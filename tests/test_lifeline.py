@@ -21,6 +21,7 @@ import zmq
 
 from backtest_queue.lifeline import EXIT_PARENT_GONE, LIFELINE_ENV, Lifeline
 
+from lifelines import tied
 from proc_watch import alive, descendants, needs_proc, wait_gone
 from service_process import PROCS, service_process
 from stubs import free_tcp_endpoint
@@ -55,7 +56,7 @@ def test_kill_9_of_the_demo_stops_its_service_and_workers(tmp_path: Path, backen
                "--backend", backend]  # fmt: skip
     env = {**os.environ, "COLUMNS": "400"}
     with subprocess.Popen(command, stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
-                          env=env, text=True) as demo:  # fmt: skip
+                          text=True, **tied(env)) as demo:  # fmt: skip
         try:
             assert demo.stdout is not None
             pid, endpoint = None, None
