@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +29,8 @@ from typing import Any, Final, Self
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
+
+from backtest_queue.lifeline import Lifeline, watch_parent_from_environment
 
 from .payloads import ResultTemplate
 
@@ -103,13 +106,22 @@ class EchoService:
         self._hwm = hwm
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen[str] | None = None
+        self._lifeline = Lifeline()
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._control: zmq.Socket[bytes] | None = None
         self.endpoint = ""
 
     def __enter__(self) -> Self:
         cmd = [sys.executable, "-m", "benchmarks.services", "echo", "--hwm", str(self._hwm)]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        # The lifeline stops the echo service if the benchmark is killed (kill -9 too).
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **self._lifeline.env},
+            pass_fds=self._lifeline.pass_fds,
+        )
+        self._lifeline.child_started()
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline().split()
         if len(line) != 3 or line[0] != "READY":
@@ -155,6 +167,7 @@ class EchoService:
                     self._proc.wait()
                 if self._proc.stdout is not None:
                     self._proc.stdout.close()
+            self._lifeline.close()
 
 
 def _flush_probe(endpoint: str, expect: int, timeout: float, hwm: int) -> dict[str, Any]:
@@ -236,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     probe.add_argument("--timeout", type=float, default=10.0)
     probe.add_argument("--hwm", type=int, default=1000)
     args = parser.parse_args(argv)
+    watch_parent_from_environment()  # stop when the benchmark that started us is gone
     if args.command == "echo":
         _serve_echo(args.hwm)
     else:

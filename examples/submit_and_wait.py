@@ -9,6 +9,7 @@ bundled EURUSD hourly bars, prints the submit state and the result, and stops.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import sys
 import anyio
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
+from backtest_queue.lifeline import Lifeline
 
 
 async def main(endpoint: str) -> None:
@@ -41,7 +43,12 @@ if __name__ == "__main__":
     endpoint = free_endpoint()
     cmd = [sys.executable, "-m", "backtest_queue", "-q", "service", "--bind", endpoint,
            "--workers", "1"]  # fmt: skip
-    with subprocess.Popen(cmd) as service:
+    # The lifeline stops the service even if this script is killed (kill -9 included).
+    lifeline = Lifeline()
+    with subprocess.Popen(
+        cmd, env={**os.environ, **lifeline.env}, pass_fds=lifeline.pass_fds
+    ) as service:
+        lifeline.child_started()
         try:
             anyio.run(main, endpoint, backend="trio")
         finally:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import zmq
 
+from lifelines import tied
+
 PROCS = Path(__file__).parent / "procs"
 READY_TIMEOUT = 30.0
 
@@ -50,7 +52,9 @@ class ServiceProcess:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "backtest_queue", "-q", "service",
                "--bind", self.endpoint, "--workers", str(self.workers)]  # fmt: skip
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **tied()
+        )
         wait_ready(self.endpoint, self.process)
         self.starts += 1
 
@@ -76,7 +80,7 @@ def service_process(endpoint: str, *, workers: int = 1) -> Iterator[ServiceProce
 def echo_process(endpoint: str, delay: float = 0.0) -> Iterator[subprocess.Popen[bytes]]:
     """The stub echo service (no backtest work) as a real process."""
     cmd = [sys.executable, str(PROCS / "echo_service.py"), endpoint, str(delay)]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, **tied())
     try:
         wait_ready(endpoint, process)
         yield process

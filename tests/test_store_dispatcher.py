@@ -18,6 +18,7 @@ import pytest
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
 from backtest_queue.store import Restored, SqliteStore
 
+from lifelines import tied
 from stubs import echo, free_tcp_endpoint, stub_service
 
 PROCS = Path(__file__).parent / "procs"
@@ -61,17 +62,17 @@ def test_requester_killed_mid_run_resumes_from_its_store(tmp_path: Path) -> None
     endpoint = free_tcp_endpoint()
     db = str(tmp_path / "q.db")
     n = 120
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    kwargs = tied({**os.environ, "PYTHONUNBUFFERED": "1"})  # children die with the test run
     with subprocess.Popen(
         [sys.executable, str(PROCS / "echo_service.py"), endpoint, "0.01"],
-        stdout=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE, text=True, **kwargs,
     ) as service:  # fmt: skip
         try:
             assert service.stdout is not None
             assert service.stdout.readline().strip() == "ready"
             cmd = [sys.executable, str(PROCS / "requester.py"), endpoint, db, str(n)]
             lines: list[list[str]] = []
-            with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as first:
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **kwargs) as first:
                 assert first.stdout is not None
                 for line in first.stdout:  # kill it once a few outcomes are in: mid-run
                     lines.append(line.split())
@@ -82,7 +83,7 @@ def test_requester_killed_mid_run_resumes_from_its_store(tmp_path: Path) -> None
             assert first.returncode == -signal.SIGKILL
             accepted = {w[1] for w in lines if w[0] == "accepted"}
             before = Counter(w[1] for w in lines if w[0] == "outcome")
-            second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+            second = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kwargs)
             assert second.returncode == 0, second.stderr
             words = [line.split() for line in second.stdout.splitlines()]
             after = Counter(w[1] for w in words if w[0] == "outcome")

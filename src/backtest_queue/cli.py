@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from . import __version__
+from .errors import UsageError
+from .lifeline import watch_parent_from_environment
 
 __all__ = ["main"]
 
@@ -94,7 +96,16 @@ def _missing_extra(command: str, missing: str) -> Callable[[argparse.Namespace],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
+    """Run the command line; returns the process exit status.
+
+    A process started with a :class:`~backtest_queue.lifeline.Lifeline` (the variable
+    ``BACKTEST_QUEUE_LIFELINE_FD`` set) stops when the process that started it is gone.
+    """
+    try:
+        watch_parent_from_environment()  # first: a parent may die while we import
+    except UsageError as exc:
+        print(f"backtest-queue: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)

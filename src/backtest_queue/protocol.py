@@ -81,6 +81,8 @@ DataId = Annotated[
 Fraction = Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
 IsoTime = Annotated[str, msgspec.Meta(min_length=4, max_length=40)]
 ParamValue = int | float
+#: A dataset's content fingerprint (the reference service sends 16 lowercase hex chars).
+Fingerprint = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
 def new_request_id() -> str:
@@ -170,12 +172,20 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class BacktestResult(
     msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="BACKTEST_RESULT"
 ):
-    """The service's answer to a :class:`BacktestRequest` (``"type": "BACKTEST_RESULT"``)."""
+    """The service's answer to a :class:`BacktestRequest` (``"type": "BACKTEST_RESULT"``).
+
+    Attributes:
+        request_id: the id of the request it answers.
+        result: what the backtest measured.
+        data_fingerprint: the content fingerprint of the dataset the backtest ran on
+            (as listed in :attr:`Pong.fingerprints`), or ``None`` from a service that does
+            not report one (optional: v1 peers without it keep working).
+    """
 
     v: int = PROTOCOL_VERSION
     request_id: RequestId
     result: Metrics
-    data_fingerprint: str | None = None
+    data_fingerprint: Fingerprint | None = None
 
 
 class ErrorReply(
@@ -210,6 +220,9 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         version: the service's package version.
         datasets: dataset ids it can backtest on.
         workers: size of its backtest process pool.
+        fingerprints: data_id -> content fingerprint of that dataset's OHLCV data; it
+            changes when the data changes (optional: empty from a service that does not
+            report them).
     """
 
     v: int = PROTOCOL_VERSION
@@ -217,7 +230,7 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
     version: str = ""
     datasets: list[str] = msgspec.field(default_factory=list)
     workers: int = 0
-    fingerprints: dict[str, str] = msgspec.field(default_factory=dict)
+    fingerprints: dict[str, Fingerprint] = msgspec.field(default_factory=dict)
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong

@@ -13,7 +13,12 @@ What it adds to a plain ``zmq_anyio.Socket``:
   here and nowhere else; ``EAGAIN`` and ``EHOSTUNREACH`` become :class:`SendStatus` values.
 * **Connection events.** :func:`run_monitor` turns a socket monitor into
   :class:`ConnectionEvent` values; "up" means the ZMTP handshake succeeded, not that a TCP
-  connection exists.
+  connection exists. A connect that keeps failing is logged (the first failure, then at
+  most every :data:`CONNECT_LOG_INTERVAL` seconds), saying whether the address could not
+  be used at all or nothing accepted the connection.
+* **Endpoints.** Every socket gets the options its endpoint needs (``ZMQ_IPV6`` for
+  ``tcp://[::1]:5580``), and an ``ipc://`` path a live process listens on is refused
+  instead of taken over (see :mod:`backtest_queue.endpoints`).
 
 zmq-anyio is pinned to its 0.4 minor version (``await sock.arecv_multipart()``).
 """
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -36,9 +43,11 @@ import zmq_anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from zmq.utils.monitor import parse_monitor_message
 
+from .endpoints import check_ipc_path_free, endpoint_options
 from .errors import TransportError
 
 __all__ = [
+    "CONNECT_LOG_INTERVAL",
     "ConnectionEvent",
     "CurveClient",
     "Network",
@@ -56,6 +65,10 @@ log = logging.getLogger("backtest_queue.transport")
 Frames = list[bytes]
 _UP_EVENTS: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED
 _DOWN_EVENTS: Final = zmq.EVENT_DISCONNECTED
+_RETRY_EVENTS: Final = zmq.EVENT_CONNECT_RETRIED
+_ATTEMPT_EVENTS: Final = zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED
+#: Seconds between two log lines about the same requester failing to connect.
+CONNECT_LOG_INTERVAL: Final = 30.0
 _REFUSED_EVENTS: Final = (
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -114,6 +127,7 @@ class ZmqSocket:
             TransportError: the endpoint is malformed or its transport unsupported.
         """
         try:
+            _apply_options(self._raw, endpoint_options(endpoint))
             self._raw.connect(endpoint)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot connect {self.name} to {endpoint!r}: {exc}") from exc
@@ -241,6 +255,16 @@ def _apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
         sock.setsockopt(option, value)
 
 
+def _bind_error(endpoint: str, exc: zmq.ZMQError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{os.strerror(exc.errno)}: another process is bound to {endpoint!r} (a service "
+            "already running there?); stop it or choose another port ('tcp://127.0.0.1:*' picks a "
+            "free one)"
+        )
+    return str(exc)
+
+
 @asynccontextmanager
 async def open_socket(
     context: zmq.Context[Any],
@@ -261,11 +285,19 @@ async def open_socket(
         bind: endpoint to bind, e.g. ``"tcp://127.0.0.1:5580"``.
         connect: endpoint to connect to.
 
+    :func:`endpoint_options` are applied first (``options`` may override them).
+
     Raises:
-        TransportError: the endpoint is malformed or cannot be bound (address in use, ...).
+        TransportError: the endpoint is malformed or cannot be bound (address in use, an
+            ``ipc://`` path a live process listens on: see :func:`check_ipc_path_free`).
     """
+    if bind is not None:
+        check_ipc_path_free(bind)
     raw = context.socket(socket_type)
     try:
+        for endpoint in (bind, connect):
+            if endpoint is not None:
+                _apply_options(raw, endpoint_options(endpoint))
         _apply_options(raw, options or {})
         if bind is not None:
             raw.bind(bind)
@@ -274,7 +306,8 @@ async def open_socket(
     except zmq.ZMQError as exc:
         raw.close(linger=0)
         where = bind or connect
-        raise TransportError(f"cannot open {name} on {where!r}: {exc}") from exc
+        detail = _bind_error(bind, exc) if bind is not None else str(exc)
+        raise TransportError(f"cannot open {name} on {where!r}: {detail}") from exc
     async with zmq_anyio.Socket(raw) as sock:
         yield ZmqSocket(sock, name=name)
 
@@ -313,7 +346,7 @@ async def run_monitor(
     reconnection in libzmq); events other than up/down/refused are read and dropped.
     ``events_out`` is closed when the task ends.
     """
-    wanted = _UP_EVENTS | _DOWN_EVENTS | _REFUSED_EVENTS
+    wanted = _UP_EVENTS | _DOWN_EVENTS | _REFUSED_EVENTS | _RETRY_EVENTS | _ATTEMPT_EVENTS
     endpoint = f"inproc://monitor-{sock.name}-{id(sock):x}"
     with events_out:
         sock.raw.monitor(endpoint, wanted)
@@ -337,17 +370,82 @@ async def run_monitor(
             raise
 
 
+class _ConnectTrouble:
+    """Logs a requester's failing connects: the first failure, then at most every
+    :data:`CONNECT_LOG_INTERVAL` seconds, and the recovery. Counts per endpoint."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._failures: dict[str, int] = {}
+        self._attempted: dict[str, bool] = {}
+        self._first_at: dict[str, float] = {}
+        self._logged_at: dict[str, float] = {}
+
+    def attempted(self, endpoint: str) -> None:
+        """A TCP connect was under way (so the address itself could be used)."""
+        self._attempted[endpoint] = True
+
+    def retried(self, endpoint: str, now: float) -> None:
+        failures = self._failures.get(endpoint, 0) + 1
+        self._failures[endpoint] = failures
+        first_at = self._first_at.setdefault(endpoint, now)
+        attempted = self._attempted.pop(endpoint, False)
+        logged_at = self._logged_at.get(endpoint)
+        if logged_at is not None and now - logged_at < CONNECT_LOG_INTERVAL:
+            return
+        self._logged_at[endpoint] = now
+        if attempted:
+            why = "the connection was refused or dropped (is the service up?)"
+        else:
+            why = (
+                "the connect failed at once (an ipc path nobody listens on, a host name "
+                "that does not resolve, an address this host has no route to?)"
+            )
+        # The first failure is often a requester started before its service; a line
+        # every CONNECT_LOG_INTERVAL seconds after that is a problem to look at.
+        level = logging.INFO if logged_at is None else logging.WARNING
+        log.log(
+            level,
+            "requester %s cannot connect to %s: %s; %d failed attempt(s) in %.0f s, retrying",
+            self.name,
+            endpoint,
+            why,
+            failures,
+            now - first_at,
+        )
+
+    def connected(self, endpoint: str) -> None:
+        failures = self._failures.pop(endpoint, 0)
+        self._first_at.pop(endpoint, None)
+        self._attempted.pop(endpoint, None)
+        if self._logged_at.pop(endpoint, None) is not None:
+            log.info(
+                "requester %s connected to %s after %d failed attempt(s)",
+                self.name,
+                endpoint,
+                failures,
+            )
+
+
 async def _forward_events(
     name: str, pair: ZmqSocket, events_out: MemoryObjectSendStream[ConnectionEvent]
 ) -> None:
+    trouble = _ConnectTrouble(name)
     while True:
         for frames in await pair.receive_batch():
             info = parse_monitor_message(frames)
             event = info["event"]
             where = info["endpoint"].decode(errors="replace")
             now = anyio.current_time()
+            if event & _ATTEMPT_EVENTS:
+                trouble.attempted(where)
+                continue
+            if event & _RETRY_EVENTS:
+                trouble.retried(where, now)
+                continue
             kind: Literal["up", "down", "refused"]
             if event & _UP_EVENTS:
+                trouble.connected(where)
                 kind = "up"
             elif event & _DOWN_EVENTS:
                 kind = "down"
@@ -410,7 +508,8 @@ class ZmqNetwork:
         self.options = options
 
     def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
-        return open_socket(self.context, zmq.DEALER, name=endpoint, options=self.options)
+        options = {**endpoint_options(endpoint), **self.options}
+        return open_socket(self.context, zmq.DEALER, name=endpoint, options=options)
 
     async def watch(
         self,

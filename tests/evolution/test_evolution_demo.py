@@ -18,6 +18,8 @@ import pytest
 
 from backtest_queue.evolution import command_demo
 
+from lifelines import tied
+
 pytestmark = pytest.mark.slow
 
 FLUSHED = re.compile(r"flushed (\d+) queued requests ([\d.]+) ms after connect to (\S+)")
@@ -102,7 +104,7 @@ def test_ctrl_c_leaves_no_service_behind(tmp_path: Path) -> None:
                "--backend", "asyncio"]  # fmt: skip
     env = {**os.environ, "COLUMNS": "200"}
     with subprocess.Popen(command, stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
-                          env=env, text=True) as demo:  # fmt: skip
+                          text=True, **tied(env)) as demo:  # fmt: skip
         assert demo.stdout is not None
         pid = None
         deadline = time.monotonic() + 30

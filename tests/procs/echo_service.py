@@ -15,6 +15,7 @@ import time
 
 import zmq
 
+from backtest_queue.lifeline import watch_parent_from_environment
 from backtest_queue.protocol import (
     BacktestRequest,
     BacktestResult,
@@ -61,4 +62,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    watch_parent_from_environment()  # stop when the test that started us is gone
     main()

@@ -15,6 +15,7 @@ import sys
 import anyio
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
+from backtest_queue.lifeline import watch_parent_from_environment
 
 
 async def main(endpoint: str, store: str, n: int) -> None:
@@ -42,4 +43,5 @@ async def main(endpoint: str, store: str, n: int) -> None:
 
 
 if __name__ == "__main__":
+    watch_parent_from_environment()  # stop when the test that started us is gone
     anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), backend="trio")

@@ -30,6 +30,8 @@ from backtest_queue.protocol import BacktestRequest, Metrics, Strategy, decode_m
 from backtest_queue.service import Service, ServiceStatistics
 from backtest_queue.transport import SendStatus, ZmqSocket, open_socket
 
+from lifelines import tied
+
 #: Generous bound for one reply; real replies take milliseconds.
 REPLY_TIMEOUT = 15.0
 
@@ -207,7 +209,7 @@ def start_service_process(
     env = {**os.environ, "COLUMNS": "400"}  # one log record per line
     command = [sys.executable, "-m", "backtest_queue", "service", "--bind", endpoint, *args]
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, **tied(env))
     return ServiceProcess(process, endpoint, log_path)
 
 

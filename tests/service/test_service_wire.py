@@ -44,7 +44,9 @@ def test_ping_is_answered_with_what_the_service_has(
         "version": __version__,
         "datasets": EXPECTED_DATASETS,  # broken.csv was logged and skipped
         "workers": 1,
+        "fingerprints": dict(shared_service.service.fingerprints),
     }
+    assert sorted(pong["fingerprints"]) == EXPECTED_DATASETS
     assert client.request({"type": "PING"})["request_id"] is None  # v defaults to 1
     assert shared_service.statistics().pings >= 2
     assert f"<Service {shared_service.endpoint} serving workers=1" in repr(shared_service.service)

@@ -5,6 +5,10 @@ the interpreter running this code, and on leaving the block - normally, on an er
 cancellation, on Ctrl-C - stops it: ``SIGTERM``, then ``SIGKILL`` after ``stop_timeout``
 seconds, and waits for it to be reaped, shielded from cancellation. The child stays in
 our process group, so a Ctrl-C in the terminal reaches it too.
+
+If this process dies without leaving the block (``kill -9``, out of memory), the child
+stops by itself: it holds the read end of a :class:`~backtest_queue.lifeline.Lifeline`
+whose write end dies with us, and stops on end-of-file; its pool workers follow it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import anyio
 import anyio.abc
 
 from ..errors import BacktestQueueError
+from ..lifeline import Lifeline
 
 __all__ = ["ServiceExited", "free_tcp_endpoint", "open_service_process", "service_command"]
 
@@ -45,11 +50,15 @@ class ServiceExited(BacktestQueueError):
 
 
 def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    """Return ``tcp://host:port`` with a port that was free a moment ago (loopback)."""
-    with socket.socket() as s:
+    """Return ``tcp://host:port`` with a port that was free a moment ago (loopback).
+
+    An IPv6 ``host`` (``"::1"``) gives ``tcp://[::1]:port``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
         s.bind((host, 0))
         port = s.getsockname()[1]
-    return f"tcp://{host}:{port}"
+    return f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}"
 
 
 def service_command(
@@ -90,10 +99,11 @@ async def open_service_process(
         OSError: it could not be started.
     """
     command = service_command(bind, workers=workers, data_dir=data_dir, extra=extra_args)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     output: IO[Any] | None = None
     if log_path is not None:
         output = log_path.open("wb")
+    lifeline = Lifeline()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", **lifeline.env}
     try:
         log.info("starting a backtest service: %s", " ".join(command[1:]))
         process = await anyio.open_process(
@@ -102,7 +112,9 @@ async def open_service_process(
             stdout=output,
             stderr=subprocess.STDOUT if output is not None else None,
             env=env,
+            pass_fds=lifeline.pass_fds,
         )
+        lifeline.child_started()
         log.info("backtest service started (pid %d)", process.pid)
         try:
             yield process
@@ -110,6 +122,7 @@ async def open_service_process(
             with anyio.CancelScope(shield=True):
                 await stop_process(process, stop_timeout)
     finally:
+        lifeline.close()
         if output is not None:
             output.close()
 

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ENDPOINT,
         metavar="ENDPOINT",
         help=f"ZeroMQ endpoint to bind (default {DEFAULT_ENDPOINT}; 'tcp://127.0.0.1:*' picks "
-        "a free port, logged in the ready line); beyond loopback a warning is logged",
+        "a free port, logged in the ready line; IPv6 as 'tcp://[::1]:5580'; an ipc:// path "
+        "another live service listens on is refused); beyond loopback a warning is logged",
     )
     parser.add_argument(
         "--workers",

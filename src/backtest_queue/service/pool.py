@@ -2,10 +2,11 @@
 
 Workers are *spawned* (never forked: the service process has event-loop and ZeroMQ
 threads), each initialised once with the engine and the datasets. The datasets travel
-through a temporary file written once per pool, not through the spawn pipe: a spawn
-writes its arguments into a pipe and blocks until the child reads them, and nothing
-that can block is done on the event loop. For the same reason jobs are submitted (which
-may spawn a worker) from a thread, which then waits for the result.
+through a temporary file written once per pool (:mod:`.datasets_file`), not through
+the spawn pipe: a spawn writes its arguments into a pipe and blocks until the child
+reads them, and nothing that can block is done on the event loop. For the same reason
+jobs are submitted (which may spawn a worker) from a thread, which then waits for the
+result.
 
 A worker that dies (segfault, ``os._exit``, out of memory) breaks a
 ``ProcessPoolExecutor`` for good; the pool then answers the affected backtests with
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import pickle
-import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -33,6 +32,7 @@ import pandas as pd
 from ..errors import UsageError
 from ..protocol import BacktestRequest, Metrics
 from . import worker
+from .datasets_file import write_datasets_file
 from .engine import Engine, EngineError, ServiceUnavailable
 
 __all__ = ["WorkerPool", "open_pool"]
@@ -213,14 +213,6 @@ def _terminate_workers(executor: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def _write_datasets(bars: Mapping[str, pd.DataFrame]) -> str:
-    """Pickle the datasets to a private temporary file; return its path."""
-    handle, path = tempfile.mkstemp(prefix="backtest-queue-datasets-", suffix=".pickle")
-    with os.fdopen(handle, "wb") as stream:
-        pickle.dump(dict(bars), stream, protocol=pickle.HIGHEST_PROTOCOL)
-    return path
-
-
 @asynccontextmanager
 async def open_pool(
     engine: Engine, bars: Mapping[str, pd.DataFrame], *, workers: int, warm_up: bool = True
@@ -230,7 +222,8 @@ async def open_pool(
     Args:
         engine: the engine (pickled to each worker).
         bars: data_id -> OHLCV frame, handed to each worker once (through a temporary
-            file that is removed on exit).
+            file that is removed on exit, or by the next service if this one is killed:
+            see :mod:`.datasets_file`).
         workers: number of worker processes (>= 1).
         warm_up: start every worker and wait for its initialisation before returning.
 
@@ -238,9 +231,9 @@ async def open_pool(
         UsageError: the engine cannot be pickled.
         EngineError: ``warm_up`` and a worker failed to start.
     """
-    path = await anyio.to_thread.run_sync(_write_datasets, bars)
+    datasets_file = await anyio.to_thread.run_sync(write_datasets_file, bars)
     try:
-        pool = WorkerPool(engine, path, workers=workers)
+        pool = WorkerPool(engine, datasets_file.path, workers=workers)
         try:
             if warm_up:
                 await pool.warm_up()
@@ -249,4 +242,4 @@ async def open_pool(
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
     finally:
-        os.unlink(path)
+        datasets_file.close()

@@ -31,6 +31,7 @@ from typing import Any, Final, Literal, cast, get_args
 
 import anyio
 import anyio.abc
+import msgspec
 import zmq
 from anyio.streams.memory import MemoryObjectReceiveStream
 
@@ -55,6 +56,7 @@ from ..protocol import (
 from ..transport import SendStatus, ZmqSocket, open_socket
 from .datasets import Catalog, load_catalog
 from .engine import BacktestingPyEngine, Engine, EngineError, ServiceUnavailable
+from .fingerprint import fingerprint_datasets
 from .monitor import run_connection_monitor
 from .outbox import Dropped, Outbox
 from .pool import WorkerPool, open_pool
@@ -170,6 +172,8 @@ class Service:
         endpoint: the endpoint actually bound (a ``*`` port resolved).
         workers: size of the process pool.
         datasets: the dataset ids it serves, sorted.
+        fingerprints: data_id -> content fingerprint of its OHLCV data (see
+            :mod:`.fingerprint`), reported in every PONG and result.
         skipped: one message per data file that was not loaded.
     """
 
@@ -180,6 +184,7 @@ class Service:
         context: zmq.Context[Any],
         pool: WorkerPool,
         catalog: Catalog,
+        fingerprints: Mapping[str, str],
         engine: Engine,
         endpoint: str,
         max_message_bytes: int,
@@ -190,6 +195,7 @@ class Service:
         self.endpoint = endpoint
         self.workers = pool.workers
         self.datasets = tuple(catalog.ids)
+        self.fingerprints: Mapping[str, str] = dict(fingerprints)
         self.skipped = catalog.skipped
         self._sock = sock
         self._context = context
@@ -213,7 +219,12 @@ class Service:
         self._runners_scope = anyio.CancelScope()
         self._runners_done = anyio.Event()
         self._outbox_done = anyio.Event()
-        self._pong = Pong(version=__version__, datasets=list(self.datasets), workers=self.workers)
+        self._pong = Pong(
+            version=__version__,
+            datasets=list(self.datasets),
+            workers=self.workers,
+            fingerprints={data_id: self.fingerprints[data_id] for data_id in self.datasets},
+        )
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -310,7 +321,9 @@ class Service:
             self._error(job.peer, code, outcome, request_id)
             return
         self._count("backtests_completed")
-        self._reply(job.peer, BacktestResult(request_id=request_id, result=outcome))
+        fingerprint = self.fingerprints.get(job.request.data_id)
+        reply = BacktestResult(request_id=request_id, result=outcome, data_fingerprint=fingerprint)
+        self._reply(job.peer, reply)
 
     def _flush(self) -> None:
         """Hand due replies to ZeroMQ without blocking; expire the ones held too long."""
@@ -493,12 +506,7 @@ class Service:
     def _pong_for(self, ping: Ping) -> Pong:
         if ping.request_id is None:
             return self._pong
-        return Pong(
-            request_id=ping.request_id,
-            version=self._pong.version,
-            datasets=self._pong.datasets,
-            workers=self._pong.workers,
-        )
+        return msgspec.structs.replace(self._pong, request_id=ping.request_id)
 
     def _accept(self, peer: bytes, request: BacktestRequest) -> _Job | None:
         """Validate a request; return its job, or ``None`` when answered or ignored."""
@@ -766,11 +774,13 @@ async def _serve(
     max_queued: int,
 ) -> AsyncIterator[Service]:
     """The socket, the pool and the tasks of :func:`open_service`."""
+    bars = catalog.bars()
+    fingerprints = await anyio.to_thread.run_sync(fingerprint_datasets, bars)
     # Bind first, so a busy port fails in a blink; messages wait in ZeroMQ's queues
     # until the tasks start, after the workers are up.
     async with (
         open_socket(zmq_context, zmq.ROUTER, name="service", options=options, bind=bind) as sock,
-        open_pool(engine, catalog.bars(), workers=workers, warm_up=warm_up) as pool,
+        open_pool(engine, bars, workers=workers, warm_up=warm_up) as pool,
     ):
         endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
         service = Service(
@@ -778,6 +788,7 @@ async def _serve(
             context=zmq_context,
             pool=pool,
             catalog=catalog,
+            fingerprints=fingerprints,
             engine=engine,
             endpoint=endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint),
             max_message_bytes=max_message_bytes,
@@ -793,6 +804,11 @@ async def _serve(
                     service.endpoint,
                     service.workers,
                     ", ".join(service.datasets) or "none",
+                )
+                log.info(
+                    "dataset fingerprints: %s",
+                    ", ".join(f"{k}={v}" for k, v in sorted(service.fingerprints.items()))
+                    or "none",
                 )
                 try:
                     yield service
