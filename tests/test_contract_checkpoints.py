@@ -24,9 +24,9 @@ from backtest_queue import (
     QueueFull,
     Strategy,
     UsageError,
+    errors,
     open_dispatcher,
 )
-from backtest_queue.errors import StoreError
 from backtest_queue.testing import MemoryNetwork, echo_result
 from backtest_queue.transport import Requester
 
@@ -192,7 +192,7 @@ async def test_a_negative_outcome_buffer_is_a_usage_error() -> None:
 @pytest.mark.parametrize("where", ["a directory", "a missing directory"])
 async def test_a_bad_store_path_is_a_store_error(tmp_path: Path, where: str) -> None:
     path = tmp_path if where == "a directory" else tmp_path / "missing" / "q.db"
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(errors.StoreError) as caught:
         async with open_dispatcher([EP], network=MemoryNetwork(), store=path):
             pytest.fail("opened a store at a bad path")
     assert str(path) in str(caught.value)
