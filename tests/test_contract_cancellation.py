@@ -79,12 +79,16 @@ class WriteLock:
 
 
 def signal_when_called(obj: Any, name: str, *, hold: threading.Event | None = None) -> anyio.Event:
-    """Wrap ``obj.name`` (run in a worker thread) so that the returned event is set when it
-    starts; with ``hold``, the call then waits for ``hold`` before doing its work."""
+    """Wrap ``obj.name`` so that the returned event is set when a worker thread starts it;
+    with ``hold``, that call then waits for ``hold`` before doing its work."""
     entered = anyio.Event()
     original: Callable[..., Any] = getattr(obj, name)
 
+    loop_thread = threading.get_ident()
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == loop_thread:  # (the store's last writes, at exit)
+            return original(*args, **kwargs)
         anyio.from_thread.run_sync(entered.set)
         if hold is not None:
             assert hold.wait(10), "the test never released the held call"
