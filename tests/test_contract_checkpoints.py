@@ -8,6 +8,9 @@ and change nothing. On :class:`~backtest_queue.testing.MemoryNetwork`.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -182,6 +185,27 @@ async def test_keyboard_interrupt_in_an_internal_task_surfaces_unwrapped() -> No
     with pytest.raises(KeyboardInterrupt) as caught:
         await run_until_a_receiver_fails(FailingNetwork(KeyboardInterrupt()))
     assert type(caught.value) is KeyboardInterrupt
+
+
+def test_keyboard_interrupt_in_an_internal_task_on_asyncio_is_not_wrapped() -> None:
+    """asyncio lets a task's KeyboardInterrupt out of the event loop, so the check runs in
+    a child process: the process ends with a bare KeyboardInterrupt, not a group."""
+    script = (
+        "import anyio\n"
+        "from test_contract_checkpoints import FailingNetwork, run_until_a_receiver_fails\n"
+        "anyio.run(run_until_a_receiver_fails, FailingNetwork(KeyboardInterrupt()),\n"
+        "          backend='asyncio')\n"
+    )
+    tests = str(Path(__file__).parent)
+    path = os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "KeyboardInterrupt", done.stderr[-3000:]
+    assert "ExceptionGroup" not in done.stderr, done.stderr[-3000:]
 
 
 async def test_a_negative_outcome_buffer_is_a_usage_error() -> None:
