@@ -23,6 +23,7 @@ reader's side; outcomes left unread at exit stay readable after the block.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ class OutcomeBook:
         self._arrived = anyio.Event()  # set when an outcome is added or the book ends
         self._room = anyio.Event()  # set when the book stops being full
         self._readers = 0
+        self._held = False  # full: held until unread falls to the low-water mark
+        self._low = math.floor(bound / 2) if math.isfinite(bound) else 0
         self.ended = False  # the dispatcher closed: nothing more is added
         self.reader_closed = False
         self.delivered = 0
@@ -97,8 +100,10 @@ class OutcomeBook:
 
     @property
     def full(self) -> bool:
-        """Whether ``bound`` outcomes are unread (backpressure)."""
-        return len(self._unread) >= self.bound
+        """Whether the dispatcher is held back: ``bound`` outcomes became unread, and
+        fewer than half of ``bound`` have been read since (hysteresis, so that reading
+        one outcome does not wake the receivers and the flusher for one more)."""
+        return self._held
 
     @property
     def unread(self) -> int:
@@ -106,7 +111,7 @@ class OutcomeBook:
 
     def room(self) -> int | float:
         """How many more outcomes fit before the book is full (at least 0)."""
-        return max(0, self.bound - len(self._unread))
+        return 0 if self._held else max(0, self.bound - len(self._unread))
 
     def is_awaited(self, request_id: str) -> bool:
         return request_id in self._waiters
@@ -133,6 +138,8 @@ class OutcomeBook:
                       outcome.request_id)  # fmt: skip
             return
         self._unread[outcome.request_id] = outcome
+        if len(self._unread) >= self.bound:
+            self._held = True
         self._arrived.set()
 
     def end(self) -> None:
@@ -149,8 +156,8 @@ class OutcomeBook:
             await self._room.wait()
 
     def _taken(self) -> None:
-        unread = len(self._unread)
-        if unread < self.bound <= unread + 1:  # it was full and is not any more
+        if self._held and len(self._unread) <= self._low:  # the low-water mark
+            self._held = False
             self._room.set()
             self._on_room()
 
@@ -219,6 +226,7 @@ class OutcomeBook:
         """The reader closed the stream: outcomes delivered from now on are not kept."""
         self.reader_closed = True
         self._unread.clear()
+        self._held = False
         self._arrived.set()
         self._room.set()
 

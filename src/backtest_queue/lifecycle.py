@@ -238,6 +238,9 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
         except BaseException:
             store.close()
             raise
+        # The writer waits out another connection's lock itself, in short steps (visible
+        # in stats() at once); one SQLite call never blocks longer than this.
+        store.set_busy_timeout(min(0.1, s.store_timeout))
         writer = StoreWriter(store)
         restored_requests = restored.requests
         for request in restored_requests:

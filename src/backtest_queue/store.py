@@ -357,6 +357,17 @@ class SqliteStore:
             self.close()
             raise
 
+    def set_busy_timeout(self, seconds: float) -> None:
+        """Change how long a call waits for another connection's lock, in seconds.
+
+        The dispatcher's writer uses a short one and retries (so a lock is visible in its
+        statistics at once), and a long one for its last commit at shutdown.
+        """
+        if self._db is None:
+            raise StoreError(self._name, "the store is closed")
+        self.busy_timeout = float(seconds)
+        self._db.execute(f"PRAGMA busy_timeout = {max(0, int(seconds * 1000))}")
+
     def __repr__(self) -> str:
         mode = "shared" if self.shared else "exclusive"
         state = "closed" if self._db is None else mode

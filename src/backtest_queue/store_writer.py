@@ -42,6 +42,7 @@ __all__ = ["StoreWriter", "Ticket"]
 log = logging.getLogger("backtest_queue")
 
 _LOG_EVERY: Final = 10.0  # seconds between "store is locked" lines
+_CLOSE_BUSY_TIMEOUT: Final = 5.0  # seconds the last commit at shutdown waits for a lock
 
 
 class Ticket:
@@ -218,6 +219,7 @@ class StoreWriter:
             self._ops = []
             if ops:
                 try:
+                    self.store.set_busy_timeout(_CLOSE_BUSY_TIMEOUT)
                     self.store.apply(ops)
                 except StoreBusy as exc:
                     log.error("%s: %d writes made at shutdown were not committed (requests "

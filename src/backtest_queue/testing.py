@@ -31,12 +31,17 @@ from .protocol import (
     BacktestRequest,
     BacktestResult,
     Metrics,
+    Ping,
+    Pong,
     decode_message,
     encode_message,
 )
 from .transport import ConnectionEvent, Requester, SendStatus
 
-__all__ = ["MemoryNetwork", "Received", "Reply", "echo_result"]
+__all__ = ["ECHO_FINGERPRINT", "MemoryNetwork", "Received", "Reply", "echo_result"]
+
+#: The data fingerprint :func:`echo_result` reports (for a dispatcher's result cache).
+ECHO_FINGERPRINT = "memory-echo-v1"
 
 #: A fake service: given a request, the reply bodies to send back (none: stay silent).
 Reply = Callable[[BacktestRequest], list[bytes]]
@@ -45,7 +50,10 @@ Reply = Callable[[BacktestRequest], list[bytes]]
 def echo_result(request: BacktestRequest) -> list[bytes]:
     """A fake service that answers every request with one result (Sharpe 1.0)."""
     metrics = Metrics(strategy_name=request.strategy.name, sharpe=1.0, trades=1)
-    return [encode_message(BacktestResult(request_id=request.request_id, result=metrics))]
+    result = BacktestResult(
+        request_id=request.request_id, result=metrics, data_fingerprint=ECHO_FINGERPRINT
+    )
+    return [encode_message(result)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,11 @@ class _MemoryRequester:
         sent = 0
         for frames in messages:
             request = decode_message(frames[-1])
+            if isinstance(request, Ping):  # a dispatcher with a result cache asks at connect
+                pong = Pong(request_id=request.request_id, fingerprints=self.network.fingerprints)
+                self.inbox_send.send_nowait([b"", encode_message(pong)])
+                sent += 1
+                continue
             assert isinstance(request, BacktestRequest)
             self.network.received.append(
                 Received(anyio.current_time(), self.name, request.request_id)
@@ -112,6 +125,10 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.services: dict[str, Reply] = {}
         self.received: list[Received] = []
+        #: What the fake services' PONG says: data_id -> data fingerprint (set it, e.g. to
+        #: ``{"EURUSD-H1": ECHO_FINGERPRINT}``, for a dispatcher's result cache to serve
+        #: hits before the first result of a run has taught it the fingerprint).
+        self.fingerprints: dict[str, str] = {}
         # endpoint -> the requesters open on it, in opening order (a ROUTER serves many).
         self._requesters: dict[str, list[_MemoryRequester]] = {}
 
