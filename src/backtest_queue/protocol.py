@@ -20,17 +20,32 @@ less per object and no garbage-collector passes over a large send queue.
 from __future__ import annotations
 
 import math
+import re
 import uuid
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
-from .errors import ProtocolError
+from .errors import InvalidMessage, InvalidRequest, ProtocolError
+from .validation import (
+    MAX_COMMISSION,
+    MAX_NAME_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
+    MAX_SAFE_INTEGER,
+    check_data_id,
+    check_finite,
+    check_fraction,
+    check_int,
+    check_params,
+    check_text,
+    problem,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ERROR_CODES",
+    "MAX_COMMISSION",
     "MAX_NAME_LENGTH",
     "MAX_REQUEST_ID_LENGTH",
     "PROTOCOL_VERSION",
@@ -47,6 +62,7 @@ __all__ = [
     "encode_message",
     "new_request_id",
     "peek_request_id",
+    "validate_request",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -55,8 +71,9 @@ DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:5580"
 #: Default cap on one message body, in bytes (1 MiB); enforced with ``ZMQ_MAXMSGSIZE``
 #: on sockets and again here.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
-MAX_REQUEST_ID_LENGTH: Final = 64
-MAX_NAME_LENGTH: Final = 128
+#: Bodies up to this size (bytes) are searched for a ``request_id`` when the decoder
+#: cannot read them, so an error can still name the request.
+PEEK_LIMIT: Final = 4096
 
 #: Error codes. All are final for the request except ``unavailable``: the service did
 #: not run it (it is stopping or overloaded) and the requester should send it again,
@@ -71,15 +88,8 @@ ErrorCode = Literal[
 ]
 ERROR_CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
 
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
-DataId = Annotated[
-    str,
-    msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
-]
-Fraction = Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
-IsoTime = Annotated[str, msgspec.Meta(min_length=4, max_length=40)]
 ParamValue = int | float
+_DATA_ID_FAST: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*").fullmatch
 
 
 def new_request_id() -> str:
@@ -87,22 +97,58 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _check_version(value: object, error: type[InvalidMessage]) -> None:
+    if type(value) is not int or value != PROTOCOL_VERSION:
+        raise problem("v", "must be 1 (this side speaks protocol v1)", value, error)
+
+
+def _check_request_id(value: object, error: type[InvalidMessage], *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    check_text(value, "request_id", max_length=MAX_REQUEST_ID_LENGTH, error=error)
+
+
 class Strategy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A trading strategy to backtest.
 
+    Every value is checked when the strategy is built (and when it is decoded); see
+    :mod:`backtest_queue.validation` and ``docs/protocol.md``.
+
     Attributes:
-        name: a label for people and leaderboards (1-128 characters).
-        kind: the strategy family the service implements, e.g. ``"sma_cross"``.
-        params: the family's parameters, numbers only (e.g. ``{"fast": 10, "slow": 40}``).
-        sl: optional stop loss as a fraction of the entry price, in (0, 1).
-        tp: optional take profit as a fraction of the entry price, in (0, 1).
+        name: a label for people and leaderboards (1-128 characters, no control
+            characters, valid UTF-8).
+        kind: the strategy family the service implements, e.g. ``"sma_cross"`` (as
+            ``name``).
+        params: the family's parameters, finite numbers only, not bools (e.g.
+            ``{"fast": 10, "slow": 40}``).
+        sl: optional stop loss as a fraction of the entry price, finite, in (0, 1).
+        tp: optional take profit as a fraction of the entry price, finite, in (0, 1).
+
+    Raises:
+        InvalidRequest: a value breaks these rules; the message names the field, e.g.
+            ``"strategy.sl: must be a finite fraction in (0, 1), got nan"``.
     """
 
-    name: Name
-    kind: Name
-    params: dict[Name, ParamValue] = msgspec.field(default_factory=dict)
-    sl: Fraction | None = None
-    tp: Fraction | None = None
+    name: str
+    kind: str
+    params: dict[str, ParamValue] = msgspec.field(default_factory=dict)
+    sl: float | None = None
+    tp: float | None = None
+
+    def __post_init__(self) -> None:
+        # Each rule has an inline fast path (decoding runs this for every message); the
+        # check_* call on the slow path raises with the message, or passes an odd but
+        # valid value.
+        name, kind, sl, tp = self.name, self.kind, self.sl, self.tp
+        if not (type(name) is str and 0 < len(name) <= MAX_NAME_LENGTH and name.isprintable()):
+            check_text(name, "strategy.name", max_length=MAX_NAME_LENGTH)
+        if not (type(kind) is str and 0 < len(kind) <= MAX_NAME_LENGTH and kind.isprintable()):
+            check_text(kind, "strategy.kind", max_length=MAX_NAME_LENGTH)
+        check_params(self.params)
+        if sl is not None and not (type(sl) is float and 0.0 < sl < 1.0):
+            check_fraction(sl, "strategy.sl")
+        if tp is not None and not (type(tp) is float and 0.0 < tp < 1.0):
+            check_fraction(tp, "strategy.tp")
 
 
 class BacktestRequest(
@@ -110,25 +156,63 @@ class BacktestRequest(
 ):
     """One backtest request (``"type": "BACKTEST"``).
 
+    Every value is checked when the request is built (and when it is decoded); see
+    :mod:`backtest_queue.validation`. Call :func:`validate_request` to check a request
+    again after it was built (``submit`` does): a dict held by it can still be mutated.
+
     Attributes:
         strategy: what to backtest.
-        data_id: the dataset id the service knows, e.g. ``"EURUSD-H1"``.
-        request_id: unique id (1-64 characters); generated (UUID4 hex) when not given.
-        start: optional ISO-8601 lower bound (inclusive) on the bars used.
-        end: optional ISO-8601 upper bound (inclusive) on the bars used.
-        cash: starting cash, in the dataset's quote currency (> 0).
-        commission: commission per trade as a fraction of the trade value, in [0, 1).
+        data_id: the dataset id the service knows, e.g. ``"EURUSD-H1"`` (1-128
+            characters of ``[A-Za-z0-9._-]``, starting with a letter or digit).
+        request_id: unique id (1-64 characters, no control characters); generated
+            (UUID4 hex) when not given.
+        start: optional ISO-8601 lower bound (inclusive) on the bars used (4-40
+            characters).
+        end: optional ISO-8601 upper bound (inclusive) on the bars used (4-40 characters).
+        cash: starting cash, in the dataset's quote currency: finite, > 0.
+        commission: commission per trade as a fraction of the trade value: finite, in
+            [0, 0.1) (:data:`MAX_COMMISSION`, backtesting.py's own limit).
         v: protocol version, always 1.
+
+    Raises:
+        InvalidRequest: a value breaks these rules; the message names the field, e.g.
+            ``"cash: must be a finite amount of cash in (0, inf), got -5"``.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId = msgspec.field(default_factory=new_request_id)
+    request_id: str = msgspec.field(default_factory=new_request_id)
     strategy: Strategy
-    data_id: DataId
-    start: IsoTime | None = None
-    end: IsoTime | None = None
-    cash: Annotated[float, msgspec.Meta(gt=0.0)] = 10_000.0
-    commission: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0002
+    data_id: str
+    start: str | None = None
+    end: str | None = None
+    cash: float = 10_000.0
+    commission: float = 0.0002
+
+    def __post_init__(self) -> None:
+        # Inline fast paths, as in Strategy.__post_init__.
+        if self.v != PROTOCOL_VERSION or type(self.v) is not int:
+            _check_version(self.v, InvalidRequest)
+        rid = self.request_id
+        if not (type(rid) is str and 0 < len(rid) <= MAX_REQUEST_ID_LENGTH and rid.isprintable()):
+            _check_request_id(rid, InvalidRequest, optional=False)
+        if not isinstance(self.strategy, Strategy):
+            raise problem("strategy", "must be a Strategy", self.strategy)
+        data_id = self.data_id
+        if not (type(data_id) is str and len(data_id) <= MAX_NAME_LENGTH
+                and _DATA_ID_FAST(data_id) is not None):  # fmt: skip
+            check_data_id(data_id)
+        if self.start is not None:
+            check_text(self.start, "start", min_length=4, max_length=40)
+        if self.end is not None:
+            check_text(self.end, "end", min_length=4, max_length=40)
+        cash, commission = self.cash, self.commission
+        if not (type(cash) is float and 0.0 < cash < math.inf):
+            check_finite(cash, "cash", low=0.0, low_open=True, what="amount of cash")
+        if not (type(commission) is float and 0.0 <= commission < MAX_COMMISSION):
+            check_finite(
+                commission, "commission", low=0.0, high=MAX_COMMISSION, high_open=True,
+                what="fraction",
+            )  # fmt: skip
 
 
 class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -140,11 +224,15 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         sortino: annualised Sortino ratio.
         return_pct: total return over the run, in percent.
         max_drawdown_pct: maximum drawdown, in percent (zero or negative).
-        trades: number of closed trades.
+        trades: number of closed trades (>= 0).
         win_rate: fraction of trades that made money, in [0, 1].
         profit_factor: gross profit / gross loss.
-        bars: number of OHLCV bars the backtest ran on.
-        elapsed_ms: wall time the engine took, in milliseconds.
+        bars: number of OHLCV bars the backtest ran on (>= 0).
+        elapsed_ms: wall time the engine took, in milliseconds (>= 0).
+
+    Raises:
+        InvalidMessage: a metric is NaN, infinite or a bool, ``win_rate`` is outside
+            [0, 1], a count is negative; the message names the field (``result.sharpe``).
     """
 
     strategy_name: str
@@ -159,21 +247,57 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     elapsed_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("sharpe", "sortino", "return_pct", "max_drawdown_pct", "win_rate",
-                     "profit_factor", "elapsed_ms"):  # fmt: skip
+        # Inline fast paths, as in Strategy.__post_init__; the slow path names the field.
+        name = self.strategy_name
+        if not (type(name) is str and name.isprintable()):
+            check_text(name, "result.strategy_name", min_length=0, max_length=None,
+                       error=InvalidMessage)  # fmt: skip
+        for value in (self.sharpe, self.sortino, self.return_pct, self.max_drawdown_pct,
+                      self.profit_factor):  # fmt: skip
+            if value is not None and not (type(value) is float and math.isfinite(value)):
+                self._explain_metrics()
+        win_rate, trades, bars, elapsed = self.win_rate, self.trades, self.bars, self.elapsed_ms
+        if (
+            (win_rate is not None and not (type(win_rate) is float and 0.0 <= win_rate <= 1.0))
+            or not (type(trades) is int and 0 <= trades <= MAX_SAFE_INTEGER)
+            or not (type(bars) is int and 0 <= bars <= MAX_SAFE_INTEGER)
+            or not (type(elapsed) is float and 0.0 <= elapsed < math.inf)
+        ):
+            self._explain_metrics()
+
+    def _explain_metrics(self) -> None:
+        """Raise the error for the first bad metric (the slow path of ``__post_init__``)."""
+        error = InvalidMessage
+        for name in ("sharpe", "sortino", "return_pct", "max_drawdown_pct", "profit_factor"):
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"metric {name} must be finite or null, got {value!r}")
+            if value is not None:
+                check_finite(value, f"result.{name}", error=error)
+        if self.win_rate is not None:
+            check_finite(self.win_rate, "result.win_rate", low=0.0, high=1.0, what="fraction",
+                         error=error)  # fmt: skip
+        check_int(self.trades, "result.trades")
+        check_int(self.bars, "result.bars")
+        check_finite(self.elapsed_ms, "result.elapsed_ms", low=0.0, error=error)
 
 
 class BacktestResult(
     msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="BACKTEST_RESULT"
 ):
-    """The service's answer to a :class:`BacktestRequest` (``"type": "BACKTEST_RESULT"``)."""
+    """The service's answer to a :class:`BacktestRequest` (``"type": "BACKTEST_RESULT"``).
+
+    Raises:
+        InvalidMessage: a bad ``v`` or ``request_id``, or ``result`` is not :class:`Metrics`.
+    """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId
+    request_id: str
     result: Metrics
+
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=False)
+        if not isinstance(self.result, Metrics):
+            raise problem("result", "must be Metrics", self.result, InvalidMessage)
 
 
 class ErrorReply(
@@ -184,20 +308,39 @@ class ErrorReply(
     Attributes:
         request_id: the id of the request it answers, or ``None`` when that could not be read.
         code: one of :data:`ERROR_CODES`.
-        message: one line a person can act on.
+        message: one line a person can act on (valid UTF-8, no control characters).
+
+    Raises:
+        InvalidMessage: a bad ``v``, ``request_id``, ``code`` or ``message``.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId | None = None
+    request_id: str | None = None
     code: ErrorCode
     message: str
 
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=True)
+        if self.code not in ERROR_CODES:
+            raise problem("code", f"must be one of {', '.join(ERROR_CODES)}", self.code,
+                          InvalidMessage)  # fmt: skip
+        check_text(self.message, "message", min_length=0, max_length=None, error=InvalidMessage)
+
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="PING"):
-    """A health check; the service answers with a :class:`Pong`."""
+    """A health check; the service answers with a :class:`Pong`.
+
+    Raises:
+        InvalidMessage: a bad ``v`` or ``request_id``.
+    """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=True)
 
 
 class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="PONG"):
@@ -207,14 +350,28 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         request_id: echoed from the ping.
         version: the service's package version.
         datasets: dataset ids it can backtest on.
-        workers: size of its backtest process pool.
+        workers: size of its backtest process pool (>= 0).
+
+    Raises:
+        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id or ``workers``.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId | None = None
+    request_id: str | None = None
     version: str = ""
     datasets: list[str] = msgspec.field(default_factory=list)
     workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=True)
+        check_text(self.version, "version", min_length=0, max_length=MAX_NAME_LENGTH,
+                   error=InvalidMessage)  # fmt: skip
+        if not isinstance(self.datasets, list):
+            raise problem("datasets", "must be a list", self.datasets, InvalidMessage)
+        for i, data_id in enumerate(self.datasets):
+            check_data_id(data_id, f"datasets[{i}]", InvalidMessage)
+        check_int(self.workers, "workers")
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong
@@ -231,31 +388,162 @@ class _Envelope(msgspec.Struct):
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final[msgspec.json.Decoder[Message]] = msgspec.json.Decoder(Message)
+_request_decoder: Final = msgspec.json.Decoder(BacktestRequest)
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
+_id_decoder: Final = msgspec.json.Decoder(str)
+
+_TOO_DEEP: Final = (
+    "body nests arrays or objects too deeply to decode (protocol v1 needs 3 levels)"
+)
+#: msgspec's "<problem> - at `$.path`" suffix.
+_AT: Final = re.compile(r"(?s)(?P<text>.*) - at `\$(?P<path>[^`]*)`")
+_MISSING: Final = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+_SPECIAL: Final = re.compile(rb'[][{}:,"]')
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 def encode_message(message: Message) -> bytes:
-    """Encode a message as a UTF-8 JSON body (``type`` first, then ``v``)."""
+    """Encode a message as a UTF-8 JSON body (``type`` first, then ``v``).
+
+    Raises:
+        UnicodeEncodeError, TypeError: only for a message that was changed after it was
+            built (``msgspec.structs.force_setattr``, a mutated ``params`` dict); a message
+            that passed :func:`validate_request` always encodes.
+    """
     return _encoder.encode(message)
+
+
+def validate_request(request: object) -> BacktestRequest:
+    """Check that ``request`` is a valid backtest request that survives the wire.
+
+    What a requester calls before it accepts a request (``submit`` does): the structs
+    check their values when built, but a request can still be changed afterwards (its
+    ``params`` dict mutated, ``msgspec.structs.force_setattr``), or not be a request.
+
+    Args:
+        request: what the caller passed.
+
+    Returns:
+        ``request`` itself.
+
+    Raises:
+        InvalidRequest: ``request`` is not a :class:`BacktestRequest` (``field`` ``""``,
+            e.g. ``"submit takes a BacktestRequest, got dict"``); a value breaks the rules
+            (``field`` names it); or encoding it and decoding it strictly does not give
+            an equal request back.
+    """
+    if not isinstance(request, BacktestRequest):
+        raise InvalidRequest(
+            "", f"submit takes a BacktestRequest, got {type(request).__name__}"
+        )
+    strategy = request.strategy
+    request.__post_init__()  # again: the request may have been changed since it was built
+    strategy.__post_init__()
+    try:
+        body = _encoder.encode(request)
+        decoded = _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        field, message = _translate(exc)
+        raise InvalidRequest(field, message) from None
+    except Exception as exc:  # UnicodeEncodeError, TypeError (unencodable), ...
+        raise InvalidRequest(
+            "", f"the request cannot be encoded as JSON: {type(exc).__name__}: {exc}"
+        ) from None
+    if decoded != request:
+        raise InvalidRequest(
+            "", "the request does not survive encoding (decoded differs from the original)"
+        )
+    return request
+
+
+def _envelope(body: bytes) -> _Envelope | str:
+    """The loosest reading of ``body``, or why it cannot be read. Never raises."""
+    try:
+        return _envelope_decoder.decode(body)
+    except RecursionError:
+        return _TOO_DEEP
+    except msgspec.ValidationError as exc:
+        return f"body must be a JSON object: {exc}"
+    except msgspec.DecodeError as exc:
+        return f"body is not valid JSON: {exc}"
+    except Exception as exc:  # the safety net: untrusted bytes never raise anything else
+        return f"body could not be decoded: {type(exc).__name__}"
+
+
+def _valid_id(value: object) -> str | None:
+    try:
+        _check_request_id(value, InvalidMessage, optional=False)
+    except InvalidMessage:
+        return None
+    return value  # type: ignore[return-value]
 
 
 def peek_request_id(body: bytes) -> str | None:
     """Return the body's ``request_id`` if it is a JSON object with a valid one, else ``None``.
 
-    Never raises: it is for answering bad input with the right id.
+    Never raises: it is for answering bad input with the right id. A body the decoder
+    cannot read (nested too deeply, say) is searched token by token for a top-level
+    ``"request_id"`` when it is at most :data:`PEEK_LIMIT` bytes long.
     """
-    try:
-        envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    envelope = _envelope(body)
+    if isinstance(envelope, _Envelope):
+        return _valid_id(envelope.request_id)
+    if len(body) > PEEK_LIMIT:
         return None
-    rid = envelope.request_id
-    if isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID_LENGTH:
-        return rid
-    return None
+    return _valid_id(_scan_request_id(bytes(body)))
+
+
+def _scan_request_id(body: bytes) -> str | None:
+    """Find the top-level ``"request_id"`` string of a JSON object without recursion.
+
+    Linear in ``len(body)``; the last one wins, as in the decoder. ``None`` when there is
+    none or the body is malformed before it.
+    """
+    depth = 0
+    key: bytes | None = None
+    expect_key = False
+    found: bytes | None = None
+    pos = 0
+    while (match := _SPECIAL.search(body, pos)) is not None:
+        char = match.group()
+        pos = match.end()
+        if char == b'"':
+            string = _STRING.match(body, match.start())
+            if string is None:
+                break  # an unterminated string: nothing after it can be read
+            pos = string.end()
+            if depth == 1:
+                if expect_key:
+                    key, expect_key = string.group(), False
+                elif key == b'"request_id"':
+                    found = string.group()
+            continue
+        if char in b"[{":
+            if depth == 0 and char != b"{":
+                return None  # not an object
+            depth += 1
+            expect_key = depth == 1
+        elif char in b"]}":
+            depth -= 1
+        elif char == b"," and depth == 1:
+            key, expect_key = None, True
+        if depth <= 0:
+            break
+    if found is None:
+        return None
+    try:
+        return _id_decoder.decode(found)
+    except Exception:
+        return None
 
 
 def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     """Decode and validate one message body.
+
+    Never raises anything but :class:`ProtocolError` on any bytes: JSON that is not
+    valid UTF-8 or not JSON, nested too deeply (the decoder's recursion limit), numbers
+    out of range, wrong types, values that break the rules of
+    :mod:`backtest_queue.validation`. Duplicate keys are not an error: the last one wins.
 
     Args:
         body: the JSON body frame.
@@ -267,14 +555,15 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
     Raises:
         ProtocolError: with ``code`` ``too_large`` (body over ``max_bytes``),
             ``unsupported_version`` (``v`` is not 1) or ``invalid_request`` (not JSON, not
-            an object, unknown ``type``, a missing field, a wrong type or a value out of
-            bounds; the message names the field). ``request_id`` is set when readable.
+            an object, nested too deeply, unknown ``type``, a missing field, a wrong type
+            or a value out of bounds; the message starts with the field's path, and
+            ``field`` holds it). ``request_id`` is set when readable.
     """
     if len(body) > max_bytes:
         raise ProtocolError(
             "too_large",
             f"message of {len(body)} bytes exceeds the {max_bytes}-byte limit",
-            request_id=peek_request_id(body[:4096]) if len(body) <= 4096 else None,
+            request_id=peek_request_id(body) if len(body) <= PEEK_LIMIT else None,
         )
     try:
         message = _decoder.decode(body)
@@ -282,36 +571,69 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
         raise _explain(body, exc) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("invalid_request", f"body is not valid JSON: {exc}") from None
-    if message.v != PROTOCOL_VERSION:
+    except RecursionError:
         raise ProtocolError(
-            "unsupported_version",
-            f"protocol version {message.v!r} is not supported; this side speaks v1",
-            request_id=getattr(message, "request_id", None),
-        )
-    if isinstance(message, BacktestRequest) and _envelope_decoder.decode(body).request_id is None:
-        # The struct generates ids for callers that build requests in Python; on the wire
-        # an id is required, or the reply could not be correlated. (The top-level field,
-        # not the text anywhere in the body: a parameter may be called "request_id".)
-        raise ProtocolError("invalid_request", "Object missing required field `request_id`")
+            "invalid_request", _TOO_DEEP, request_id=peek_request_id(body)
+        ) from None
+    except Exception as exc:  # the safety net: untrusted bytes never raise anything else
+        raise ProtocolError(
+            "invalid_request",
+            f"body could not be decoded: {type(exc).__name__}",
+            request_id=peek_request_id(body),
+        ) from None
+    if isinstance(message, BacktestRequest):
+        envelope = _envelope(body)
+        if not isinstance(envelope, _Envelope) or envelope.request_id is None:
+            # The struct generates ids for callers that build requests in Python; on the
+            # wire an id is required, or the reply could not be correlated. (The top-level
+            # field, not the text anywhere in the body: a parameter may be called so.)
+            raise ProtocolError(
+                "invalid_request", "request_id: missing required field", field="request_id"
+            )
     return message
 
 
+def _translate(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """A decoder's validation error as ``(field, "<field>: <problem>")``."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, InvalidMessage):  # our rules: the message is already field-first
+        return cause.field, str(cause)
+    text = str(exc)
+    path = ""
+    at = _AT.fullmatch(text)
+    if at is not None:
+        text, path = at.group("text"), at.group("path").lstrip(".")
+    path = path.replace("[...]", "")
+    missing = _MISSING.fullmatch(text)
+    if missing is not None:
+        field = f"{path}.{missing.group('name')}" if path else missing.group("name")
+        return field, f"{field}: missing required field"
+    if not path:
+        return "", text
+    return path, f"{path}: {text[:1].lower()}{text[1:]}"
+
+
 def _explain(body: bytes, exc: msgspec.ValidationError) -> ProtocolError:
-    try:
-        envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ProtocolError("invalid_request", "body must be a JSON object")
+    envelope = _envelope(body)
     rid = peek_request_id(body)
-    if envelope.v != PROTOCOL_VERSION:
+    if isinstance(envelope, str):
+        if envelope == _TOO_DEEP:  # the strict decoder failed first, on a real problem
+            field, message = _translate(exc)
+            return ProtocolError("invalid_request", message, request_id=rid, field=field or None)
+        return ProtocolError("invalid_request", envelope, request_id=rid)
+    if envelope.v is not None and (type(envelope.v) is not int or envelope.v != PROTOCOL_VERSION):
         return ProtocolError(
             "unsupported_version",
             f"protocol version {envelope.v!r} is not supported; this side speaks v1",
             request_id=rid,
+            field="v",
         )
     if envelope.type not in _TYPES:
         return ProtocolError(
             "invalid_request",
-            f"unknown message type {envelope.type!r}; expected one of {sorted(_TYPES)}",
+            f"type: unknown message type {envelope.type!r}; expected one of {sorted(_TYPES)}",
             request_id=rid,
+            field="type",
         )
-    return ProtocolError("invalid_request", str(exc), request_id=rid)
+    field, message = _translate(exc)
+    return ProtocolError("invalid_request", message, request_id=rid, field=field or None)
