@@ -568,7 +568,11 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
     try:
         message = _decoder.decode(body)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-        raise _explain(body, exc) from None
+        try:
+            error = _explain(body, exc)
+        except Exception as bug:  # the safety net, as below
+            error = ProtocolError("invalid_request", f"{exc} ({type(bug).__name__})")
+        raise error from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("invalid_request", f"body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -628,7 +632,7 @@ def _explain(body: bytes, exc: msgspec.ValidationError) -> ProtocolError:
             request_id=rid,
             field="v",
         )
-    if envelope.type not in _TYPES:
+    if type(envelope.type) is not str or envelope.type not in _TYPES:
         return ProtocolError(
             "invalid_request",
             f"type: unknown message type {envelope.type!r}; expected one of {sorted(_TYPES)}",
