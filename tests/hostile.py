@@ -72,8 +72,13 @@ def backtest_message(request_id: str = "r1") -> dict[str, Any]:
         "type": "BACKTEST",
         "v": 1,
         "request_id": request_id,
-        "strategy": {"name": "s", "kind": "sma_cross", "params": {"fast": 10, "slow": 40},
-                     "sl": 0.02, "tp": 0.04},  # fmt: skip
+        "strategy": {
+            "name": "s",
+            "kind": "sma_cross",
+            "params": {"fast": 10, "slow": 40},
+            "sl": 0.02,
+            "tp": 0.04,
+        },
         "data_id": "GOOG-D1",
         "start": "2010-01-01",
         "end": "2012-12-31",
@@ -87,9 +92,18 @@ def result_message(request_id: str = "@RID@") -> dict[str, Any]:
         "type": "BACKTEST_RESULT",
         "v": 1,
         "request_id": request_id,
-        "result": {"strategy_name": "s", "sharpe": 0.4, "sortino": 0.6, "return_pct": 3.2,
-                   "max_drawdown_pct": -4.1, "trades": 57, "win_rate": 0.44,
-                   "profit_factor": 1.12, "bars": 5000, "elapsed_ms": 38.0},  # fmt: skip
+        "result": {
+            "strategy_name": "s",
+            "sharpe": 0.4,
+            "sortino": 0.6,
+            "return_pct": 3.2,
+            "max_drawdown_pct": -4.1,
+            "trades": 57,
+            "win_rate": 0.44,
+            "profit_factor": 1.12,
+            "bars": 5000,
+            "elapsed_ms": 38.0,
+        },
     }
 
 
@@ -106,8 +120,14 @@ REPLIES = [
     result_message(),
     error_message(),
     error_message(code="unavailable"),
-    {"type": "PONG", "v": 1, "request_id": "@RID@", "version": "1", "datasets": ["A"],
-     "workers": 1},  # fmt: skip
+    {
+        "type": "PONG",
+        "v": 1,
+        "request_id": "@RID@",
+        "version": "1",
+        "datasets": ["A"],
+        "workers": 1,
+    },
 ]
 
 

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from backtest_queue import BacktestRequest, Outcome, Strategy, open_dispatcher
 from backtest_queue.errors import ProtocolError
 from backtest_queue.protocol import BacktestResult, ErrorReply, decode_message
-
 from hostile import REPLIES, dump, error_message, hostile_replies, mutated, result_message
+
 from service_process import PROCS, wait_ready
 from stubs import free_tcp_endpoint
 
@@ -133,7 +133,8 @@ async def run_scripts(
             service.script("barrier", [VALID_RESULT])
             await d.submit(request("barrier"))
             barrier = await d.outcomes.receive()
-        assert barrier.request_id == "barrier" and barrier.ok, barrier
+        assert barrier.request_id == "barrier", barrier
+        assert barrier.ok, barrier
         with pytest.raises(anyio.WouldBlock):
             d.outcomes.receive_nowait()  # nothing more: no second outcome for anyone
         stats = d.stats()

@@ -392,9 +392,7 @@ _request_decoder: Final = msgspec.json.Decoder(BacktestRequest)
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 _id_decoder: Final = msgspec.json.Decoder(str)
 
-_TOO_DEEP: Final = (
-    "body nests arrays or objects too deeply to decode (protocol v1 needs 3 levels)"
-)
+_TOO_DEEP: Final = "body nests arrays or objects too deeply to decode (protocol v1 needs 3 levels)"
 #: msgspec's "<problem> - at `$.path`" suffix.
 _AT: Final = re.compile(r"(?s)(?P<text>.*) - at `\$(?P<path>[^`]*)`")
 _MISSING: Final = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
@@ -433,9 +431,7 @@ def validate_request(request: object) -> BacktestRequest:
             an equal request back.
     """
     if not isinstance(request, BacktestRequest):
-        raise InvalidRequest(
-            "", f"submit takes a BacktestRequest, got {type(request).__name__}"
-        )
+        raise InvalidRequest("", f"submit takes a BacktestRequest, got {type(request).__name__}")
     strategy = request.strategy
     request.__post_init__()  # again: the request may have been changed since it was built
     strategy.__post_init__()

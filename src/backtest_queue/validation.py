@@ -141,9 +141,7 @@ def check_data_id(value: object, field: str = "data_id", error: Error = InvalidR
     check_text(value, field, max_length=MAX_NAME_LENGTH, error=error)
     assert isinstance(value, str)
     if _DATA_ID.fullmatch(value) is None:
-        raise problem(
-            field, "must match [A-Za-z0-9][A-Za-z0-9._-]* (a dataset id)", value, error
-        )
+        raise problem(field, "must match [A-Za-z0-9][A-Za-z0-9._-]* (a dataset id)", value, error)
 
 
 def check_number(value: object, field: str, error: Error = InvalidRequest) -> float | int:
@@ -199,16 +197,16 @@ def check_finite(
     number = check_number(value, field, error) if type(value) is not float else value
     ok = True
     if low is not None:
-        ok = number > low if low_open else number >= low  # type: ignore[operator]
+        ok = number > low if low_open else number >= low
     if ok and high is not None:
-        ok = number < high if high_open else number <= high  # type: ignore[operator]
-    if not ok or not math.isfinite(number):  # type: ignore[arg-type]
+        ok = number < high if high_open else number <= high
+    if not ok or not math.isfinite(number):
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         raise problem(field, f"must be a finite {what} in {left}{lo}, {hi}{right}", value, error)
-    return number  # type: ignore[return-value]
+    return number
 
 
 def check_fraction(value: object, field: str, error: Error = InvalidRequest) -> float | int:
@@ -223,9 +221,7 @@ def check_fraction(value: object, field: str, error: Error = InvalidRequest) -> 
     )  # fmt: skip
 
 
-def check_int(
-    value: object, field: str, *, low: int = 0, error: Error = InvalidMessage
-) -> int:
+def check_int(value: object, field: str, *, low: int = 0, error: Error = InvalidMessage) -> int:
     """Check a count: an ``int`` (not ``bool``), at least ``low``, within 2**53.
 
     Raises:

@@ -493,9 +493,7 @@ class Service:
                 # decode_message looks for the text '"request_id"' anywhere in the body, so
                 # a request without the field but with that key elsewhere (in params, say)
                 # got a generated id the requester could not correlate.
-                self._error(
-                    peer, "invalid_request", "request_id: missing required field", None
-                )
+                self._error(peer, "invalid_request", "request_id: missing required field", None)
                 return None
             return self._accept(peer, message)
         if isinstance(message, Ping):
