@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from backtest_queue import BacktestRequest, Outcome, Strategy, open_dispatcher
 from backtest_queue.errors import ProtocolError
 from backtest_queue.protocol import BacktestResult, ErrorReply, decode_message
-from hostile import REPLIES, dump, error_message, hostile_replies, mutated, result_message
 
+from hostile import REPLIES, dump, error_message, hostile_replies, mutated, result_message
 from service_process import PROCS, wait_ready
 from stubs import free_tcp_endpoint
 

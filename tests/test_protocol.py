@@ -17,6 +17,7 @@ from backtest_queue.protocol import (
     encode_message,
     peek_request_id,
 )
+
 from hostile import hostile_bodies, hostile_replies
 
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 
 from backtest_queue.protocol import ERROR_CODES
 from backtest_queue.service.server import ERROR_LOG_BURST
-from hostile import hostile_bodies
 
+from hostile import hostile_bodies
 from service_helpers import RawClient, ServiceProcess, backtest, run_service_process
 
 Client = Callable[..., RawClient]
