@@ -68,7 +68,8 @@ def test_an_infinite_take_profit_is_refused() -> None:
 
 @pytest.mark.parametrize("cash", [-5, -5.0, 0.0, math.nan, math.inf, -math.inf])
 def test_cash_must_be_a_positive_finite_amount(cash: float) -> None:
-    refused(lambda: request(cash=cash), "cash")
+    error = refused(lambda: request(cash=cash), "cash")
+    assert str(error) == f"cash: must be a finite amount of cash in (0, inf), got {cash!r}"
 
 
 def test_a_lone_surrogate_in_a_name_is_refused_before_it_can_fail_to_encode() -> None:

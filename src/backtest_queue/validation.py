@@ -201,8 +201,8 @@ def check_finite(
     if ok and high is not None:
         ok = number < high if high_open else number <= high
     if not ok or not math.isfinite(number):
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         raise problem(field, f"must be a finite {what} in {left}{lo}, {hi}{right}", value, error)
