@@ -11,8 +11,11 @@ description is ``docs/protocol.md``; in short:
   (0.01 = 1 %); percentages end in ``_pct``.
 * A metric undefined for a run is ``null``, never NaN.
 
-No pickle, ever: bodies are JSON decoded into frozen ``msgspec`` structs, which
-validate types and bounds while decoding. The structs are ``gc=False`` (they hold only
+No pickle, ever: bodies are JSON decoded into frozen ``msgspec`` structs. msgspec
+checks the types while decoding; every struct's ``__post_init__`` then applies the value
+rules of :mod:`backtest_queue.validation` - on decoding *and* when a message is built in
+Python, so both ends refuse the same values with the same message. Decoding never raises
+anything but :class:`~backtest_queue.errors.ProtocolError`, whatever the bytes. The structs are ``gc=False`` (they hold only
 strings, numbers and dicts of numbers, so they cannot form reference cycles): 16 bytes
 less per object and no garbage-collector passes over a large send queue.
 """
@@ -28,6 +31,9 @@ import msgspec
 
 from .errors import InvalidMessage, InvalidRequest, ProtocolError
 from .validation import (
+    GOOD_DATA_IDS,
+    GOOD_NAMES,
+    GOOD_TIMES,
     MAX_COMMISSION,
     MAX_NAME_LENGTH,
     MAX_REQUEST_ID_LENGTH,
@@ -39,6 +45,7 @@ from .validation import (
     check_params,
     check_text,
     problem,
+    remember,
 )
 
 __all__ = [
@@ -89,7 +96,6 @@ ErrorCode = Literal[
 ERROR_CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
 
 ParamValue = int | float
-_DATA_ID_FAST: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*").fullmatch
 
 
 def new_request_id() -> str:
@@ -139,12 +145,26 @@ class Strategy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         # Each rule has an inline fast path (decoding runs this for every message); the
         # check_* call on the slow path raises with the message, or passes an odd but
         # valid value.
-        name, kind, sl, tp = self.name, self.kind, self.sl, self.tp
+        name, kind, params, sl, tp = self.name, self.kind, self.params, self.sl, self.tp
         if not (type(name) is str and 0 < len(name) <= MAX_NAME_LENGTH and name.isprintable()):
             check_text(name, "strategy.name", max_length=MAX_NAME_LENGTH)
-        if not (type(kind) is str and 0 < len(kind) <= MAX_NAME_LENGTH and kind.isprintable()):
+        if not (type(kind) is str and kind in GOOD_NAMES):
             check_text(kind, "strategy.kind", max_length=MAX_NAME_LENGTH)
-        check_params(self.params)
+            remember(GOOD_NAMES, kind)
+        if type(params) is not dict:
+            check_params(params)
+        for key, number in params.items():
+            kind_of = type(number)
+            if not (
+                type(key) is str
+                and key in GOOD_NAMES
+                and (
+                    (kind_of is float and math.isfinite(number))
+                    or (kind_of is int and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER)
+                )
+            ):
+                check_params(params)  # raises naming the parameter, or learns its names
+                break
         if sl is not None and not (type(sl) is float and 0.0 < sl < 1.0):
             check_fraction(sl, "strategy.sl")
         if tp is not None and not (type(tp) is float and 0.0 < tp < 1.0):
@@ -197,14 +217,16 @@ class BacktestRequest(
             _check_request_id(rid, InvalidRequest, optional=False)
         if not isinstance(self.strategy, Strategy):
             raise problem("strategy", "must be a Strategy", self.strategy)
-        data_id = self.data_id
-        if not (type(data_id) is str and len(data_id) <= MAX_NAME_LENGTH
-                and _DATA_ID_FAST(data_id) is not None):  # fmt: skip
+        data_id, start, end = self.data_id, self.start, self.end
+        if not (type(data_id) is str and data_id in GOOD_DATA_IDS):
             check_data_id(data_id)
-        if self.start is not None:
-            check_text(self.start, "start", min_length=4, max_length=40)
-        if self.end is not None:
-            check_text(self.end, "end", min_length=4, max_length=40)
+            remember(GOOD_DATA_IDS, data_id)
+        if start is not None and not (type(start) is str and start in GOOD_TIMES):
+            check_text(start, "start", min_length=4, max_length=40)
+            remember(GOOD_TIMES, start)
+        if end is not None and not (type(end) is str and end in GOOD_TIMES):
+            check_text(end, "end", min_length=4, max_length=40)
+            remember(GOOD_TIMES, end)
         cash, commission = self.cash, self.commission
         if not (type(cash) is float and 0.0 < cash < math.inf):
             check_finite(cash, "cash", low=0.0, low_open=True, what="amount of cash")
@@ -432,24 +454,28 @@ def validate_request(request: object) -> BacktestRequest:
     """
     if not isinstance(request, BacktestRequest):
         raise InvalidRequest("", f"submit takes a BacktestRequest, got {type(request).__name__}")
-    strategy = request.strategy
-    request.__post_init__()  # again: the request may have been changed since it was built
-    strategy.__post_init__()
+    # The round trip runs every check again on the decoded copy (``__post_init__``), so
+    # an equal copy proves the original valid. Only on failure are the original's values
+    # checked directly, for a message that names the field.
+    problem_found: InvalidRequest | None = None
     try:
-        body = _encoder.encode(request)
-        decoded = _request_decoder.decode(body)
+        decoded = _request_decoder.decode(_encoder.encode(request))
     except msgspec.ValidationError as exc:
         field, message = _translate(exc)
-        raise InvalidRequest(field, message) from None
+        problem_found = InvalidRequest(field, message)
     except Exception as exc:  # UnicodeEncodeError, TypeError (unencodable), ...
-        raise InvalidRequest(
+        problem_found = InvalidRequest(
             "", f"the request cannot be encoded as JSON: {type(exc).__name__}: {exc}"
-        ) from None
-    if decoded != request:
-        raise InvalidRequest(
+        )
+    else:
+        if decoded == request:
+            return request
+        problem_found = InvalidRequest(
             "", "the request does not survive encoding (decoded differs from the original)"
         )
-    return request
+    request.__post_init__()  # raises the precise error when a value was changed
+    request.strategy.__post_init__()
+    raise problem_found
 
 
 def _envelope(body: bytes) -> _Envelope | str:
