@@ -15,20 +15,22 @@ No pickle, ever: bodies are JSON decoded into frozen ``msgspec`` structs. msgspe
 checks the types while decoding; every struct's ``__post_init__`` then applies the value
 rules of :mod:`backtest_queue.validation` - on decoding *and* when a message is built in
 Python, so both ends refuse the same values with the same message. Decoding never raises
-anything but :class:`~backtest_queue.errors.ProtocolError`, whatever the bytes. The structs are ``gc=False`` (they hold only
-strings, numbers and dicts of numbers, so they cannot form reference cycles): 16 bytes
-less per object and no garbage-collector passes over a large send queue.
+anything but :class:`~backtest_queue.errors.ProtocolError`, whatever the bytes.
+
+The structs are ``gc=False`` (they hold only strings, numbers and dicts of numbers, so
+they cannot form reference cycles): 16 bytes less per object and no garbage-collector
+passes over a large send queue.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import uuid
 from typing import Any, Final, Literal, get_args
 
 import msgspec
 
+from ._explain import scan_request_id, translate
 from .errors import InvalidMessage, InvalidRequest, ProtocolError
 from .validation import (
     GOOD_DATA_IDS,
@@ -412,14 +414,8 @@ _encoder: Final = msgspec.json.Encoder()
 _decoder: Final[msgspec.json.Decoder[Message]] = msgspec.json.Decoder(Message)
 _request_decoder: Final = msgspec.json.Decoder(BacktestRequest)
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
-_id_decoder: Final = msgspec.json.Decoder(str)
 
 _TOO_DEEP: Final = "body nests arrays or objects too deeply to decode (protocol v1 needs 3 levels)"
-#: msgspec's "<problem> - at `$.path`" suffix.
-_AT: Final = re.compile(r"(?s)(?P<text>.*) - at `\$(?P<path>[^`]*)`")
-_MISSING: Final = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
-_SPECIAL: Final = re.compile(rb'[][{}:,"]')
-_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 def encode_message(message: Message) -> bytes:
@@ -461,7 +457,7 @@ def validate_request(request: object) -> BacktestRequest:
     try:
         decoded = _request_decoder.decode(_encoder.encode(request))
     except msgspec.ValidationError as exc:
-        field, message = _translate(exc)
+        field, message = translate(exc)
         problem_found = InvalidRequest(field, message)
     except Exception as exc:  # UnicodeEncodeError, TypeError (unencodable), ...
         problem_found = InvalidRequest(
@@ -512,51 +508,7 @@ def peek_request_id(body: bytes) -> str | None:
         return _valid_id(envelope.request_id)
     if len(body) > PEEK_LIMIT:
         return None
-    return _valid_id(_scan_request_id(bytes(body)))
-
-
-def _scan_request_id(body: bytes) -> str | None:
-    """Find the top-level ``"request_id"`` string of a JSON object without recursion.
-
-    Linear in ``len(body)``; the last one wins, as in the decoder. ``None`` when there is
-    none or the body is malformed before it.
-    """
-    depth = 0
-    key: bytes | None = None
-    expect_key = False
-    found: bytes | None = None
-    pos = 0
-    while (match := _SPECIAL.search(body, pos)) is not None:
-        char = match.group()
-        pos = match.end()
-        if char == b'"':
-            string = _STRING.match(body, match.start())
-            if string is None:
-                break  # an unterminated string: nothing after it can be read
-            pos = string.end()
-            if depth == 1:
-                if expect_key:
-                    key, expect_key = string.group(), False
-                elif key == b'"request_id"':
-                    found = string.group()
-            continue
-        if char in b"[{":
-            if depth == 0 and char != b"{":
-                return None  # not an object
-            depth += 1
-            expect_key = depth == 1
-        elif char in b"]}":
-            depth -= 1
-        elif char == b"," and depth == 1:
-            key, expect_key = None, True
-        if depth <= 0:
-            break
-    if found is None:
-        return None
-    try:
-        return _id_decoder.decode(found)
-    except Exception:
-        return None
+    return _valid_id(scan_request_id(bytes(body)))
 
 
 def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
@@ -619,32 +571,12 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
     return message
 
 
-def _translate(exc: msgspec.ValidationError) -> tuple[str, str]:
-    """A decoder's validation error as ``(field, "<field>: <problem>")``."""
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, InvalidMessage):  # our rules: the message is already field-first
-        return cause.field, str(cause)
-    text = str(exc)
-    path = ""
-    at = _AT.fullmatch(text)
-    if at is not None:
-        text, path = at.group("text"), at.group("path").lstrip(".")
-    path = path.replace("[...]", "")
-    missing = _MISSING.fullmatch(text)
-    if missing is not None:
-        field = f"{path}.{missing.group('name')}" if path else missing.group("name")
-        return field, f"{field}: missing required field"
-    if not path:
-        return "", text
-    return path, f"{path}: {text[:1].lower()}{text[1:]}"
-
-
 def _explain(body: bytes, exc: msgspec.ValidationError) -> ProtocolError:
     envelope = _envelope(body)
     rid = peek_request_id(body)
     if isinstance(envelope, str):
         if envelope == _TOO_DEEP:  # the strict decoder failed first, on a real problem
-            field, message = _translate(exc)
+            field, message = translate(exc)
             return ProtocolError("invalid_request", message, request_id=rid, field=field or None)
         return ProtocolError("invalid_request", envelope, request_id=rid)
     if envelope.v is not None and (type(envelope.v) is not int or envelope.v != PROTOCOL_VERSION):
@@ -661,5 +593,5 @@ def _explain(body: bytes, exc: msgspec.ValidationError) -> ProtocolError:
             request_id=rid,
             field="type",
         )
-    field, message = _translate(exc)
+    field, message = translate(exc)
     return ProtocolError("invalid_request", message, request_id=rid, field=field or None)
