@@ -98,7 +98,7 @@ class RateLimitedLog:
             window.level = max(window.level, level)
             return False
         window.logged += 1
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, stacklevel=2)  # the caller's line, not ours
         return True
 
     def suppressed(self, kind: str | None = None) -> int:
