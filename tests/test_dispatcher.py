@@ -81,7 +81,8 @@ async def test_queue_keeps_draining_without_new_events(
         async with open_dispatcher([endpoint], flush_interval=3600, **settings) as d:  # type: ignore[arg-type]
             with anyio.fail_after(5):
                 await d.wait_connected()
-            states = [await d.submit(make_request(i)) for i in range(n)]
+            # One batch: no reply can free a slot between two of these submits.
+            states = await d.submit_many([make_request(i) for i in range(n)])
             assert states[-1].state == "queued"
             assert states[-1].reason == reason
             with anyio.fail_after(5):

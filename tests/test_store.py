@@ -126,8 +126,8 @@ def test_a_shutdown_outcome_is_never_stored_and_ops_are_checked_when_made() -> N
 def test_what_cannot_be_stored_is_refused_when_the_op_is_made(tmp_path: Path) -> None:
     """Issue 10 §2: a lone surrogate in a name killed the dispatcher at commit time on
     2ccd574 (UnicodeEncodeError out of apply, the whole batch lost)."""
-    bad = BacktestRequest(strategy=Strategy(name="bad\udc80", kind="sma_cross"),
-                          data_id="EURUSD-H1", request_id="bad")  # fmt: skip
+    bad = make_request(0, rid="bad")  # then changed behind the validation's back
+    msgspec.structs.force_setattr(bad.strategy, "name", "bad\udc80")
     with pytest.raises(UsageError, match="'bad' cannot be stored"):
         StoreOp("add", bad)
     odd = StoredOutcome(result=None, reason="service_error", detail="\udc80", attempts=1)

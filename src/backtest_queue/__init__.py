@@ -25,6 +25,12 @@ from .errors import (
     DuplicateRequest as DuplicateRequest,
 )
 from .errors import (
+    InvalidMessage as InvalidMessage,
+)
+from .errors import (
+    InvalidRequest as InvalidRequest,
+)
+from .errors import (
     ProtocolError as ProtocolError,
 )
 from .errors import (
@@ -68,6 +74,9 @@ from .protocol import (
 )
 from .protocol import (
     Strategy as Strategy,
+)
+from .protocol import (
+    validate_request as validate_request,
 )
 
 if TYPE_CHECKING:
@@ -116,6 +125,8 @@ __all__ = [
     "DuplicateRequest",
     "ErrorReply",
     "FailedRequest",
+    "InvalidMessage",
+    "InvalidRequest",
     "Metrics",
     "Outcome",
     "Ping",
@@ -130,4 +141,5 @@ __all__ = [
     "UsageError",
     "__version__",
     "open_dispatcher",
+    "validate_request",
 ]

@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ._ratelog import RateLimitedLog
 from .delivery import OutcomeBook, OutcomeStream
 from .errors import DispatcherClosed, DuplicateRequest, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
@@ -117,6 +118,8 @@ class Dispatcher(_Sending):
         self._cache = cache and writer is not None
         self._store_timeout = store_timeout
         self.restored_ids = restored_ids
+        # A hostile or broken peer cannot flood the log: bursts, then a summary line.
+        self._bad_reply_log = RateLimitedLog(log, burst=20, interval=60.0, clock=anyio.current_time)
         self.quarantined: tuple[object, ...] = ()
 
     # -- public API --------------------------------------------------------------
@@ -207,7 +210,11 @@ class Dispatcher(_Sending):
         """
         await anyio.lowlevel.checkpoint()
         self._check_caller()
-        checked = [validate_request(r) for r in requests]
+        if isinstance(requests, BacktestRequest) or not isinstance(requests, Sequence):
+            raise UsageError(
+                f"submit_many takes a sequence of BacktestRequest, got {type(requests).__name__}"
+            )
+        checked = [validate_request(r) for r in requests]  # private, valid copies
         q = self._queue
         ids: set[str] = set()
         for request in checked:
@@ -479,10 +486,13 @@ class Dispatcher(_Sending):
         effect = apply_reply(self._queue, endpoint, frames, now, max_bytes=self._max_message_bytes)
         if effect.invalid is not None:
             self._invalid_replies += 1
-            log.warning("invalid reply from %s: %s", endpoint, effect.invalid)
+            self._bad_reply_log.log("invalid_reply", logging.WARNING, "invalid reply from %s: %s",
+                                    endpoint, effect.invalid)  # fmt: skip
         elif effect.unreadable is not None:
             self._errors_without_id += 1
-            log.warning("service %s could not read a request: %s", endpoint, effect.unreadable)
+            self._bad_reply_log.log("error_without_id", logging.WARNING,
+                                    "service %s could not read a request: %s",
+                                    endpoint, effect.unreadable)  # fmt: skip
         elif effect.fingerprints is not None:
             self._fingerprints.update(effect.fingerprints)
             if endpoint in self._up:
@@ -514,6 +524,7 @@ class Dispatcher(_Sending):
             self._deliver(Outcome(request, None, reason, "the dispatcher was closed", 0))
         self._up.clear()
         self._ready.clear()
+        self._bad_reply_log.flush()
         self._book.end()
         self._wake_send.close()
         self._wake_receive.close()

@@ -20,6 +20,8 @@ __all__ = [
     "BacktestQueueError",
     "DispatcherClosed",
     "DuplicateRequest",
+    "InvalidMessage",
+    "InvalidRequest",
     "ProtocolError",
     "QueueFull",
     "StoreBusy",
@@ -63,6 +65,37 @@ class DispatcherClosed(UsageError):
     """The dispatcher was used after its ``async with`` block ended."""
 
 
+class InvalidMessage(UsageError, ValueError):
+    """A protocol message was built in Python with a value the protocol refuses.
+
+    Raised by the message structs of :mod:`backtest_queue.protocol` when they are
+    constructed (``__post_init__``). The message starts with the field's path, e.g.
+    ``"result.win_rate: must be a finite fraction in [0, 1], got 1.5"``. A ``ValueError``
+    too, so code that catches ``ValueError`` around construction keeps working.
+
+    Attributes:
+        field: the dotted path of the offending field (``"strategy.sl"``, ``"cash"``),
+            or ``""`` when the whole object is wrong (not a request at all).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidRequest(InvalidMessage):
+    """A backtest request (or its strategy) holds a value the protocol refuses.
+
+    Raised when a :class:`~backtest_queue.protocol.Strategy` or
+    :class:`~backtest_queue.protocol.BacktestRequest` is built with a bad value, and by
+    :func:`~backtest_queue.protocol.validate_request` (what ``submit`` calls) for anything
+    that is not a valid, encodable request, e.g.
+    ``InvalidRequest("strategy.sl: must be a finite fraction in (0, 1), got nan")``.
+    A service answers the same values from the wire with ``ERROR invalid_request`` and
+    the same message.
+    """
+
+
 class ProtocolError(BacktestQueueError):
     """A peer sent a message that breaks wire protocol v1.
 
@@ -71,13 +104,23 @@ class ProtocolError(BacktestQueueError):
             ``unsupported_version``, ``too_large``, ...).
         request_id: the ``request_id`` of the offending message when it could be read,
             else ``None``.
+        field: the dotted path of the offending field when one is to blame
+            (``"strategy.sl"``), else ``None``.
     """
 
-    def __init__(self, code: str, message: str, *, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        request_id: str | None = None,
+        field: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.field = field
 
 
 class TransportError(BacktestQueueError):

@@ -11,10 +11,15 @@ description is ``docs/protocol.md``; in short:
   (0.01 = 1 %); percentages end in ``_pct``.
 * A metric undefined for a run is ``null``, never NaN.
 
-No pickle, ever: bodies are JSON decoded into frozen ``msgspec`` structs, which
-validate types and bounds while decoding. The structs are ``gc=False`` (they hold only
-strings, numbers and dicts of numbers, so they cannot form reference cycles): 16 bytes
-less per object and no garbage-collector passes over a large send queue.
+No pickle, ever: bodies are JSON decoded into frozen ``msgspec`` structs. msgspec
+checks the types while decoding; every struct's ``__post_init__`` then applies the value
+rules of :mod:`backtest_queue.validation` - on decoding *and* when a message is built in
+Python, so both ends refuse the same values with the same message. Decoding never raises
+anything but :class:`~backtest_queue.errors.ProtocolError`, whatever the bytes.
+
+The structs are ``gc=False`` (they hold only strings, numbers and dicts of numbers, so
+they cannot form reference cycles): 16 bytes less per object and no garbage-collector
+passes over a large send queue.
 """
 
 from __future__ import annotations
@@ -25,12 +30,31 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 
-from .errors import ProtocolError
+from ._explain import scan_request_id, translate
+from .errors import InvalidMessage, InvalidRequest, ProtocolError
+from .validation import (
+    GOOD_DATA_IDS,
+    GOOD_NAMES,
+    GOOD_TIMES,
+    MAX_COMMISSION,
+    MAX_NAME_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
+    MAX_SAFE_INTEGER,
+    check_data_id,
+    check_finite,
+    check_fraction,
+    check_int,
+    check_params,
+    check_text,
+    problem,
+    remember,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ERROR_CODES",
+    "MAX_COMMISSION",
     "MAX_NAME_LENGTH",
     "MAX_REQUEST_ID_LENGTH",
     "PROTOCOL_VERSION",
@@ -56,8 +80,9 @@ DEFAULT_ENDPOINT: Final = "tcp://127.0.0.1:5580"
 #: Default cap on one message body, in bytes (1 MiB); enforced with ``ZMQ_MAXMSGSIZE``
 #: on sockets and again here.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
-MAX_REQUEST_ID_LENGTH: Final = 64
-MAX_NAME_LENGTH: Final = 128
+#: Bodies up to this size (bytes) are searched for a ``request_id`` when the decoder
+#: cannot read them, so an error can still name the request.
+PEEK_LIMIT: Final = 4096
 
 #: Error codes. All are final for the request except ``unavailable``: the service did
 #: not run it (it is stopping or overloaded) and the requester should send it again,
@@ -72,14 +97,6 @@ ErrorCode = Literal[
 ]
 ERROR_CODES: Final[tuple[str, ...]] = get_args(ErrorCode)
 
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
-DataId = Annotated[
-    str,
-    msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
-]
-Fraction = Annotated[float, msgspec.Meta(gt=0.0, lt=1.0)]
-IsoTime = Annotated[str, msgspec.Meta(min_length=4, max_length=40)]
 ParamValue = int | float
 #: A dataset's content fingerprint (the reference service sends 16 lowercase hex chars).
 Fingerprint = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
@@ -90,22 +107,72 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def _check_version(value: object, error: type[InvalidMessage]) -> None:
+    if type(value) is not int or value != PROTOCOL_VERSION:
+        raise problem("v", "must be 1 (this side speaks protocol v1)", value, error)
+
+
+def _check_request_id(value: object, error: type[InvalidMessage], *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    check_text(value, "request_id", max_length=MAX_REQUEST_ID_LENGTH, error=error)
+
+
 class Strategy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A trading strategy to backtest.
 
+    Every value is checked when the strategy is built (and when it is decoded); see
+    :mod:`backtest_queue.validation` and ``docs/protocol.md``.
+
     Attributes:
-        name: a label for people and leaderboards (1-128 characters).
-        kind: the strategy family the service implements, e.g. ``"sma_cross"``.
-        params: the family's parameters, numbers only (e.g. ``{"fast": 10, "slow": 40}``).
-        sl: optional stop loss as a fraction of the entry price, in (0, 1).
-        tp: optional take profit as a fraction of the entry price, in (0, 1).
+        name: a label for people and leaderboards (1-128 characters, no control
+            characters, valid UTF-8).
+        kind: the strategy family the service implements, e.g. ``"sma_cross"`` (as
+            ``name``).
+        params: the family's parameters, finite numbers only, not bools (e.g.
+            ``{"fast": 10, "slow": 40}``).
+        sl: optional stop loss as a fraction of the entry price, finite, in (0, 1).
+        tp: optional take profit as a fraction of the entry price, finite, in (0, 1).
+
+    Raises:
+        InvalidRequest: a value breaks these rules; the message names the field, e.g.
+            ``"strategy.sl: must be a finite fraction in (0, 1), got nan"``.
     """
 
-    name: Name
-    kind: Name
-    params: dict[Name, ParamValue] = msgspec.field(default_factory=dict)
-    sl: Fraction | None = None
-    tp: Fraction | None = None
+    name: str
+    kind: str
+    params: dict[str, ParamValue] = msgspec.field(default_factory=dict)
+    sl: float | None = None
+    tp: float | None = None
+
+    def __post_init__(self) -> None:
+        # Each rule has an inline fast path (decoding runs this for every message); the
+        # check_* call on the slow path raises with the message, or passes an odd but
+        # valid value.
+        name, kind, params, sl, tp = self.name, self.kind, self.params, self.sl, self.tp
+        if not (type(name) is str and 0 < len(name) <= MAX_NAME_LENGTH and name.isprintable()):
+            check_text(name, "strategy.name", max_length=MAX_NAME_LENGTH)
+        if not (type(kind) is str and kind in GOOD_NAMES):
+            check_text(kind, "strategy.kind", max_length=MAX_NAME_LENGTH)
+            remember(GOOD_NAMES, kind)
+        if type(params) is not dict:
+            check_params(params)
+        for key, number in params.items():
+            kind_of = type(number)
+            if not (
+                type(key) is str
+                and key in GOOD_NAMES
+                and (
+                    (kind_of is float and math.isfinite(number))
+                    or (kind_of is int and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER)
+                )
+            ):
+                check_params(params)  # raises naming the parameter, or learns its names
+                break
+        if sl is not None and not (type(sl) is float and 0.0 < sl < 1.0):
+            check_fraction(sl, "strategy.sl")
+        if tp is not None and not (type(tp) is float and 0.0 < tp < 1.0):
+            check_fraction(tp, "strategy.tp")
 
 
 class BacktestRequest(
@@ -113,25 +180,65 @@ class BacktestRequest(
 ):
     """One backtest request (``"type": "BACKTEST"``).
 
+    Every value is checked when the request is built (and when it is decoded); see
+    :mod:`backtest_queue.validation`. Call :func:`validate_request` to check a request
+    again after it was built (``submit`` does): a dict held by it can still be mutated.
+
     Attributes:
         strategy: what to backtest.
-        data_id: the dataset id the service knows, e.g. ``"EURUSD-H1"``.
-        request_id: unique id (1-64 characters); generated (UUID4 hex) when not given.
-        start: optional ISO-8601 lower bound (inclusive) on the bars used.
-        end: optional ISO-8601 upper bound (inclusive) on the bars used.
-        cash: starting cash, in the dataset's quote currency (> 0).
-        commission: commission per trade as a fraction of the trade value, in [0, 1).
+        data_id: the dataset id the service knows, e.g. ``"EURUSD-H1"`` (1-128
+            characters of ``[A-Za-z0-9._-]``, starting with a letter or digit).
+        request_id: unique id (1-64 characters, no control characters); generated
+            (UUID4 hex) when not given.
+        start: optional ISO-8601 lower bound (inclusive) on the bars used (4-40
+            characters).
+        end: optional ISO-8601 upper bound (inclusive) on the bars used (4-40 characters).
+        cash: starting cash, in the dataset's quote currency: finite, > 0.
+        commission: commission per trade as a fraction of the trade value: finite, in
+            [0, 0.1) (:data:`MAX_COMMISSION`, backtesting.py's own limit).
         v: protocol version, always 1.
+
+    Raises:
+        InvalidRequest: a value breaks these rules; the message names the field, e.g.
+            ``"cash: must be a finite amount of cash in (0, inf), got -5"``.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId = msgspec.field(default_factory=new_request_id)
+    request_id: str = msgspec.field(default_factory=new_request_id)
     strategy: Strategy
-    data_id: DataId
-    start: IsoTime | None = None
-    end: IsoTime | None = None
-    cash: Annotated[float, msgspec.Meta(gt=0.0)] = 10_000.0
-    commission: Annotated[float, msgspec.Meta(ge=0.0, lt=1.0)] = 0.0002
+    data_id: str
+    start: str | None = None
+    end: str | None = None
+    cash: float = 10_000.0
+    commission: float = 0.0002
+
+    def __post_init__(self) -> None:
+        # Inline fast paths, as in Strategy.__post_init__.
+        if self.v != PROTOCOL_VERSION or type(self.v) is not int:
+            _check_version(self.v, InvalidRequest)
+        rid = self.request_id
+        if not (type(rid) is str and 0 < len(rid) <= MAX_REQUEST_ID_LENGTH and rid.isprintable()):
+            _check_request_id(rid, InvalidRequest, optional=False)
+        if not isinstance(self.strategy, Strategy):
+            raise problem("strategy", "must be a Strategy", self.strategy)
+        data_id, start, end = self.data_id, self.start, self.end
+        if not (type(data_id) is str and data_id in GOOD_DATA_IDS):
+            check_data_id(data_id)
+            remember(GOOD_DATA_IDS, data_id)
+        if start is not None and not (type(start) is str and start in GOOD_TIMES):
+            check_text(start, "start", min_length=4, max_length=40)
+            remember(GOOD_TIMES, start)
+        if end is not None and not (type(end) is str and end in GOOD_TIMES):
+            check_text(end, "end", min_length=4, max_length=40)
+            remember(GOOD_TIMES, end)
+        cash, commission = self.cash, self.commission
+        if not (type(cash) is float and 0.0 < cash < math.inf):
+            check_finite(cash, "cash", low=0.0, low_open=True, what="amount of cash")
+        if not (type(commission) is float and 0.0 <= commission < MAX_COMMISSION):
+            check_finite(
+                commission, "commission", low=0.0, high=MAX_COMMISSION, high_open=True,
+                what="fraction",
+            )  # fmt: skip
 
 
 class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -143,11 +250,15 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         sortino: annualised Sortino ratio.
         return_pct: total return over the run, in percent.
         max_drawdown_pct: maximum drawdown, in percent (zero or negative).
-        trades: number of closed trades.
+        trades: number of closed trades (>= 0).
         win_rate: fraction of trades that made money, in [0, 1].
         profit_factor: gross profit / gross loss.
-        bars: number of OHLCV bars the backtest ran on.
-        elapsed_ms: wall time the engine took, in milliseconds.
+        bars: number of OHLCV bars the backtest ran on (>= 0).
+        elapsed_ms: wall time the engine took, in milliseconds (>= 0).
+
+    Raises:
+        InvalidMessage: a metric is NaN, infinite or a bool, ``win_rate`` is outside
+            [0, 1], a count is negative; the message names the field (``result.sharpe``).
     """
 
     strategy_name: str
@@ -162,11 +273,37 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     elapsed_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("sharpe", "sortino", "return_pct", "max_drawdown_pct", "win_rate",
-                     "profit_factor", "elapsed_ms"):  # fmt: skip
+        # Inline fast paths, as in Strategy.__post_init__; the slow path names the field.
+        name = self.strategy_name
+        if not (type(name) is str and name.isprintable()):
+            check_text(name, "result.strategy_name", min_length=0, max_length=None,
+                       error=InvalidMessage)  # fmt: skip
+        for value in (self.sharpe, self.sortino, self.return_pct, self.max_drawdown_pct,
+                      self.profit_factor):  # fmt: skip
+            if value is not None and not (type(value) is float and math.isfinite(value)):
+                self._explain_metrics()
+        win_rate, trades, bars, elapsed = self.win_rate, self.trades, self.bars, self.elapsed_ms
+        if (
+            (win_rate is not None and not (type(win_rate) is float and 0.0 <= win_rate <= 1.0))
+            or not (type(trades) is int and 0 <= trades <= MAX_SAFE_INTEGER)
+            or not (type(bars) is int and 0 <= bars <= MAX_SAFE_INTEGER)
+            or not (type(elapsed) is float and 0.0 <= elapsed < math.inf)
+        ):
+            self._explain_metrics()
+
+    def _explain_metrics(self) -> None:
+        """Raise the error for the first bad metric (the slow path of ``__post_init__``)."""
+        error = InvalidMessage
+        for name in ("sharpe", "sortino", "return_pct", "max_drawdown_pct", "profit_factor"):
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"metric {name} must be finite or null, got {value!r}")
+            if value is not None:
+                check_finite(value, f"result.{name}", error=error)
+        if self.win_rate is not None:
+            check_finite(self.win_rate, "result.win_rate", low=0.0, high=1.0, what="fraction",
+                         error=error)  # fmt: skip
+        check_int(self.trades, "result.trades")
+        check_int(self.bars, "result.bars")
+        check_finite(self.elapsed_ms, "result.elapsed_ms", low=0.0, error=error)
 
 
 class BacktestResult(
@@ -180,12 +317,21 @@ class BacktestResult(
         data_fingerprint: the content fingerprint of the dataset the backtest ran on
             (as listed in :attr:`Pong.fingerprints`), or ``None`` from a service that does
             not report one (optional: v1 peers without it keep working).
+
+    Raises:
+        InvalidMessage: a bad ``v`` or ``request_id``, or ``result`` is not :class:`Metrics`.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId
+    request_id: str
     result: Metrics
     data_fingerprint: Fingerprint | None = None
+
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=False)
+        if not isinstance(self.result, Metrics):
+            raise problem("result", "must be Metrics", self.result, InvalidMessage)
 
 
 class ErrorReply(
@@ -196,20 +342,39 @@ class ErrorReply(
     Attributes:
         request_id: the id of the request it answers, or ``None`` when that could not be read.
         code: one of :data:`ERROR_CODES`.
-        message: one line a person can act on.
+        message: one line a person can act on (valid UTF-8, no control characters).
+
+    Raises:
+        InvalidMessage: a bad ``v``, ``request_id``, ``code`` or ``message``.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId | None = None
+    request_id: str | None = None
     code: ErrorCode
     message: str
 
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=True)
+        if self.code not in ERROR_CODES:
+            raise problem("code", f"must be one of {', '.join(ERROR_CODES)}", self.code,
+                          InvalidMessage)  # fmt: skip
+        check_text(self.message, "message", min_length=0, max_length=None, error=InvalidMessage)
+
 
 class Ping(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="PING"):
-    """A health check; the service answers with a :class:`Pong`."""
+    """A health check; the service answers with a :class:`Pong`.
+
+    Raises:
+        InvalidMessage: a bad ``v`` or ``request_id``.
+    """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId | None = None
+    request_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=True)
 
 
 class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type", tag="PONG"):
@@ -219,18 +384,32 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         request_id: echoed from the ping.
         version: the service's package version.
         datasets: dataset ids it can backtest on.
-        workers: size of its backtest process pool.
+        workers: size of its backtest process pool (>= 0).
         fingerprints: data_id -> content fingerprint of that dataset's OHLCV data; it
             changes when the data changes (optional: empty from a service that does not
             report them).
+
+    Raises:
+        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id or ``workers``.
     """
 
     v: int = PROTOCOL_VERSION
-    request_id: RequestId | None = None
+    request_id: str | None = None
     version: str = ""
     datasets: list[str] = msgspec.field(default_factory=list)
     workers: int = 0
     fingerprints: dict[str, Fingerprint] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_version(self.v, InvalidMessage)
+        _check_request_id(self.request_id, InvalidMessage, optional=True)
+        check_text(self.version, "version", min_length=0, max_length=MAX_NAME_LENGTH,
+                   error=InvalidMessage)  # fmt: skip
+        if not isinstance(self.datasets, list):
+            raise problem("datasets", "must be a list", self.datasets, InvalidMessage)
+        for i, data_id in enumerate(self.datasets):
+            check_data_id(data_id, f"datasets[{i}]", InvalidMessage)
+        check_int(self.workers, "workers")
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong
@@ -247,31 +426,114 @@ class _Envelope(msgspec.Struct):
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final[msgspec.json.Decoder[Message]] = msgspec.json.Decoder(Message)
+_request_decoder: Final = msgspec.json.Decoder(BacktestRequest)
 _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
+
+_TOO_DEEP: Final = "body nests arrays or objects too deeply to decode (protocol v1 needs 3 levels)"
 
 
 def encode_message(message: Message) -> bytes:
-    """Encode a message as a UTF-8 JSON body (``type`` first, then ``v``)."""
+    """Encode a message as a UTF-8 JSON body (``type`` first, then ``v``).
+
+    Raises:
+        UnicodeEncodeError, TypeError: only for a message that was changed after it was
+            built (``msgspec.structs.force_setattr``, a mutated ``params`` dict); a message
+            that passed :func:`validate_request` always encodes.
+    """
     return _encoder.encode(message)
+
+
+def validate_request(request: object) -> BacktestRequest:
+    """Check that ``request`` is a valid backtest request that survives the wire.
+
+    What a requester calls before it accepts a request (``submit`` does): the structs
+    check their values when built, but a request can still be changed afterwards (its
+    ``params`` dict mutated, ``msgspec.structs.force_setattr``), or not be a request.
+
+    Args:
+        request: what the caller passed.
+
+    Returns:
+        An equal copy, decoded from the request's own encoding: nobody else holds a
+        reference to it, so a change made to the caller's object after this call (a
+        mutated ``params`` dict) cannot reach the wire or a store.
+
+    Raises:
+        InvalidRequest: ``request`` is not a :class:`BacktestRequest` (``field`` ``""``,
+            e.g. ``"submit takes a BacktestRequest, got dict"``); a value breaks the rules
+            (``field`` names it); or encoding it and decoding it strictly does not give
+            an equal request back.
+    """
+    if not isinstance(request, BacktestRequest):
+        raise InvalidRequest("", f"submit takes a BacktestRequest, got {type(request).__name__}")
+    # The round trip runs every check again on the decoded copy (``__post_init__``), so
+    # an equal copy proves the original valid. Only on failure are the original's values
+    # checked directly, for a message that names the field.
+    problem_found: InvalidRequest | None = None
+    try:
+        decoded = _request_decoder.decode(_encoder.encode(request))
+    except msgspec.ValidationError as exc:
+        field, message = translate(exc)
+        problem_found = InvalidRequest(field, message)
+    except Exception as exc:  # UnicodeEncodeError, TypeError (unencodable), ...
+        problem_found = InvalidRequest(
+            "", f"the request cannot be encoded as JSON: {type(exc).__name__}: {exc}"
+        )
+    else:
+        if decoded == request:
+            return decoded
+        problem_found = InvalidRequest(
+            "", "the request does not survive encoding (decoded differs from the original)"
+        )
+    request.__post_init__()  # raises the precise error when a value was changed
+    request.strategy.__post_init__()
+    raise problem_found
+
+
+def _envelope(body: bytes) -> _Envelope | str:
+    """The loosest reading of ``body``, or why it cannot be read. Never raises."""
+    try:
+        return _envelope_decoder.decode(body)
+    except RecursionError:
+        return _TOO_DEEP
+    except msgspec.ValidationError as exc:
+        return f"body must be a JSON object: {exc}"
+    except msgspec.DecodeError as exc:
+        return f"body is not valid JSON: {exc}"
+    except Exception as exc:  # the safety net: untrusted bytes never raise anything else
+        return f"body could not be decoded: {type(exc).__name__}"
+
+
+def _valid_id(value: object) -> str | None:
+    try:
+        _check_request_id(value, InvalidMessage, optional=False)
+    except InvalidMessage:
+        return None
+    return value  # type: ignore[return-value]
 
 
 def peek_request_id(body: bytes) -> str | None:
     """Return the body's ``request_id`` if it is a JSON object with a valid one, else ``None``.
 
-    Never raises: it is for answering bad input with the right id.
+    Never raises: it is for answering bad input with the right id. A body the decoder
+    cannot read (nested too deeply, say) is searched token by token for a top-level
+    ``"request_id"`` when it is at most :data:`PEEK_LIMIT` bytes long.
     """
-    try:
-        envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    envelope = _envelope(body)
+    if isinstance(envelope, _Envelope):
+        return _valid_id(envelope.request_id)
+    if len(body) > PEEK_LIMIT:
         return None
-    rid = envelope.request_id
-    if isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID_LENGTH:
-        return rid
-    return None
+    return _valid_id(scan_request_id(bytes(body)))
 
 
 def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     """Decode and validate one message body.
+
+    Never raises anything but :class:`ProtocolError` on any bytes: JSON that is not
+    valid UTF-8 or not JSON, nested too deeply (the decoder's recursion limit), numbers
+    out of range, wrong types, values that break the rules of
+    :mod:`backtest_queue.validation`. Duplicate keys are not an error: the last one wins.
 
     Args:
         body: the JSON body frame.
@@ -283,60 +545,69 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
     Raises:
         ProtocolError: with ``code`` ``too_large`` (body over ``max_bytes``),
             ``unsupported_version`` (``v`` is not 1) or ``invalid_request`` (not JSON, not
-            an object, unknown ``type``, a missing field, a wrong type or a value out of
-            bounds; the message names the field). ``request_id`` is set when readable.
+            an object, nested too deeply, unknown ``type``, a missing field, a wrong type
+            or a value out of bounds; the message starts with the field's path, and
+            ``field`` holds it). ``request_id`` is set when readable.
     """
     if len(body) > max_bytes:
         raise ProtocolError(
             "too_large",
             f"message of {len(body)} bytes exceeds the {max_bytes}-byte limit",
-            request_id=peek_request_id(body[:4096]) if len(body) <= 4096 else None,
+            request_id=peek_request_id(body) if len(body) <= PEEK_LIMIT else None,
         )
     try:
         message = _decoder.decode(body)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
-        raise _explain(body, exc) from None
+        try:
+            error = _explain(body, exc)
+        except Exception as bug:  # the safety net, as below
+            error = ProtocolError("invalid_request", f"{exc} ({type(bug).__name__})")
+        raise error from None
     except msgspec.DecodeError as exc:
         raise ProtocolError("invalid_request", f"body is not valid JSON: {exc}") from None
-    if message.v != PROTOCOL_VERSION:
+    except RecursionError:
         raise ProtocolError(
-            "unsupported_version",
-            f"protocol version {message.v!r} is not supported; this side speaks v1",
-            request_id=getattr(message, "request_id", None),
-        )
-    if isinstance(message, BacktestRequest) and _envelope_decoder.decode(body).request_id is None:
-        # The struct generates ids for callers that build requests in Python; on the wire
-        # an id is required, or the reply could not be correlated. (The top-level field,
-        # not the text anywhere in the body: a parameter may be called "request_id".)
-        raise ProtocolError("invalid_request", "Object missing required field `request_id`")
+            "invalid_request", _TOO_DEEP, request_id=peek_request_id(body)
+        ) from None
+    except Exception as exc:  # the safety net: untrusted bytes never raise anything else
+        raise ProtocolError(
+            "invalid_request",
+            f"body could not be decoded: {type(exc).__name__}",
+            request_id=peek_request_id(body),
+        ) from None
+    if isinstance(message, BacktestRequest):
+        envelope = _envelope(body)
+        if not isinstance(envelope, _Envelope) or envelope.request_id is None:
+            # The struct generates ids for callers that build requests in Python; on the
+            # wire an id is required, or the reply could not be correlated. (The top-level
+            # field, not the text anywhere in the body: a parameter may be called so.)
+            raise ProtocolError(
+                "invalid_request", "request_id: missing required field", field="request_id"
+            )
     return message
 
 
 def _explain(body: bytes, exc: msgspec.ValidationError) -> ProtocolError:
-    try:
-        envelope = _envelope_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ProtocolError("invalid_request", "body must be a JSON object")
+    envelope = _envelope(body)
     rid = peek_request_id(body)
-    if envelope.v != PROTOCOL_VERSION:
+    if isinstance(envelope, str):
+        if envelope == _TOO_DEEP:  # the strict decoder failed first, on a real problem
+            field, message = translate(exc)
+            return ProtocolError("invalid_request", message, request_id=rid, field=field or None)
+        return ProtocolError("invalid_request", envelope, request_id=rid)
+    if envelope.v is not None and (type(envelope.v) is not int or envelope.v != PROTOCOL_VERSION):
         return ProtocolError(
             "unsupported_version",
             f"protocol version {envelope.v!r} is not supported; this side speaks v1",
             request_id=rid,
+            field="v",
         )
-    if envelope.type not in _TYPES:
+    if type(envelope.type) is not str or envelope.type not in _TYPES:
         return ProtocolError(
             "invalid_request",
-            f"unknown message type {envelope.type!r}; expected one of {sorted(_TYPES)}",
+            f"type: unknown message type {envelope.type!r}; expected one of {sorted(_TYPES)}",
             request_id=rid,
+            field="type",
         )
-    return ProtocolError("invalid_request", str(exc), request_id=rid)
-
-
-def validate_request(request: object) -> BacktestRequest:
-    """Return ``request`` if it is a valid request (placeholder)."""
-    from .errors import UsageError
-
-    if not isinstance(request, BacktestRequest):
-        raise UsageError(f"submit takes a BacktestRequest, got {type(request).__name__}")
-    return request
+    field, message = translate(exc)
+    return ProtocolError("invalid_request", message, request_id=rid, field=field or None)

@@ -1,4 +1,8 @@
-"""Arbitrary bytes and JSON: the decoder always explains, the service always answers."""
+"""Arbitrary bytes and JSON: the decoder always explains, the service always answers.
+
+The in-process service (trio and asyncio); ``test_service_hostile`` does the same to a
+live service process.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from hypothesis import strategies as st
 from backtest_queue.errors import ProtocolError
 from backtest_queue.protocol import ERROR_CODES, decode_message
 
+from hostile import hostile_bodies
 from service_helpers import PortalService, RawClient
 
 Client = Callable[..., RawClient]
@@ -135,3 +140,19 @@ def test_the_service_answers_any_framing(
     assert pong["type"] == "PONG"
     assert len(replies) == 1
     assert replies[0]["type"] in ("ERROR", "PONG")
+
+
+@FUZZ
+@given(body=hostile_bodies())
+def test_the_service_answers_mutated_and_nested_messages(
+    shared_service: PortalService, client_factory: Client, body: bytes
+) -> None:
+    """Valid messages with fields replaced by deep nesting, NaN literals, huge numbers,
+    lone surrogates, duplicated keys or damaged bytes: one reply each, never a crash."""
+    client = client_factory(shared_service.endpoint)
+    reply = exactly_one_reply(client, [b"", body])
+    if reply["type"] == "ERROR":
+        assert reply["code"] in ERROR_CODES
+        assert reply["code"] != "engine_error", reply
+    else:
+        assert reply["type"] in ("PONG", "BACKTEST_RESULT")

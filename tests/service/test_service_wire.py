@@ -158,7 +158,7 @@ def test_unknown_data_id(client: RawClient) -> None:
             ).encode(),
             "invalid_request",
             None,
-            "missing required field `request_id`",
+            "request_id: missing required field",
         ),
         (b'{"type": "PONG", "v": 1}', "invalid_request", None, "PONG is a reply"),
         (

@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ import zmq
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .. import __version__
-from ..errors import ProtocolError, TransportError, UsageError
+from .._ratelog import RateLimitedLog
+from ..errors import InvalidMessage, ProtocolError, TransportError, UsageError
 from ..protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -81,6 +83,12 @@ HARD_CAP_FACTOR: Final = 2
 _SEND_BUDGET: Final = 1000
 #: Error messages are cut to this many characters (they may quote the peer's input).
 _MAX_ERROR_TEXT: Final = 300
+#: Lines logged per error code per interval (seconds) for bad input; the rest are counted
+#: and summarised ("suppressed K similar ... lines").
+ERROR_LOG_BURST: Final = 20
+ERROR_LOG_INTERVAL: Final = 60.0
+#: Control characters (C0, DEL, C1): never in a reply or a log line.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NOT_RUN: Final = "the service is stopping; the backtest was not run; send it again"
 _CUT_SHORT: Final = "the service stopped before the backtest finished; send it again"
 
@@ -149,7 +157,10 @@ def is_loopback(endpoint: str) -> bool:
 
 
 def _one_line(text: str) -> str:
+    """One line of valid, printable UTF-8 text, at most ``_MAX_ERROR_TEXT`` characters."""
     line = " ".join(text.split())
+    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
     return line if len(line) <= _MAX_ERROR_TEXT else line[: _MAX_ERROR_TEXT - 3] + "..."
 
 
@@ -209,6 +220,9 @@ class Service:
         self._stopping = False
         self._changed_event: anyio.Event | None = None
         self._outbox = Outbox(reply_timeout=reply_timeout)
+        self._error_log = RateLimitedLog(
+            log, burst=ERROR_LOG_BURST, interval=ERROR_LOG_INTERVAL, clock=anyio.current_time
+        )
         self._in_flight: set[tuple[bytes, str]] = set()
         self._jobs_send, self._jobs_receive = anyio.create_memory_object_stream[_Job](max_queued)
         # Kept by the service to answer what is still queued when it stops.
@@ -302,9 +316,10 @@ class Service:
         text = _one_line(message)
         self._count(_ERROR_COUNTERS[code])
         level = logging.WARNING if code in ("engine_error", "unavailable") else logging.INFO
-        log.log(
+        self._error_log.log(
+            code,
             level,
-            "answering requester %s with %s (request %s): %s",
+            "answering requester %s with %s (request %r): %s",
             _peer_name(peer),
             code,
             request_id,
@@ -320,9 +335,16 @@ class Service:
         if isinstance(outcome, str):
             self._error(job.peer, code, outcome, request_id)
             return
+        try:
+            fingerprint = self.fingerprints.get(job.request.data_id)
+            reply = BacktestResult(
+                request_id=request_id, result=outcome, data_fingerprint=fingerprint
+            )
+        except InvalidMessage as exc:  # a plugged-in engine returned something else
+            self._error(job.peer, "engine_error", f"the engine's result is invalid: {exc}",
+                        request_id)  # fmt: skip
+            return
         self._count("backtests_completed")
-        fingerprint = self.fingerprints.get(job.request.data_id)
-        reply = BacktestResult(request_id=request_id, result=outcome, data_fingerprint=fingerprint)
         self._reply(job.peer, reply)
 
     def _flush(self) -> None:
@@ -485,9 +507,7 @@ class Service:
                 # decode_message looks for the text '"request_id"' anywhere in the body, so
                 # a request without the field but with that key elsewhere (in params, say)
                 # got a generated id the requester could not correlate.
-                self._error(
-                    peer, "invalid_request", "Object missing required field `request_id`", None
-                )
+                self._error(peer, "invalid_request", "request_id: missing required field", None)
                 return None
             return self._accept(peer, message)
         if isinstance(message, Ping):
@@ -818,6 +838,7 @@ async def _serve(
                     tg.cancel_scope.cancel()
         finally:
             service._close_streams()
+            service._error_log.flush()
         stats = service.statistics()
         log.info(
             "service stopped: %d backtest(s) completed, %d engine error(s), %d reply(ies) dropped",
