@@ -37,6 +37,15 @@ from .errors import (
     QueueFull as QueueFull,
 )
 from .errors import (
+    StoreBusy as StoreBusy,
+)
+from .errors import (
+    StoreError as StoreError,
+)
+from .errors import (
+    StoreLocked as StoreLocked,
+)
+from .errors import (
     TransportError as TransportError,
 )
 from .errors import (
@@ -134,6 +143,9 @@ __all__ = [
     "ProtocolError",
     "QueueFull",
     "QueueStats",
+    "StoreBusy",
+    "StoreError",
+    "StoreLocked",
     "Strategy",
     "SubmitState",
     "Throttle",
