@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from backtest_queue import BacktestRequest, Outcome, Strategy, open_dispatcher
 from backtest_queue.errors import ProtocolError
-from backtest_queue.protocol import BacktestResult, ErrorReply, decode_message
+from backtest_queue.protocol import BacktestResult, ErrorReply, Pong, decode_message
 
 from hostile import REPLIES, dump, error_message, hostile_replies, mutated, result_message
 from service_process import PROCS, wait_ready
@@ -77,14 +77,15 @@ def hostile_service() -> Iterator[HostileService]:
 
 def is_invalid(frames: Frames, request_id: str) -> bool:
     """Whether the dispatcher must count this reply as invalid (what its receiver does:
-    wrong framing, a body that does not decode, or a message that is not a reply)."""
+    wrong framing, a body that does not decode, or a message that is not a reply; a PONG
+    is one, unasked or not: it carries the services' data fingerprints)."""
     if len(frames) != 2 or frames[0] != b"":
         return True
     try:
         message = decode_message(frames[1].replace(b"@RID@", request_id.encode()))
     except ProtocolError:
         return True
-    return not isinstance(message, BacktestResult | ErrorReply)
+    return not isinstance(message, BacktestResult | ErrorReply | Pong)
 
 
 def request(request_id: str) -> BacktestRequest:

@@ -383,8 +383,8 @@ class Dispatcher(_Sending):
         """Wait until at least one service is up (bound it with ``fail_after``).
 
         With a store's result cache, "up" also means the service has answered the PING
-        sent at connect, so the fingerprints of its datasets are known and ``submit``
-        can answer from the cache. A checkpoint on every path.
+        sent at connect (or not within a second), so the fingerprints of its datasets are
+        known and ``submit`` can answer from the cache. A checkpoint on every path.
 
         Raises:
             DispatcherClosed: the block has ended (also while waiting).

@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .delivery import OutcomeBook
 from .policy import BacktestQueue, FailedRequest
-from .protocol import BacktestRequest, Ping, encode_message
+from .protocol import BacktestRequest, Ping, encode_message, new_request_id
 from .transport import ConnectionEvent, Requester, SendStatus
 
 __all__: list[str] = []
@@ -34,6 +34,7 @@ __all__: list[str] = []
 log = logging.getLogger("backtest_queue")
 
 _FLUSH_CHUNK: Final = 128
+_PONG_WAIT: Final = 1.0  # seconds a caching dispatcher waits for a PONG before it is ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +166,22 @@ class _Sending:
         self._connected = anyio.Event()
 
     def _ping(self, endpoint: str) -> None:
-        """Ask a service that came up for its datasets' fingerprints (best effort; only
-        the result cache needs them)."""
-        if self._cache and endpoint not in self._blocked:
-            self._sockets[endpoint].send_batch([[b"", encode_message(Ping())]])
+        """Ask a service that came up for its datasets' fingerprints (only the result
+        cache needs them). A service that does not answer within ``_PONG_WAIT`` seconds
+        counts as ready all the same (its results still teach the fingerprints)."""
+        if not self._cache or self._task_group is None:
+            return
+        if endpoint not in self._blocked:
+            ping = Ping(request_id=f"ping-{new_request_id()}")
+            self._sockets[endpoint].send_batch([[b"", encode_message(ping)]])
+        self._task_group.start_soon(self._ready_anyway, endpoint)
+
+    async def _ready_anyway(self, endpoint: str) -> None:
+        await anyio.sleep(_PONG_WAIT)
+        if endpoint in self._up and endpoint not in self._ready:
+            log.info("%s did not answer the PING sent at connect within %g s; its data "
+                     "fingerprints are learned from its results", endpoint, _PONG_WAIT)  # fmt: skip
+            self._set_ready(endpoint)
 
     async def _flusher(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
