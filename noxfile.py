@@ -44,9 +44,13 @@ def examples(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON[0])
 def bench(session: nox.Session) -> None:
-    """The benchmark harness (pass --quick for a run under a minute)."""
+    """The benchmark harnesses: throughput, flush, memory, durable queue, then search
+    quality (pass --quick for a short run of both)."""
     session.install("-e", ".[all]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+    quick = ["--seeds", "2", "--generations", "3", "--population", "8"]
+    session.run("python", "-m", "benchmarks.search_quality",
+                *(quick if "--quick" in session.posargs else []))  # fmt: skip
 
 
 @nox.session(python=PYTHON[0])
