@@ -96,12 +96,7 @@ def exactly_one_result_each(ids: list[str], outcomes: list[Outcome]) -> None:
 
 
 async def wait_until_up(dispatcher: Dispatcher, endpoints: set[str]) -> None:
-    """Wait until the dispatcher has seen a handshake with each of ``endpoints``.
-
-    The public API has no event for "this endpoint is up" (``wait_connected`` waits for
-    any one), so this polls ``stats()`` every 10 ms: a wait for a condition, not a sleep
-    to let things settle; bound it with ``fail_after``. The stubs print ``handshake``
-    first, so it lasts a few ms at most.
-    """
-    while not endpoints <= set(dispatcher.stats().endpoints_up):  # noqa: ASYNC110
-        await anyio.sleep(0.01)
+    """Wait until the dispatcher has seen a handshake with each of ``endpoints``
+    (bound it with ``fail_after``)."""
+    for endpoint in sorted(endpoints):
+        await dispatcher.wait_connected(endpoint)

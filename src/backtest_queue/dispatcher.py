@@ -379,8 +379,11 @@ class Dispatcher(_Sending):
         self._rearm_flusher()
         return sent
 
-    async def wait_connected(self) -> None:
-        """Wait until at least one service is up (bound it with ``fail_after``).
+    async def wait_connected(self, endpoint: str | None = None) -> None:
+        """Wait until a service is up (bound it with ``fail_after``).
+
+        Args:
+            endpoint: wait for this one of :attr:`endpoints` (default: any one).
 
         With a store's result cache, "up" also means the service has answered the PING
         sent at connect (or not within a second), so the fingerprints of its datasets are
@@ -388,10 +391,13 @@ class Dispatcher(_Sending):
 
         Raises:
             DispatcherClosed: the block has ended (also while waiting).
+            UsageError: ``endpoint`` is not one of :attr:`endpoints`.
         """
         await anyio.lowlevel.checkpoint()
         self._check_thread()
-        while not self._ready:
+        if endpoint is not None and endpoint not in self._sockets:
+            raise UsageError(f"{endpoint!r} is not one of this dispatcher's endpoints")
+        while not (self._ready if endpoint is None else endpoint in self._ready):
             self._check_open()
             await self._connected.wait()
 
