@@ -16,24 +16,13 @@ from hypothesis import strategies as st
 from backtest_queue.errors import ProtocolError
 from backtest_queue.protocol import ERROR_CODES, decode_message
 
-from hostile import hostile_bodies
+from hostile import hostile_bodies, json_values
 from service_helpers import PortalService, RawClient
 
 Client = Callable[..., RawClient]
 
 TYPES = ["BACKTEST", "BACKTEST_RESULT", "ERROR", "PING", "PONG", "NOPE"]
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
 numbers = st.integers(-5, 300) | st.floats(-5.0, 300.0, allow_nan=False)
 strategies = st.fixed_dictionaries(
     {"name": st.text(max_size=5), "kind": st.sampled_from(["sma_cross", "rsi_reversion", "x"])},
