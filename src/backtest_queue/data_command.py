@@ -109,12 +109,14 @@ def describe_interval(index: pd.DatetimeIndex) -> tuple[str, str]:
     """The bar interval (the most common step) and the gaps (longer steps), in words.
 
     Args:
-        index: sorted, unique stamps (at least two).
+        index: sorted, unique stamps.
 
     Returns:
         ``(interval, gaps)``, e.g. ``("1h", "12 gaps longer than 1h (largest 2d 1h,
-        after 2017-04-21T20:00:00)")``.
+        after 2017-04-21T20:00:00)")``; ``("unknown", "one bar only")`` for one bar.
     """
+    if len(index) < 2:
+        return "unknown", "one bar only"
     steps = np.diff(index.asi8)  # in the index's unit
     unit_ns = pd.Timedelta(1, unit=index.unit).value
     values, counts = np.unique(steps, return_counts=True)

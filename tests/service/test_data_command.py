@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from backtest_queue.data_command import describe_interval
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +173,9 @@ def test_a_service_whose_data_files_are_all_refused_does_not_start(tmp_path: Pat
     assert "us-dates.csv, line 2: date '01/02/2023' is ambiguous" in output
     assert f"backtest-queue data check {tmp_path}" in output
     assert "service ready" not in output
+
+
+def test_describe_interval_of_one_bar_says_so() -> None:
+    """A file that is one bar after dropping exact repeats crashed ``data check``."""
+    index = pd.DatetimeIndex(["2023-01-02 00:00"])
+    assert describe_interval(index) == ("unknown", "one bar only")

@@ -407,3 +407,16 @@ def test_any_text_is_read_or_refused_never_crashes(tmp_path: Path, text: str) ->
         assert read.bars.index.is_unique
         assert (read.bars["High"] >= read.bars["Low"]).all()
     assert message.startswith(str(path))
+
+
+@pytest.mark.parametrize("year", ["1600", "9999"])
+def test_stamps_outside_the_nanosecond_range_are_refused_naming_the_line(
+    tmp_path: Path, year: str
+) -> None:
+    """A fresh-eyes trial: such a file passed ``data check`` and then stopped the service
+    at start-up (OutOfBoundsDatetime while fingerprinting)."""
+    rows = [f"{year}-01-02 0{i}:00,1,1.1,0.9,1,10" for i in range(3)]
+    path = write(tmp_path, "OLD-H1.csv", "timestamp,open,high,low,close,volume\n"
+                 + "\n".join(rows) + "\n")  # fmt: skip
+    with pytest.raises(DatasetError, match=r"line 2: time stamp .* outside the range"):
+        read_bars_csv(path)

@@ -66,6 +66,26 @@ def parse_stamps(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
         RowProblem: a stamp cannot be read, or the format is ambiguous; names the line
             and the fix.
     """
+    index, described, zone = _parse(text)
+    # pandas may keep stamps outside its nanosecond range at a coarser unit; the engine
+    # and the fingerprint work in nanoseconds: refuse them here, naming the line.
+    ns = index.as_unit("s")
+    outside = np.flatnonzero((ns < _FIRST_STAMP) | (ns > _LAST_STAMP))
+    if outside.size:
+        row = int(outside[0])
+        raise RowProblem(
+            f"time stamp {text.iloc[row]!r} is outside the range pandas can hold in "
+            f"nanoseconds ({_FIRST_STAMP.date()} .. {_LAST_STAMP.date()}); check the year",
+            int(text.index[row]),
+        )
+    return index.as_unit("ns"), described, zone
+
+
+_FIRST_STAMP = pd.Timestamp.min.ceil("D").tz_localize(None)
+_LAST_STAMP = pd.Timestamp.max.floor("D").tz_localize(None)
+
+
+def _parse(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
     sample = str(text.iloc[0])
     if re.fullmatch(r"\d+(\.\d+)?", sample) and not (
         len(sample) == 8 and _first_format(sample, ("%Y%m%d",))
