@@ -134,6 +134,18 @@ def test_the_same_process_opening_twice_is_refused(tmp_path: Path) -> None:
         assert store.restore().requests == [make_request(1)]
 
 
+def test_a_symlink_to_a_store_in_use_is_refused_too(tmp_path: Path) -> None:
+    """A fresh-eyes trial: the lock was found by the path as given, so a symlink to a
+    store in use opened it a second time, exclusively."""
+    (tmp_path / "alias").mkdir()
+    link = tmp_path / "alias" / "link.db"
+    link.symlink_to(tmp_path / "q.db")
+    with SqliteStore(tmp_path / "q.db"), pytest.raises(StoreLocked):
+        SqliteStore(link)
+    with SqliteStore(link), pytest.raises(StoreLocked):  # and the other way round
+        SqliteStore(tmp_path / "q.db")
+
+
 def test_shared_openers_share_the_cache_but_never_a_live_owners_requests(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     with holder(db, "shared", "first", n=4) as first, SqliteStore(db, shared=True) as second:

@@ -143,7 +143,8 @@ class StoreError(BacktestQueueError):
 
 
 class StoreBusy(BacktestQueueError):
-    """Another connection held the store's lock for longer than ``busy_timeout``.
+    """Another connection held the store's lock for too long (a ``SqliteStore``'s
+    ``busy_timeout``, a dispatcher's ``store_timeout``).
 
     Nothing of the operation that raised this was applied: the caller still owns its
     batch and may retry it later.
@@ -155,8 +156,9 @@ class StoreBusy(BacktestQueueError):
 
     def __init__(self, path: str, waited: float) -> None:
         super().__init__(
-            f"store {path!r} stayed locked by another connection for {waited:.1f} s "
-            "(busy_timeout); nothing was written. Retry later, or raise busy_timeout"
+            f"store {path!r} stayed locked by another connection for {waited:.1f} s; "
+            "nothing was written. Retry later, or wait longer (open_dispatcher's "
+            "store_timeout, SqliteStore's busy_timeout)"
         )
         self.path = path
         self.waited = waited

@@ -56,7 +56,9 @@ class OwnerLock:
 
     def __init__(self, db_path: Path, *, shared: bool) -> None:
         self.path = str(db_path)
-        self.dir = Path(f"{db_path}.owners")
+        # Beside the real file: a symlink to a store in use must meet the same lock.
+        # (A hard link cannot be told from another file by its path: not covered.)
+        self.dir = Path(f"{os.path.realpath(db_path)}.owners")
         self.mode: Literal["exclusive", "shared"] = "shared" if shared else "exclusive"
         if sys.platform == "win32":  # pragma: no cover - POSIX only
             raise StoreError(self.path, "a store needs POSIX flock(), not available here")
