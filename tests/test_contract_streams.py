@@ -188,3 +188,32 @@ async def test_a_stream_read_to_its_end_and_one_never_touched_leave_no_warning()
         del d, untouched
         gc.collect()
     assert [str(w.message) for w in caught] == []
+
+
+async def test_a_wait_held_back_by_unread_outcomes_says_so_then_returns_once_they_are_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fresh-eyes trial: ``wait`` for one id while other outcomes pile up unread hung
+    silently. Backpressure still applies (the bound is the point), but it says so, and
+    reading the stream lets the wait return, with nothing lost or doubled."""
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    async with open_dispatcher([EP], network=net, outcome_buffer=5, max_pending=1) as d:
+        with anyio.fail_after(10):
+            await d.wait_connected()
+            states = await d.submit_many([request(i) for i in range(10)])
+            last = states[-1].request_id
+            got: list[Outcome] = []
+
+            async def waiter() -> None:
+                got.append(await d.wait(last))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                assert got == []  # held back: five outcomes of other requests are unread
+                assert d.stats().unread_outcomes == 5
+                assert "may not return" in caplog.text
+                read = [await d.outcomes.receive() for _ in range(9)]
+    assert [o.request_id for o in got] == [last]
+    assert sorted(o.request_id for o in read) == sorted(s.request_id for s in states[:-1])

@@ -40,6 +40,8 @@ __all__ = ["OutcomeBook", "OutcomeStream", "OutcomeStreamStatistics"]
 
 log = logging.getLogger("backtest_queue")
 
+_WARN_EVERY = 60.0  # seconds between warnings that waiters depend on the stream
+
 
 @dataclass(frozen=True, slots=True)
 class OutcomeStreamStatistics:
@@ -92,6 +94,7 @@ class OutcomeBook:
         self._room = anyio.Event()  # set when the book stops being full
         self._readers = 0
         self._held = False  # full: held until unread falls to the low-water mark
+        self._warned_at = -math.inf
         self._low = math.floor(bound / 2) if math.isfinite(bound) else 0
         self.ended = False  # the dispatcher closed: nothing more is added
         self.reader_closed = False
@@ -138,9 +141,25 @@ class OutcomeBook:
                       outcome.request_id)  # fmt: skip
             return
         self._unread[outcome.request_id] = outcome
-        if len(self._unread) >= self.bound:
+        if len(self._unread) >= self.bound and not self._held:
             self._held = True
+            if self._waiters:
+                self.warn_held()
         self._arrived.set()
+
+    def warn_held(self) -> None:
+        """Say (at most once a minute) that tasks in ``wait`` depend on the stream being
+        read: a silent hang is the one thing backpressure must not look like."""
+        now = anyio.current_time()
+        if now - self._warned_at < _WARN_EVERY:
+            return
+        self._warned_at = now
+        log.warning(
+            "%d outcomes are unread (outcome_buffer=%g): the dispatcher reads no replies "
+            "and sends no requests until half of them are read from `outcomes`; %d task(s) "
+            "in wait() may not return until then",
+            len(self._unread), self.bound, len(self._waiters),
+        )  # fmt: skip
 
     def end(self) -> None:
         """No more outcomes will come: readers get ``EndOfStream`` after the unread ones."""
@@ -185,6 +204,8 @@ class OutcomeBook:
             raise UsageError(f"another task already waits for request {request_id!r}")
         waiter = _Waiter()
         self._waiters[request_id] = waiter
+        if self._held:
+            self.warn_held()
         try:
             await waiter.event.wait()
         except BaseException:
