@@ -78,7 +78,7 @@ def parse_stamps(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
             f"nanoseconds ({_FIRST_STAMP.date()} .. {_LAST_STAMP.date()}); check the year",
             int(text.index[row]),
         )
-    return index.as_unit("ns"), described, zone
+    return index, described, zone
 
 
 _FIRST_STAMP = pd.Timestamp.min.ceil("D").tz_localize(None)
