@@ -219,20 +219,26 @@ def wait_until_ready(
     timeout: float = 40.0,
     client_options: dict[int, Any] | None = None,
 ) -> None:
-    """PING until a PONG comes back; fail early if the process exits."""
+    """PING until a PONG comes back; fail early if the process exits.
+
+    Each probe is a fresh DEALER with one PING, given up to 2 s and then closed, so a
+    PING lost on a connection made before the service was bound (seen once in CI, on a
+    loaded machine) cannot make the whole wait fail, and a late PONG cannot reach a
+    socket the test goes on to use.
+    """
     deadline = time.monotonic() + timeout
-    with RawClient(context, service.endpoint, options=client_options) as client:
-        # One PING: the DEALER holds it until the service is bound, which reads it once
-        # its workers are up.
-        client.send({"type": "PING", "v": 1, "request_id": "ready?"})
-        while time.monotonic() < deadline:
-            if service.process.poll() is not None:
-                raise AssertionError(
-                    f"service exited with {service.process.returncode}:\n{service.log()}"
-                )
-            if client.socket.poll(100):
-                assert client.receive()["type"] == "PONG"
-                return
+    while time.monotonic() < deadline:
+        with RawClient(context, service.endpoint, options=client_options) as client:
+            client.send({"type": "PING", "v": 1, "request_id": "ready?"})
+            probe_ends = min(deadline, time.monotonic() + 2.0)
+            while time.monotonic() < probe_ends:
+                if service.process.poll() is not None:
+                    raise AssertionError(
+                        f"service exited with {service.process.returncode}:\n{service.log()}"
+                    )
+                if client.socket.poll(100):
+                    assert client.receive()["type"] == "PONG"
+                    return
     raise AssertionError(f"service not ready within {timeout} s:\n{service.log()}")
 
 
