@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
@@ -179,11 +180,9 @@ def open_dispatcher(
     return _DispatcherContext(settings)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Settings:
     """Everything :func:`open_dispatcher` checked, for the context to open."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.__dict__.update(kwargs)
 
     endpoints: list[str]
     queue: BacktestQueue[BacktestRequest]

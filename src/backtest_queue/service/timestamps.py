@@ -69,8 +69,8 @@ def parse_stamps(text: pd.Series) -> tuple[pd.DatetimeIndex, str, str]:
     index, described, zone = _parse(text)
     # pandas may keep stamps outside its nanosecond range at a coarser unit; the engine
     # and the fingerprint work in nanoseconds: refuse them here, naming the line.
-    ns = index.as_unit("s")
-    outside = np.flatnonzero((ns < _FIRST_STAMP) | (ns > _LAST_STAMP))
+    seconds = index.as_unit("s")  # every stamp pandas read fits at this unit
+    outside = np.flatnonzero((seconds < _FIRST_STAMP) | (seconds > _LAST_STAMP))
     if outside.size:
         row = int(outside[0])
         raise RowProblem(
