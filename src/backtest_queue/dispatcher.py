@@ -46,6 +46,7 @@ from .transport import ConnectionEvent, CurveClient, Requester
 
 if TYPE_CHECKING:
     from .lifecycle import open_dispatcher
+    from .metrics import RequesterMetrics
 
 __all__ = ["CurveClient", "Dispatcher", "open_dispatcher"]
 
@@ -70,6 +71,8 @@ class Dispatcher(_Sending):
             or their outcome re-delivered).
         quarantined: rows of the store that could not be read back (see
             :mod:`backtest_queue.store`); reported once in the log.
+        metrics: its Prometheus metrics (:class:`~backtest_queue.metrics.RequesterMetrics`:
+            ``.url``, ``.port``, ``.registry``) when opened with ``metrics=``, else ``None``.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class Dispatcher(_Sending):
         # A hostile or broken peer cannot flood the log: bursts, then a summary line.
         self._bad_reply_log = RateLimitedLog(log, burst=20, interval=60.0, clock=anyio.current_time)
         self.quarantined: tuple[object, ...] = ()
+        self.metrics: RequesterMetrics | None = None  # set by open_dispatcher(metrics=...)
 
     # -- public API --------------------------------------------------------------
 
@@ -440,6 +444,8 @@ class Dispatcher(_Sending):
                 ops.append(StoreOp("result", outcome.request, result=outcome.result,
                                    fingerprint=fingerprint))  # fmt: skip
             self._writer.write_nowait(ops)
+        if self.metrics is not None:
+            self.metrics.delivered(outcome)
         self._book.deliver(outcome)
         if not (self._queue.queued or self._queue.pending or self._instant):
             self._idle.set()

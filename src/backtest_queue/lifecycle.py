@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import zmq
 
 from .dispatcher import Dispatcher
 from .errors import UsageError
+from .metrics import MetricsSettings, metrics_settings, open_requester_metrics
 from .policy import BacktestQueue
 from .protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES, BacktestRequest
 from .settings import (
@@ -37,6 +38,9 @@ from .settings import (
 from .store import SqliteStore
 from .store_writer import StoreWriter
 from .transport import CurveClient, Network, Requester, ZmqNetwork, requester_options
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["open_dispatcher"]
 
@@ -68,6 +72,7 @@ def open_dispatcher(
     cache: bool = True,
     context: zmq.Context[Any] | None = None,
     network: Network | None = None,
+    metrics: MetricsSettings | int | CollectorRegistry | None = None,
 ) -> AbstractAsyncContextManager[Dispatcher]:
     """Open a dispatcher: requester sockets, connector, flusher and receivers.
 
@@ -117,16 +122,23 @@ def open_dispatcher(
             :class:`~backtest_queue.transport.ZmqNetwork`); tests pass the in-memory
             :class:`~backtest_queue.testing.MemoryNetwork`. The socket settings above
             apply to ZeroMQ only.
+        metrics: Prometheus metrics (the ``metrics`` extra; see ``docs/metrics.md``): a
+            port for an HTTP server on 127.0.0.1 answering ``/metrics`` (0: a free port,
+            read :attr:`Dispatcher.metrics` ``.port``), a
+            ``prometheus_client.CollectorRegistry`` of yours to register in (no server),
+            or :class:`~backtest_queue.metrics.MetricsSettings`; ``None``: no metrics.
 
     Returns:
         An async context manager yielding the :class:`Dispatcher`.
 
     Raises:
         UsageError: a setting has the wrong type or is out of range (raised here, before
-            anything opens), or no endpoints were given.
+            anything opens), or no endpoints were given, or ``metrics`` is asked for
+            without prometheus-client installed.
         StoreError: the store cannot be opened (``StoreLocked``: another live process
             holds it).
-        TransportError: an endpoint is malformed (on entering the block).
+        TransportError: an endpoint is malformed, or the metrics server cannot bind its
+            port (on entering the block).
 
     On exit everything still queued or pending gets an outcome with reason ``shutdown``
     and the outcome stream is ended (readers see ``EndOfStream`` after the last one).
@@ -171,7 +183,7 @@ def open_dispatcher(
         endpoints=endpoint_list, queue=queue, on_full=on_full, outcome_buffer=outcome_buffer,
         drain_timeout=drain_timeout, max_message_bytes=max_message_bytes, store=store,
         store_shared=store_shared, store_timeout=store_timeout, cache=cache, context=context,
-        network=network,
+        network=network, metrics=metrics_settings(metrics),
         options=requester_options(
             heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
             max_message_bytes=max_message_bytes, curve=curve,
@@ -197,6 +209,7 @@ class _Settings:
     context: zmq.Context[Any] | None
     network: Network | None
     options: dict[int, Any]
+    metrics: MetricsSettings | None = None
 
 
 class _DispatcherContext(AbstractAsyncContextManager[Dispatcher]):
@@ -278,6 +291,8 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
                 dispatcher.quarantined = tuple(restored.quarantined)
                 dispatcher._restore(restored.outcomes)
             try:
+                if s.metrics is not None:  # served until after the shutdown outcomes
+                    await stack.enter_async_context(open_requester_metrics(dispatcher, s.metrics))
                 async with anyio.create_task_group() as tg:
                     dispatcher._task_group = tg
                     if writer is not None:

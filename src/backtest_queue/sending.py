@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
@@ -28,6 +28,9 @@ from .delivery import OutcomeBook
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Ping, encode_message, new_request_id
 from .transport import ConnectionEvent, Requester, SendStatus
+
+if TYPE_CHECKING:
+    from .metrics import RequesterMetrics
 
 __all__: list[str] = []
 
@@ -64,6 +67,7 @@ class _Sending:
     _flusher_wakes_at: float
     _task_group: anyio.abc.TaskGroup | None
     _cache: bool
+    metrics: RequesterMetrics | None
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         raise NotImplementedError
@@ -90,6 +94,8 @@ class _Sending:
                     [b"", encode_message(r)] for r in requests
                 )
             sent += count
+            if count and self.metrics is not None:
+                self.metrics.sent(requests[:count])
             if count < len(requests):
                 unsent.extend(r.request_id for r in requests[count:])
                 if status is SendStatus.WOULD_BLOCK:
