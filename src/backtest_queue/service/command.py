@@ -22,6 +22,7 @@ import anyio
 import zmq
 
 from ..errors import TransportError, UsageError
+from ..metrics import add_metrics_arguments, metrics_from_args
 from ..protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
 from .engine import EngineError
 from .server import LINGER, open_service
@@ -99,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="trio",
         help="the anyio event loop (default trio)",
     )
+    add_metrics_arguments(parser, what="service")
 
 
 async def _serve(settings: dict[str, Any]) -> int:
@@ -145,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             "shutdown_grace": args.shutdown_grace,
             "socket_options": options,
             "context": context,
+            "metrics": metrics_from_args(args),
         }
         return anyio.run(partial(_serve, settings), backend=args.backend)
     except UsageError as exc:

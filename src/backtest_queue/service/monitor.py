@@ -23,19 +23,25 @@ from ..transport import ZmqSocket, open_socket
 
 __all__ = ["run_connection_monitor"]
 
-_EVENTS: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_REFUSED: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_EVENTS: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _REFUSED
 
 
 async def run_connection_monitor(
     context: zmq.Context[Any],
     sock: ZmqSocket,
-    on_event: Callable[[Literal["up", "down"], str], None],
+    on_event: Callable[[Literal["up", "down", "refused"], str], None],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Call ``on_event(kind, endpoint)`` for each connection change, until cancelled.
 
-    ``"up"``: a requester completed the ZMTP handshake; ``"down"``: a connection closed.
+    ``"up"``: a requester completed the ZMTP handshake; ``"down"``: a connection closed;
+    ``"refused"``: a handshake failed (CURVE authentication or mechanism).
     ``started()`` is called once events can no longer be missed.
     """
     endpoint = f"inproc://service-monitor-{id(sock):x}"
@@ -51,9 +57,13 @@ async def run_connection_monitor(
                     for frames in await pair.receive_batch():
                         info = parse_monitor_message(frames)
                         where = info["endpoint"].decode(errors="replace")
-                        on_event(
-                            "up" if info["event"] & zmq.EVENT_HANDSHAKE_SUCCEEDED else "down", where
-                        )
+                        event = info["event"]
+                        kind: Literal["up", "down", "refused"] = (
+                            "up" if event & zmq.EVENT_HANDSHAKE_SUCCEEDED
+                            else "refused" if event & _REFUSED
+                            else "down"
+                        )  # fmt: skip
+                        on_event(kind, where)
             finally:
                 # While the reader is open (see the module docstring).
                 with contextlib.suppress(zmq.ZMQError):

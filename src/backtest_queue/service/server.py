@@ -28,7 +28,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 import anyio
 import anyio.abc
@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .. import __version__
 from .._ratelog import RateLimitedLog
 from ..errors import InvalidMessage, ProtocolError, TransportError, UsageError
+from ..metrics import MetricsSettings, metrics_settings
 from ..protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -59,10 +60,14 @@ from ..transport import SendStatus, ZmqSocket, open_socket
 from .datasets import Catalog, load_catalog
 from .engine import BacktestingPyEngine, Engine, EngineError, ServiceUnavailable
 from .fingerprint import fingerprint_datasets
+from .metrics import ServiceMetrics, open_service_metrics
 from .monitor import run_connection_monitor
 from .outbox import Dropped, Outbox
 from .pool import WorkerPool, open_pool
 from .statistics import ServiceStatistics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["Service", "open_service", "service_socket_options"]
 
@@ -110,6 +115,8 @@ CounterName = Literal[
     "replies_dropped",
     "connections",
     "disconnects",
+    "decode_errors",
+    "handshakes_refused",
 ]
 _ERROR_COUNTERS: Final[Mapping[str, CounterName]] = {
     "invalid_request": "invalid_requests",
@@ -186,6 +193,8 @@ class Service:
         fingerprints: data_id -> content fingerprint of its OHLCV data (see
             :mod:`.fingerprint`), reported in every PONG and result.
         skipped: one message per data file that was not loaded.
+        metrics: its Prometheus metrics (:class:`.metrics.ServiceMetrics`: ``.url``,
+            ``.port``, ``.registry``) when opened with ``metrics=``, else ``None``.
     """
 
     def __init__(
@@ -208,6 +217,7 @@ class Service:
         self.datasets = tuple(catalog.ids)
         self.fingerprints: Mapping[str, str] = dict(fingerprints)
         self.skipped = catalog.skipped
+        self.metrics: ServiceMetrics | None = None  # set by open_service(metrics=...)
         self._sock = sock
         self._context = context
         self._pool = pool
@@ -332,6 +342,8 @@ class Service:
         """Answer a job that was accepted: its metrics, or an error ``code`` and message."""
         request_id = job.request.request_id
         self._in_flight.discard((job.peer, request_id))
+        if self.metrics is not None:
+            self.metrics.answered(job.peer, request_id)
         if isinstance(outcome, str):
             self._error(job.peer, code, outcome, request_id)
             return
@@ -412,10 +424,13 @@ class Service:
             self._context, self._sock, self._on_connection, task_status=task_status
         )
 
-    def _on_connection(self, kind: Literal["up", "down"], endpoint: str) -> None:
+    def _on_connection(self, kind: Literal["up", "down", "refused"], endpoint: str) -> None:
         if kind == "up":
             self._count("connections")
             log.debug("requester connected: %s", endpoint)
+        elif kind == "refused":
+            self._count("handshakes_refused")
+            log.info("refused a requester's handshake: %s", endpoint)
         else:
             self._count("disconnects")
             log.debug("requester disconnected: %s", endpoint)
@@ -500,6 +515,7 @@ class Service:
         try:
             message = decode_message(frames[2], max_bytes=self._max_message_bytes)
         except ProtocolError as exc:
+            self._count("decode_errors")
             self._error(peer, exc.code, exc.message, exc.request_id)
             return None
         if isinstance(message, BacktestRequest):
@@ -559,6 +575,8 @@ class Service:
             return None
         self._in_flight.add((peer, request_id))
         self._count("backtests_accepted")
+        if self.metrics is not None:
+            self.metrics.accepted(peer, request_id)
         return _Job(peer, request, first, stop)
 
     async def _queue(self, job: _Job) -> None:
@@ -666,6 +684,7 @@ async def open_service(
     warm_up: bool = True,
     socket_options: Mapping[int, Any] | None = None,
     context: zmq.Context[Any] | None = None,
+    metrics: MetricsSettings | int | CollectorRegistry | None = None,
 ) -> AsyncIterator[Service]:
     """Run a backtest service for the duration of the ``async with`` block.
 
@@ -704,11 +723,16 @@ async def open_service(
         socket_options: extra ROUTER options ``{zmq.OPTION: value}``, applied over
             :func:`service_socket_options` (``ROUTER_MANDATORY`` cannot be turned off).
         context: the pyzmq context (default: a new one, terminated on exit).
+        metrics: Prometheus metrics (the ``metrics`` extra; see ``docs/metrics.md``): a
+            port for an HTTP server on 127.0.0.1 answering ``/metrics`` (0: a free port,
+            read :attr:`Service.metrics` ``.port``), a ``prometheus_client.CollectorRegistry``
+            to register in (no server), or :class:`~backtest_queue.metrics.MetricsSettings`.
 
     Raises:
         UsageError: a bad setting, a data directory that does not exist, an engine that
-            does not implement :class:`Engine` or cannot be pickled.
-        TransportError: the endpoint cannot be bound.
+            does not implement :class:`Engine` or cannot be pickled, ``metrics`` without
+            prometheus-client installed.
+        TransportError: the endpoint (or the metrics port) cannot be bound.
         EngineError: the workers failed to start (``warm_up``).
     """
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -724,6 +748,7 @@ async def open_service(
         max_queued=max_queued,
         options=options,
     )
+    metrics_wanted = metrics_settings(metrics)
     if not is_loopback(bind) and zmq.CURVE_SERVER not in options:
         log.warning(
             "binding %s beyond loopback without encryption or authentication: anyone who "
@@ -739,19 +764,22 @@ async def open_service(
     zmq_context: zmq.Context[Any] = zmq.Context() if context is None else context
     try:
         with _single_exceptions_unwrapped():
-            async with _serve(
-                zmq_context,
-                bind=bind,
-                options=options,
-                engine=engine,
-                catalog=catalog,
-                workers=workers,
-                warm_up=warm_up,
-                max_message_bytes=max_message_bytes,
-                reply_timeout=reply_timeout,
-                shutdown_grace=shutdown_grace,
-                max_queued=max_queued,
-            ) as service:
+            async with (
+                _serve(
+                    zmq_context,
+                    bind=bind,
+                    options=options,
+                    engine=engine,
+                    catalog=catalog,
+                    workers=workers,
+                    warm_up=warm_up,
+                    max_message_bytes=max_message_bytes,
+                    reply_timeout=reply_timeout,
+                    shutdown_grace=shutdown_grace,
+                    max_queued=max_queued,
+                ) as service,
+                open_service_metrics(service, metrics_wanted),
+            ):
                 yield service
     finally:
         if own_context:

@@ -43,6 +43,12 @@ class ServiceStatistics:
         connections: requester connections that completed the ZMTP handshake.
         disconnects: connections closed: requester left, heartbeat timed out, or it
             sent a frame over the hard size cap (libzmq drops such a connection).
+        handshakes_refused: handshakes that failed (a CURVE key not allowed, a requester
+            without CURVE or with the wrong service key).
+
+    Decoding:
+        decode_errors: message bodies that could not be decoded (bad JSON, wrong types,
+            unknown version, too large); each is also counted under its error code.
     """
 
     messages_received: int = 0
@@ -67,3 +73,5 @@ class ServiceStatistics:
     replies_dropped: int = 0
     connections: int = 0
     disconnects: int = 0
+    decode_errors: int = 0
+    handshakes_refused: int = 0
