@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..metrics import add_metrics_arguments
+
 if TYPE_CHECKING:
     import anyio
 
@@ -186,6 +188,7 @@ def add_search_arguments(
         default="trio",
         help="async backend (default: %(default)s)",
     )
+    add_metrics_arguments(parser, what="requester")
 
 
 def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
@@ -280,10 +283,12 @@ async def search_and_report(
     import rich.console
 
     from ..dispatcher import Dispatcher, open_dispatcher
+    from ..metrics import metrics_from_args
     from .progress import make_observer
     from .search import SearchConfig, run_search, write_outputs
     from .split import load_bars, split_bars
 
+    dispatcher_options = {**dispatcher_options, "metrics": metrics_from_args(args)}
     bars = load_bars(args.data, args.data_dir)
     split = split_bars(bars.index, args.data, fraction=args.in_sample)
     config = SearchConfig(
