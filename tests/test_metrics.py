@@ -14,7 +14,9 @@ import urllib.error
 
 import anyio
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from backtest_queue import (
     BacktestRequest,
@@ -23,7 +25,7 @@ from backtest_queue import (
     UsageError,
     open_dispatcher,
 )
-from backtest_queue.metrics import MetricsSettings, RequesterMetrics
+from backtest_queue.metrics import LatencyHistogram, MetricsSettings, RequesterMetrics
 from backtest_queue.protocol import ErrorReply, encode_message
 from backtest_queue.testing import MemoryNetwork, echo_result
 from metrics_helpers import Scrape, scrape
@@ -231,3 +233,25 @@ def test_the_library_imports_without_prometheus_client() -> None:
         "assert sys.modules['prometheus_client'] is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1000.0), max_size=50),
+    st.lists(st.floats(min_value=1e-3, max_value=500.0), min_size=1, max_size=8, unique=True),
+)
+def test_the_latency_histogram_counts_like_prometheus_clients(
+    seconds: list[float], bounds: list[float]
+) -> None:
+    buckets = tuple(sorted(bounds))
+    ours = LatencyHistogram("x_seconds", "x", buckets)
+    theirs = Histogram("x_seconds", "x", buckets=buckets, registry=None)
+    for value in [*seconds, *buckets]:  # a value on a bound counts in that bucket (le)
+        ours.observe(value)
+        theirs.observe(value)
+    [reference] = theirs.collect()
+    expected = {(s.name, tuple(s.labels.items())): s.value for s in reference.samples
+                if not s.name.endswith("_created")}  # fmt: skip
+    got = {(s.name, tuple(s.labels.items())): s.value for s in ours.collect().samples}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key

@@ -14,10 +14,12 @@ asked for; asking without it raises :class:`~backtest_queue.UsageError` naming t
   reason and the reply latency histogram are fed by the dispatcher, through one
   ``if self.metrics is not None`` where it hands requests over and delivers outcomes.
 
-Every instance gets its own registry unless the caller passes one (metrics of two
-dispatchers or of successive tests never mix). Scrapes run in the HTTP server's thread;
-the collector only reads integers and set membership there (atomic under the GIL) and
-never iterates the dispatcher's containers. The metric table is in ``docs/metrics.md``.
+Latencies are real seconds (:func:`time.monotonic`, not the event loop's clock, which a
+test may mock; it is also far cheaper to read than ``anyio.current_time()``). Every
+instance gets its own registry unless the caller passes one (metrics of two dispatchers
+or of successive tests never mix). Scrapes run in the HTTP server's thread; the
+collector only reads integers and set membership there (atomic under the GIL) and never
+iterates the dispatcher's containers. The metric table is in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import argparse
 import itertools
 import logging
 import math
+import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -172,6 +176,50 @@ def metrics_settings(value: object, *, name: str = "metrics") -> MetricsSettings
     )
 
 
+class LatencyHistogram:
+    """A histogram of seconds, observed on the event loop and collected by a scrape.
+
+    Not ``prometheus_client.Histogram``: that one takes a lock and walks its buckets in
+    Python on every observation (about 4 us); this one does a bisect and two additions
+    (under 1 us), and the collector builds the family from a snapshot. A snapshot is one
+    C-level list copy (atomic under the GIL), so ``_count`` always equals the ``+Inf``
+    bucket; ``_sum`` may lag one observation behind.
+
+    Args:
+        name: the metric name (ends in ``_seconds``).
+        documentation: its help string.
+        bounds: increasing upper bounds in seconds (``+Inf`` is added).
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: Iterable[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = tuple(float(b) for b in bounds)
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one: above every bound
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation (a negative one counts as 0)."""
+        if seconds < 0.0:
+            seconds = 0.0
+        self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Metric:
+        """The histogram family, from a snapshot of the counts."""
+        from prometheus_client.core import HistogramMetricFamily
+
+        counts = list(self._counts)
+        total = self._sum
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip((*self._bounds, math.inf), counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        return HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
+                                     sum_value=total)  # fmt: skip
+
+
 class Exposed:
     """What both sides' metrics share: their registry and HTTP server, once opened.
 
@@ -293,16 +341,15 @@ class RequesterMetrics(Exposed):
 
     def __init__(self, dispatcher: Dispatcher, *, latency_buckets: Iterable[float]) -> None:
         super().__init__()
-        prometheus_client = require_prometheus()
+        require_prometheus()
         self._dispatcher = dispatcher
         self._sent_at: dict[str, float] = {}
         self._outcomes = dict.fromkeys(OUTCOME_REASONS, 0)  # fixed keys: safe to read
-        self._latency = prometheus_client.Histogram(
+        self._latency = LatencyHistogram(
             "backtest_queue_reply_latency_seconds",
             "Seconds from a request's last hand-over to a service to the reply that "
             "decided its outcome (a result or an error reply).",
-            buckets=tuple(latency_buckets),
-            registry=None,  # collected through this object
+            latency_buckets,
         )
 
     def __repr__(self) -> str:
@@ -312,7 +359,7 @@ class RequesterMetrics(Exposed):
 
     def sent(self, requests: Iterable[BacktestRequest]) -> None:
         """Requests were handed to a service now (a retry restarts its clock)."""
-        now = anyio.current_time()
+        now = time.monotonic()
         sent_at = self._sent_at
         for request in requests:
             sent_at[request.request_id] = now
@@ -328,7 +375,7 @@ class RequesterMetrics(Exposed):
             reason = "result"
         self._outcomes[reason] += 1
         if sent_at is not None and reason in _REPLY_REASONS:
-            self._latency.observe(max(0.0, anyio.current_time() - sent_at))
+            self._latency.observe(time.monotonic() - sent_at)
 
     # -- read at scrape time (the HTTP server's thread) --------------------------------
 
@@ -384,7 +431,7 @@ class RequesterMetrics(Exposed):
         for reason in OUTCOME_REASONS:
             outcomes.add_metric([reason], self._outcomes[reason])
         yield outcomes
-        yield from self._latency.collect()
+        yield self._latency.collect()
         yield CounterMetricFamily(
             "backtest_queue_handshakes_refused",
             "Handshakes with a service that failed (CURVE key refused, mechanism mismatch).",

@@ -10,13 +10,12 @@ histogram is fed by the service when it accepts a backtest and when it answers i
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
-import anyio
-
-from ..metrics import Exposed, MetricsSettings, exposing, require_prometheus
+from ..metrics import Exposed, LatencyHistogram, MetricsSettings, exposing, require_prometheus
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -73,15 +72,14 @@ class ServiceMetrics(Exposed):
 
     def __init__(self, service: Service, *, latency_buckets: Iterable[float]) -> None:
         super().__init__()
-        prometheus_client = require_prometheus()
+        require_prometheus()
         self._service = service
         self._accepted_at: dict[tuple[bytes, str], float] = {}
-        self._latency = prometheus_client.Histogram(
+        self._latency = LatencyHistogram(
             _PREFIX + "reply_latency_seconds",
             "Seconds from accepting a backtest request to queueing its reply (a result or "
             "an error), waiting for a worker included.",
-            buckets=tuple(latency_buckets),
-            registry=None,  # collected through this object
+            latency_buckets,
         )
 
     def __repr__(self) -> str:
@@ -91,13 +89,13 @@ class ServiceMetrics(Exposed):
 
     def accepted(self, peer: bytes, request_id: str) -> None:
         """A backtest request from ``peer`` was accepted now."""
-        self._accepted_at[(peer, request_id)] = anyio.current_time()
+        self._accepted_at[(peer, request_id)] = time.monotonic()
 
     def answered(self, peer: bytes, request_id: str) -> None:
         """The accepted request's reply was queued now."""
         accepted_at = self._accepted_at.pop((peer, request_id), None)
         if accepted_at is not None:
-            self._latency.observe(max(0.0, anyio.current_time() - accepted_at))
+            self._latency.observe(time.monotonic() - accepted_at)
 
     # -- read at scrape time (the HTTP server's thread) --------------------------------
 
@@ -127,7 +125,7 @@ class ServiceMetrics(Exposed):
         yield GaugeMetricFamily(_PREFIX + "replies_waiting",
                                 "Replies not handed to ZeroMQ yet (held ones included).",
                                 value=stats.replies_waiting)  # fmt: skip
-        yield from self._latency.collect()
+        yield self._latency.collect()
 
 
 @asynccontextmanager
