@@ -123,6 +123,7 @@ async def test_requester_metrics_follow_real_traffic_over_http() -> None:
             assert s.value("backtest_queue_invalid_replies_total") == 0
             url = m.url
     # The block ended: 'hold-1' got its shutdown outcome; the server is gone.
+    assert m.url is None  # the server is gone; the counts can still be read
     last = Scrape.of(m.collect())
     assert last.value("backtest_queue_outcomes_total", reason="shutdown") == 1
     assert last.value("backtest_queue_outcomes_total", reason="timeout") == 0

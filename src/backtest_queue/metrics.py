@@ -253,7 +253,8 @@ async def exposing(
     """Register ``metrics`` and serve its registry over HTTP for the ``async with`` block.
 
     On exit the server is shut down (waited for in a worker thread, shielded from
-    cancellation) and ``metrics`` unregistered.
+    cancellation: up to half a second, the server's poll interval), ``metrics.port`` set
+    back to ``None`` and ``metrics`` unregistered.
 
     Raises:
         TransportError: the HTTP server cannot bind ``settings.addr:settings.port``.
@@ -284,9 +285,10 @@ async def exposing(
             yield
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(server.shutdown)
+                await anyio.to_thread.run_sync(server.shutdown)  # waits <= 0.5 s
             server.server_close()
             thread.join()
+            metrics.port = None  # served no more: url is None
     finally:
         registry.unregister(metrics)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -211,3 +213,16 @@ def test_service_process_serves_metrics_on_loopback(
         assert s.value(f"{P}messages_received_total") >= 3  # readiness PINGs too
         assert "process_resident_memory_bytes" in s.families
         assert service.stop(signal.SIGTERM) == 0
+
+
+def test_service_metrics_without_prometheus_client_exit_with_2() -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from backtest_queue.cli import main\n"
+        "sys.exit(main(['service', '--bind', 'tcp://127.0.0.1:*', '--metrics-port', '0']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done
+    assert "pip install 'backtest-queue[metrics]'" in done.stderr + done.stdout
