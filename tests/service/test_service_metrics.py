@@ -187,12 +187,14 @@ async def test_refused_handshakes_are_counted_on_both_sides(
         auth.stop()
 
 
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_service_process_serves_metrics_on_loopback(
-    zmq_context: zmq.Context[Any], tmp_path: Path
+    zmq_context: zmq.Context[Any], tmp_path: Path, backend: str
 ) -> None:
     with run_service_process(
-        zmq_context, tmp_path / "service.log", "--workers", "1", "--metrics-port", "0"
-    ) as service:
+        zmq_context, tmp_path / "service.log",
+        "--workers", "1", "--metrics-port", "0", "--backend", backend,
+    ) as service:  # fmt: skip
         deadline = time.monotonic() + 30
         while (found := re.search(r"service metrics on (http://\S+/metrics)", service.log())) \
                 is None:  # fmt: skip
