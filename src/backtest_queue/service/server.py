@@ -430,7 +430,9 @@ class Service:
             log.debug("requester connected: %s", endpoint)
         elif kind == "refused":
             self._count("handshakes_refused")
-            log.info("refused a requester's handshake: %s", endpoint)
+            # Counted, not logged above debug: a requester with the wrong keys retries
+            # every reconnect interval (the ZAP authenticator names refused keys).
+            log.debug("refused a requester's handshake: %s", endpoint)
         else:
             self._count("disconnects")
             log.debug("requester disconnected: %s", endpoint)
