@@ -8,12 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 import netns
-from netns import Network
+from netns import BASE_HOSTS, LOSSY, LOSSY_HOST, Network
 
 #: Set (to anything but "" or "0") where the namespaces must be made, as in CI: a
 #: missing tool or right is then a failure, not a skip.
 REQUIRED_ENV = "BACKTEST_QUEUE_HOSTS_REQUIRED"
-BASE_HOSTS = (1, 2, 3)
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +31,12 @@ def netns_session() -> None:
 
 @pytest.fixture(scope="module")
 def base_network(netns_session: None) -> Iterator[Network]:
-    """A requester and three service hosts, each running a one-worker service."""
+    """A requester and four service hosts, each running a one-worker service: three
+    on veth pairs and one behind the slow, lossy link (started together: it saves a
+    service start-up, the slowest step here)."""
     with netns.network() as net:
         hosts = [net.add_host(i) for i in BASE_HOSTS]
+        hosts.append(net.add_lossy_host(LOSSY_HOST, **LOSSY))
         for host in hosts:
             net.start_service(host)
         for host in hosts:
@@ -44,13 +46,13 @@ def base_network(netns_session: None) -> Iterator[Network]:
 
 @pytest.fixture
 def network(base_network: Network) -> Iterator[Network]:
-    """The three hosts, healthy: links up, no netem, every service running. Hosts a test
-    adds (index 4 and up) are removed after it."""
+    """The module's hosts, healthy: links up, every service running. Hosts a test adds
+    are removed after it."""
     net = base_network
-    for index in BASE_HOSTS:
+    for index in (*BASE_HOSTS, LOSSY_HOST):
         net.heal(net.hosts[index])
     try:
         yield net
     finally:
-        for index in [i for i in net.hosts if i not in BASE_HOSTS]:
+        for index in [i for i in net.hosts if i not in (*BASE_HOSTS, LOSSY_HOST)]:
             net.remove_host(net.hosts[index])

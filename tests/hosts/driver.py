@@ -36,6 +36,9 @@ from backtest_queue import BacktestRequest, Outcome, Strategy, open_dispatcher
 from backtest_queue.lifeline import watch_parent_from_environment
 from backtest_queue.protocol import BacktestResult, decode_message
 
+QUEUE_COUNTERS = ("sent", "results", "retries", "failed", "duplicate_results", "late_results",
+                  "late_replies")  # fmt: skip
+
 
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
@@ -54,7 +57,8 @@ class ConnectionLog(logging.Handler):
 
 
 def make_request(i: int) -> BacktestRequest:
-    strategy = Strategy(name=f"r{i}", kind="sma_cross", params={"fast": 5 + i % 7, "slow": 30 + i % 40})
+    params = {"fast": 5 + i % 7, "slow": 30 + i % 40}
+    strategy = Strategy(name=f"r{i}", kind="sma_cross", params=params)
     return BacktestRequest(strategy=strategy, data_id="EURUSD-H1", request_id=f"r{i}")
 
 
@@ -122,9 +126,7 @@ async def main(cfg: dict[str, Any]) -> None:
         duplicates=sum(n - 1 for n in seen.values()),
         lost=submitted - len(seen),
         results_from=dict(results_from),
-        queue={k: getattr(stats, k) for k in ("sent", "results", "retries", "failed",
-                                              "duplicate_results", "late_results",
-                                              "late_replies")},  # fmt: skip
+        queue={k: getattr(stats, k) for k in QUEUE_COUNTERS},
     )
 
 

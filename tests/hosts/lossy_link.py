@@ -19,6 +19,7 @@ it (they are not persistent).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -85,10 +86,8 @@ def main(cfg: dict[str, object]) -> None:
         now = time.monotonic()
         while in_flight and in_flight[0][0] <= now:
             _, fd, packet = in_flight.popleft()
-            try:
+            with contextlib.suppress(BlockingIOError):  # a full receive queue: a drop
                 os.write(fd, packet)
-            except BlockingIOError:
-                pass  # the receiving queue is full: a drop, as on a real link
 
 
 if __name__ == "__main__":

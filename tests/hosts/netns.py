@@ -46,6 +46,9 @@ from lifelines import tied
 #: Every namespace these tests make starts with this; then the owner's pid and a dash.
 PREFIX = "btqh"
 SERVICE_PORT = 5580
+BASE_HOSTS = (1, 2, 3)  # the tests' service hosts joined by veth pairs
+LOSSY_HOST = 5  # the one joined by a link with 200 ms delay and 5 % loss each way
+LOSSY = {"delay_ms": 200, "loss_percent": 5}
 READY_TIMEOUT = 40.0  # seconds for a service to log its ready line (a loaded 2-core box)
 STOP_GRACE = 5.0  # seconds a SIGTERMed process group gets before SIGKILL
 _COMMAND_TIMEOUT = 20.0  # seconds any one `ip` / `tc` call may take
@@ -137,11 +140,12 @@ class _Lines:
         self._thread.start()
 
     def _pump(self, stream: Any) -> None:
-        for raw in stream:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.history.append(line)
-            self.lines.put(line)
-        self.lines.put(None)  # end of file
+        with stream:  # closed here, at end of file: no other thread touches it
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.history.append(line)
+                self.lines.put(line)
+        self.lines.put(None)
 
     def wait_for(self, predicate: Callable[[str], bool], timeout: float, what: str) -> str:
         """Return the next line that matches (earlier ones are consumed), or raise."""
@@ -165,16 +169,13 @@ def _stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # workers left behind by the leader
     process.wait(timeout=_COMMAND_TIMEOUT)
-    for pipe in (process.stdin, process.stdout, process.stderr):
-        if pipe is not None:
-            pipe.close()  # the reader thread sees end-of-file first: its process is gone
+    if process.stdin is not None:
+        process.stdin.close()  # (stdout and stderr are closed by their reader, at EOF)
 
 
 @dataclass
@@ -266,7 +267,7 @@ class Network:
         """SIGKILL ``host``'s service and its workers (its process group)."""
         assert host.process is not None
         os.killpg(host.process.pid, signal.SIGKILL)
-        host.process.wait(timeout=_COMMAND_TIMEOUT)
+        _stop_group(host.process, 0.0)  # reaped
 
     def link_down(self, host: Host) -> None:
         """Cut ``host`` off: its veth end goes down; nothing is sent either way, no FIN,
@@ -375,7 +376,8 @@ class Driver:
         try:
             return json.loads(self.out.wait_for(matches, timeout, what))  # type: ignore[no-any-return]
         except (TimeoutError, RuntimeError) as exc:
-            raise type(exc)(f"{exc}\ndriver stderr:\n" + "\n".join(self.err.history[-40:])) from None
+            err = "\n".join(self.err.history[-40:])
+            raise type(exc)(f"{exc}\ndriver stderr:\n{err}") from None
 
     def send(self, command: str) -> None:
         """Write one command line to the driver (``stop``)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from netns import Driver, Network, endpoint_of
+from netns import LOSSY_HOST, Driver, Network, endpoint_of
 
 pytestmark = [pytest.mark.hosts, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -114,8 +114,8 @@ def test_half_open_host_is_routed_around_and_used_again(network: Network, backen
         network.link_down(h1)
         down = driver.wait_for(is_connection("down", h1.endpoint), WAIT, "h1 seen down")
         detect = down["t"] - cut_at
-        outcomes(driver, 2 * WINDOW)  # the outage lasts while h2, h3 answer a window twice
-        assert not [e for e in driver.events[-2 * WINDOW:] if e.get("endpoint") == h1.endpoint]
+        outcomes(driver, WINDOW)  # the outage lasts while h2 and h3 answer a window
+        assert not [e for e in driver.events[-WINDOW:] if e.get("endpoint") == h1.endpoint]
         outage_done_at = time.monotonic()
         network.link_up(h1)
         up = driver.wait_for(is_connection("up", h1.endpoint), WAIT, "h1 back up")
@@ -138,17 +138,18 @@ def test_half_open_host_is_routed_around_and_used_again(network: Network, backen
     assert reconnect <= RECONNECT_IVL_MAX + SLACK
 
 
-@pytest.mark.parametrize("backend", ["trio", "asyncio"])
-def test_killed_host_is_routed_around_and_a_new_host_is_used(
-    network: Network, backend: str
-) -> None:
-    """One host's service SIGKILLed mid-run, a fourth host started later: re-routed at
-    once (the kernel closes the dead process's connections), the new host put to work."""
+# One backend each from here (the half-open case runs on both): the set stays near 90 s
+# on a 2-core machine, and what differs between backends is the dispatcher's event loop,
+# which the first scenario already exercises under the same faults.
+def test_killed_host_is_routed_around_and_a_new_host_is_used(network: Network) -> None:
+    """One host's service SIGKILLed mid-run, then restarted, and a fourth host started:
+    re-routed at once (the kernel closes the dead process's connections), both the
+    restarted and the new host put to work."""
     h1, h2, h3 = (network.hosts[i] for i in (1, 2, 3))
     initial = [h.endpoint for h in (h1, h2, h3)]
     # The dispatcher's endpoints are fixed when it opens: the fourth is listed from the
     # start and connects once its host exists (until then: no route, retried).
-    with network.driver(config([*initial, endpoint_of(4)], initial, backend)) as driver:
+    with network.driver(config([*initial, endpoint_of(4)], initial, "asyncio")) as driver:
         driver.wait_for(lambda e: e["event"] == "ready", WAIT, "three hosts up")
         outcomes(driver, 1, h2.endpoint)
         outcomes(driver, 3)
@@ -157,39 +158,42 @@ def test_killed_host_is_routed_around_and_a_new_host_is_used(
         down = driver.wait_for(is_connection("down", h2.endpoint), WAIT, "h2 seen down")
         detect = down["t"] - cut_at
         h4 = network.add_host(4)
+        started_at = time.monotonic()
         network.start_service(h4)
+        network.start_service(h2)  # restarted (both start together: start-up is slow)
         network.wait_ready(h4)
         ready_at = time.monotonic()
+        network.wait_ready(h2)
         up = driver.wait_for(is_connection("up", h4.endpoint), WAIT, "h4 up")
         outcomes(driver, 1, h4.endpoint)
+        outcomes(driver, 1, h2.endpoint)
         rerouted = [e for e in driver.events if e["event"] == "outcome" and e["attempts"] > 1]
-        finish(driver, f"kill + fourth host ({backend})", {
+        finish(driver, "kill + restart + fourth host (asyncio)", {
             "seconds_to_detect": detect,
             "seconds_to_last_rerouted_result": max(e["t"] for e in rerouted) - cut_at,
+            "seconds_from_h4_start_to_up": up["t"] - started_at,
             "seconds_from_h4_ready_to_up": up["t"] - ready_at,
         })  # fmt: skip
     assert rerouted
     # A killed process's connections are closed by its kernel: no heartbeat wait.
     assert detect <= HEARTBEAT_IVL + SLACK
+    # Connected at the latest one reconnect interval after the service is ready (often
+    # before the ready line: the socket is bound before the workers have warmed up).
     assert up["t"] - ready_at <= RECONNECT_IVL_MAX + SLACK
 
 
-@pytest.mark.parametrize("backend", ["trio", "asyncio"])
-def test_slow_lossy_link_still_one_result_each(network: Network, backend: str) -> None:
+def test_slow_lossy_link_still_one_result_each(network: Network) -> None:
     """One host behind 200 ms of delay each way and 5 % packet loss each way (netem's
-    ``delay 200ms loss 5%`` on both ends): it still answers, and every request ends in
-    exactly one result."""
-    h1, h2 = network.hosts[1], network.hosts[2]
-    slow = network.add_lossy_host(5, delay_ms=200, loss_percent=5)
-    network.start_service(slow)
-    network.wait_ready(slow)
+    ``delay 200ms loss 5%`` on both ends of its link): it still answers, and every
+    request ends in exactly one result."""
+    h1, h2, slow = network.hosts[1], network.hosts[2], network.hosts[LOSSY_HOST]
     endpoints = [h1.endpoint, h2.endpoint, slow.endpoint]
     started = time.monotonic()
-    with network.driver(config(endpoints, endpoints, backend)) as driver:
+    with network.driver(config(endpoints, endpoints, "trio")) as driver:
         driver.wait_for(lambda e: e["event"] == "ready", WAIT, "all three hosts up")
         outcomes(driver, 3, slow.endpoint)
         outcomes(driver, WINDOW)
         drops = sum(1 for e in driver.events if is_connection("down", slow.endpoint)(e))
-        finish(driver, f"200 ms + 5 % loss each way ({backend})", {
+        finish(driver, "200 ms + 5 % loss each way (trio)", {
             "seconds": time.monotonic() - started, "slow_host_disconnects": drops,
         })  # fmt: skip
