@@ -197,3 +197,33 @@ def test_slow_lossy_link_still_one_result_each(network: Network) -> None:
         finish(driver, "200 ms + 5 % loss each way (trio)", {
             "seconds": time.monotonic() - started, "slow_host_disconnects": drops,
         })  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="policy.flush routes a timed-out request to the least-loaded connection that "
+    "is up, and a silent host whose requests just expired is that one: its retries go "
+    "back to it until max_attempts, and they fail with 'timeout' although two healthy "
+    "hosts are up (fix in policy.py: prefer another connection for a retry)",
+)
+def test_retry_after_a_timeout_avoids_the_silent_host(network: Network) -> None:
+    """A half-open host the heartbeat does not catch in time (heartbeat timeout 60 s,
+    result_timeout 3 s): its requests time out and must be retried on the hosts that
+    answer, so that every request still ends with a result."""
+    h1, h2, h3 = (network.hosts[i] for i in (1, 2, 3))
+    endpoints = [h.endpoint for h in (h1, h2, h3)]
+    cfg = config(endpoints, endpoints, "trio")
+    cfg["window"] = 6  # two per host: every honest reply comes well within 3 s
+    cfg["dispatcher"] |= {"heartbeat_ivl": 20.0, "result_timeout": 3.0, "retry_backoff": 1.0}
+    with network.driver(cfg) as driver:
+        driver.wait_for(lambda e: e["event"] == "ready", WAIT, "all three hosts up")
+        outcomes(driver, 1, h1.endpoint)
+        cut_at = time.monotonic()
+        network.link_down(h1)
+        # Long enough for h1's requests to use all three attempts (3 x 3 s).
+        while time.monotonic() - cut_at < 3 * 3.0 + SLACK:
+            outcomes(driver, 1)
+        finish(driver, "silent host, result_timeout < heartbeat (trio)", {
+            "seconds_cut": time.monotonic() - cut_at,
+        })  # fmt: skip
