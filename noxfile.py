@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck examples bench``.
+"""Developer sessions: ``nox -s tests lint typecheck examples bench hosts``.
 
 Each session makes its own virtualenv and installs the project with the ``all`` extra.
 """
@@ -18,6 +18,16 @@ def tests(session: nox.Session) -> None:
     """The whole suite; every async test runs on trio and on asyncio."""
     session.install("-e", ".[all]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON[0])
+def hosts(session: nox.Session) -> None:
+    """Only the multi-host tests: services on Linux network namespaces, links cut, hosts
+    killed and added (root and iproute2; under a minute). Prints each scenario's counts
+    and re-route times."""
+    session.install("-e", ".[all]")
+    session.run("pytest", "-m", "hosts", "-s", "-p", "no:cacheprovider", "tests/hosts",
+                *session.posargs)  # fmt: skip
 
 
 @nox.session(python=PYTHON[0])

@@ -146,3 +146,31 @@ def test_a_bad_lifeline_variable_is_a_usage_error() -> None:
                           env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2
     assert f"{LIFELINE_ENV}=987: not an open file descriptor" in done.stderr
+
+
+def test_a_service_logging_to_its_dead_parents_pipe_still_stops() -> None:
+    """A service whose log went to a pipe read by its parent (as in the multi-host
+    tests): when the parent dies, the pipe's reader dies with it. The lifeline must stop
+    the service all the same, although writing the log now fails (rich's handler raises
+    ``SystemExit`` on a broken pipe, which ended the watch thread before it stopped
+    anything)."""
+    command = [sys.executable, "-m", "backtest_queue", "service",
+               "--bind", "tcp://127.0.0.1:*", "--workers", "1"]  # fmt: skip
+    with Lifeline() as lifeline:
+        service = subprocess.Popen(
+            command, env={**os.environ, **lifeline.env}, pass_fds=lifeline.pass_fds,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        lifeline.child_started()
+        assert service.stdout is not None
+        for line in service.stdout:
+            if b"service ready on" in line:
+                break
+        service.stdout.close()  # the reader is gone, as with a dead parent
+    # The line is cut (the parent's end closed): the service must stop.
+    try:
+        assert service.wait(timeout=GONE_TIMEOUT) is not None
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()

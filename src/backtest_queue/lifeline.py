@@ -26,6 +26,7 @@ The service's pool workers watch their service the same way, through the pipe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -152,15 +153,26 @@ def exit_with_parent(fd: int, *, grace: float = EXIT_GRACE) -> threading.Thread:
                 pass  # nothing is written; only end-of-file counts
         except OSError:
             pass  # an error reading it is as final as end-of-file
-        log.warning("the parent process (pid %d) is gone; stopping", parent)
+        _log_anyway(logging.WARNING, "the parent process (pid %d) is gone; stopping", parent)
         os.kill(os.getpid(), signal.SIGTERM)
         threading.Event().wait(grace)
-        log.error("still running %g s after SIGTERM; exiting now", grace)
+        _log_anyway(logging.ERROR, "still running %g s after SIGTERM; exiting now", grace)
         os._exit(EXIT_PARENT_GONE)
 
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
     thread.start()
     return thread
+
+
+def _log_anyway(level: int, message: str, *args: object) -> None:
+    """Log from the watch thread; a failing handler must not end the thread.
+
+    The log often goes to a pipe whose reader was the parent, now gone: writing fails,
+    and a handler may raise (rich's raises ``SystemExit`` on a broken pipe), which would
+    end the thread before it stopped the process.
+    """
+    with contextlib.suppress(BaseException):  # nothing to report it to; stopping matters
+        log.log(level, message, *args)
 
 
 def watch_parent_from_environment(*, grace: float = EXIT_GRACE) -> threading.Thread | None:
