@@ -35,6 +35,9 @@ log = logging.getLogger("backtest_queue")
 
 _FLUSH_CHUNK: Final = 128
 _PONG_WAIT: Final = 1.0  # seconds a caching dispatcher waits for a PONG before it is ready
+#: Handshakes refused in a row (no success between) after which an endpoint counts as
+#: refusing: one can be a service dying mid-handshake, two in a row are keys that do not fit.
+REFUSALS_TO_GIVE_UP: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ class _Sending:
     _blocked: set[str]
     _would_block: int
     _refused: int
+    _refusals: dict[str, int]  # endpoint -> handshakes refused in a row (since it was up)
     _flusher_wakes_at: float
     _task_group: anyio.abc.TaskGroup | None
     _cache: bool
@@ -241,6 +245,7 @@ class _Sending:
         endpoint = event.source
         if event.kind == "up":
             self._up.add(endpoint)
+            self._refusals.pop(endpoint, None)
             if not self._cache:
                 self._set_ready(endpoint)
             if endpoint not in self._blocked:
@@ -259,5 +264,10 @@ class _Sending:
             self._fail(failures)
             return False
         self._refused += 1
-        log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
+        refusals = self._refusals[endpoint] = self._refusals.get(endpoint, 0) + 1
+        if refusals == 1:  # once per run of refusals: libzmq retries every reconnect_ivl
+            log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
+        if refusals == REFUSALS_TO_GIVE_UP:
+            self._connected.set()  # wait_connected raises HandshakeRefused now
+            self._connected = anyio.Event()
         return False

@@ -4,9 +4,9 @@
 rely on a service: it opens its own DEALER (not a dispatcher's), watches the socket
 monitor, sends a ``PING`` once the ZMTP handshake succeeds (again after a reconnect) and
 returns the first ``PONG`` that answers it. It tells apart the three ways of getting
-none: a **refused handshake** (CURVE keys that do not fit; seen at once by the monitor,
-not after the timeout), **nothing listening** and **something listening that does not
-answer**.
+none: a **refused handshake** (CURVE keys that do not fit; seen by the monitor within
+two reconnect intervals, not after the timeout), **nothing listening** and **something
+listening that does not answer**.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import zmq
 
-from .errors import HandshakeRefused, NoAnswer, ProtocolError
+from .errors import HandshakeRefused, NoAnswer, ProtocolError, TransportError
 from .protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Ping,
@@ -25,6 +25,7 @@ from .protocol import (
     encode_message,
     new_request_id,
 )
+from .sending import REFUSALS_TO_GIVE_UP
 from .settings import check_number
 from .transport import ConnectionEvent, CurveClient, open_socket, requester_options, run_monitor
 
@@ -69,6 +70,7 @@ async def ping_service(
     body = encode_message(Ping(request_id=ping_id))
     answer: list[Pong] = []
     refused: list[ConnectionEvent] = []
+    malformed: list[TransportError] = []
     connected = False
     try:
         async with open_socket(ctx, zmq.DEALER, name=endpoint, options=options) as sock:
@@ -84,8 +86,9 @@ async def ping_service(
                                 sock.try_send([b"", body])  # after each (re)connect
                             elif event.kind == "refused":
                                 refused.append(event)
-                                tg.cancel_scope.cancel()
-                                return
+                                if len(refused) >= REFUSALS_TO_GIVE_UP:
+                                    tg.cancel_scope.cancel()
+                                    return
 
                     async def read() -> None:
                         while True:
@@ -99,10 +102,16 @@ async def ping_service(
                     await tg.start(run_monitor, ctx, sock, events_send)
                     tg.start_soon(watch)
                     tg.start_soon(read)
-                    sock.connect(endpoint)  # after the monitor: no handshake missed
+                    try:
+                        sock.connect(endpoint)  # after the monitor: no handshake missed
+                    except TransportError as exc:  # malformed: not worth a group
+                        malformed.append(exc)
+                        tg.cancel_scope.cancel()
     finally:
         if context is None:
             ctx.destroy(linger=0)
+    if malformed:
+        raise malformed[0]
     if answer:
         return answer[0]
     if refused:
