@@ -40,9 +40,12 @@ def test_ping_is_answered_with_what_the_service_has(
     ranges, uptime = pong.pop("ranges"), pong.pop("uptime_s")
     assert sorted(ranges) == EXPECTED_DATASETS
     assert ranges["EURUSD-H1"] == {
-        "bars": 5000, "first": "2017-04-19T09:00:00", "last": "2018-02-07T15:00:00"
+        "bars": 5000,
+        "first": "2017-04-19T09:00:00",
+        "last": "2018-02-07T15:00:00",
     }
-    assert isinstance(uptime, float) and uptime >= 0.0
+    assert isinstance(uptime, float)
+    assert uptime >= 0.0
     assert pong == {
         "type": "PONG",
         "v": 1,
