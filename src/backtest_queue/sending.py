@@ -36,7 +36,8 @@ log = logging.getLogger("backtest_queue")
 _FLUSH_CHUNK: Final = 128
 _PONG_WAIT: Final = 1.0  # seconds a caching dispatcher waits for a PONG before it is ready
 #: Handshakes refused in a row (no success between) after which an endpoint counts as
-#: refusing: one can be a service dying mid-handshake, two in a row are keys that do not fit.
+#: refusing: one without detail can be a service dying mid-handshake, two in a row are
+#: keys that do not fit. One definitive refusal (ConnectionEvent.definitive) is enough.
 REFUSALS_TO_GIVE_UP: Final = 2
 
 
@@ -264,10 +265,12 @@ class _Sending:
             self._fail(failures)
             return False
         self._refused += 1
-        refusals = self._refusals[endpoint] = self._refusals.get(endpoint, 0) + 1
-        if refusals == 1:  # once per run of refusals: libzmq retries every reconnect_ivl
+        before = self._refusals.get(endpoint, 0)
+        refusals = REFUSALS_TO_GIVE_UP if event.definitive else before + 1
+        self._refusals[endpoint] = max(before, refusals)
+        if before == 0:  # once per run of refusals: libzmq may retry every reconnect_ivl
             log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
-        if refusals == REFUSALS_TO_GIVE_UP:
+        if before < REFUSALS_TO_GIVE_UP <= refusals:
             self._connected.set()  # wait_connected raises HandshakeRefused now
             self._connected = anyio.Event()
         return False

@@ -4,9 +4,9 @@
 rely on a service: it opens its own DEALER (not a dispatcher's), watches the socket
 monitor, sends a ``PING`` once the ZMTP handshake succeeds (again after a reconnect) and
 returns the first ``PONG`` that answers it. It tells apart the three ways of getting
-none: a **refused handshake** (CURVE keys that do not fit; seen by the monitor within
-two reconnect intervals, not after the timeout), **nothing listening** and **something
-listening that does not answer**.
+none: a **refused handshake** (CURVE keys that do not fit; seen by the monitor at once,
+or after a second refusal when libzmq gives no detail - not after the timeout),
+**nothing listening** and **something listening that does not answer**.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ async def ping_service(
                                 sock.try_send([b"", body])  # after each (re)connect
                             elif event.kind == "refused":
                                 refused.append(event)
-                                if len(refused) >= REFUSALS_TO_GIVE_UP:
+                                if event.definitive or len(refused) >= REFUSALS_TO_GIVE_UP:
                                     tg.cancel_scope.cancel()
                                     return
 

@@ -5,7 +5,8 @@ caller whose service never comes - a wrong endpoint, a service that is not runni
 that do not fit - would otherwise hear nothing until its own timeout. This task, run by
 the dispatcher, logs one WARNING per **episode**: once requests have been queued for
 ``after`` seconds with no service up. It says nothing again until a service has been up
-(a new episode starts when the connection is lost and requests queue again).
+(seen up, or a request handed over since the last look; a new episode starts when the
+connection is lost and requests queue again).
 
 It looks at the dispatcher every ``min(1, after / 4)`` seconds, so the warning comes
 within a quarter of ``after`` (at most a second) of being due.
@@ -43,11 +44,14 @@ async def warn_while_unconnected(
     step = min(1.0, after / 4)
     since: float | None = None  # when requests were first seen queued, nothing up
     warned = False
+    sent = 0
     task_status.started()
     while True:
         now = anyio.current_time()
         queued = dispatcher.queue.queued
-        if dispatcher.connected:
+        # A request handed over since the last look: a service was up, maybe briefly.
+        sent, sent_before = dispatcher.queue.stats().sent, sent
+        if dispatcher.connected or sent != sent_before:
             since, warned = None, False
         elif not queued:
             since = None
