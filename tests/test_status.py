@@ -332,3 +332,12 @@ def test_the_warning_setting_is_checked() -> None:
     for bad in (0, -1.0, float("nan"), "10", True):
         with pytest.raises(UsageError, match="unconnected_warning"):
             open_dispatcher(["tcp://127.0.0.1:1"], unconnected_warning=bad)  # type: ignore[arg-type]
+
+
+async def test_curve_keys_against_a_plain_service_are_refused_with_the_fix(keys: Path) -> None:
+    endpoint = free_tcp_endpoint()
+    curve = load_client(keys / "allowed" / "requester.key_secret", keys / "service" / "service.key")
+    async with stub_service(endpoint, echo):  # no CURVE
+        with anyio.fail_after(BOUND), pytest.raises(HandshakeRefused) as caught:
+            await ping_service(endpoint, timeout=60.0, curve=curve)
+    assert "A service without --curve-secret refuses CURVE: then give no keys" in str(caught.value)

@@ -143,7 +143,8 @@ class HandshakeRefused(TransportError):
             f"the service at {endpoint} refused the handshake: the CURVE keys do not fit. "
             "Give the requester its own *.key_secret and the service's public *.key "
             "(--curve-keys DIR, or --curve-secret FILE --curve-server-key FILE); the service "
-            "must admit the requester's public key (its --allowed-keys DIR)"
+            "must admit the requester's public key (its --allowed-keys DIR). A service "
+            "without --curve-secret refuses CURVE: then give no keys"
         )
         self.endpoint = endpoint
 
