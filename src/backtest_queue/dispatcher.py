@@ -393,9 +393,10 @@ class Dispatcher(_Sending):
         Raises:
             DispatcherClosed: the block has ended (also while waiting).
             UsageError: ``endpoint`` is not one of :attr:`endpoints`.
-            HandshakeRefused: the service refused the handshake twice in a row (CURVE
-                keys that do not fit: retrying will not help) - the one ``endpoint``,
-                or, without one, every endpoint - and none is up. The dispatcher keeps
+            HandshakeRefused: the service refused the handshake (CURVE keys that do not
+                fit: retrying will not help) - at once when it said why, after a second
+                refusal in a row when libzmq gives no detail - the one ``endpoint``, or,
+                without one, every endpoint, and none is up. The dispatcher keeps
                 retrying in the background; this tells the caller not to wait for it.
         """
         await anyio.lowlevel.checkpoint()

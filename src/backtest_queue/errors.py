@@ -162,7 +162,10 @@ class NoAnswer(TransportError):
         if connected:
             why = "it accepted the connection but sent no PONG (is it a backtest-queue service?)"
         else:
-            why = "nothing accepted a connection there (is the service running on that address?)"
+            why = (
+                "nothing there completed a ZeroMQ handshake (is the service running on that "
+                "address and port?)"
+            )
         super().__init__(f"no answer from {endpoint} within {timeout:g} s: {why}")
         self.endpoint = endpoint
         self.timeout = timeout

@@ -75,7 +75,8 @@ _REFUSED_EVENTS: Final = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 
-_DEFINITIVE_REFUSALS: Final = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+#: A ZMTP protocol error that means "CURVE on one side only", not a broken peer.
+_MECHANISM_MISMATCH: Final = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 
 
 _EVENTS: Final = int(zmq.EVENTS)
@@ -452,7 +453,10 @@ async def _forward_events(
                 trouble.retried(where, now)
                 continue
             kind: Literal["up", "down", "refused"]
-            definitive = bool(event & _DEFINITIVE_REFUSALS)
+            definitive = bool(event & zmq.EVENT_HANDSHAKE_FAILED_AUTH) or (
+                bool(event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                and info["value"] == _MECHANISM_MISMATCH
+            )
             if event & _UP_EVENTS:
                 trouble.connected(where)
                 kind = "up"
