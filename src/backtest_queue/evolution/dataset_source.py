@@ -85,7 +85,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str)
         default=None,
         metavar="DIR",
         help="directory of <data_id>.csv OHLCV files, as for 'backtest-queue service --data "
-        "DIR'; with --dataset, pick one of them by its file name without .csv",
+        "DIR' (pick one with --dataset, its file name without .csv): the demo's own service "
+        "serves them; against a service you run (--connect) it is an optional copy of the "
+        "service's files, used when identical for the equity curve and the DSR/PBO",
     )
     parser.add_argument("--data-dir", dest="data_dir_given", default=None, type=Path,
                         help=argparse.SUPPRESS)  # fmt: skip
