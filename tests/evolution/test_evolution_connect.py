@@ -36,7 +36,8 @@ TINY = ("--generations", "1", "--population", "4", "--top", "2", "--min-trades",
 
 
 def run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run the installed command; logs and results both captured."""
+    """Run the installed command; logs and results both captured. (``status`` runs get
+    ``-q``: until logs go to stderr, an INFO line could precede its JSON on stdout.)"""
     assert COMMAND.exists(), f"the console script {COMMAND} is not installed"
     env = {**os.environ, "COLUMNS": "250"}
     return subprocess.run(
@@ -58,7 +59,7 @@ def service(*args: str) -> Iterator[str]:
         else:  # a plain PING gets no answer from a CURVE service: ask with the keys
             keys = Path(args[args.index("--curve-secret") + 1]).parent
             deadline = time.monotonic() + 60
-            while run("status", endpoint, "--curve-keys", str(keys)).returncode != 0:
+            while run("-q", "status", endpoint, "--curve-keys", str(keys)).returncode != 0:
                 assert process.poll() is None, "the CURVE service exited"
                 assert time.monotonic() < deadline, "the CURVE service did not get ready"
         yield endpoint
@@ -205,20 +206,20 @@ def test_evolve_with_keys_that_do_not_fit_stops_with_one_clear_error(
 
 
 def test_status_of_a_curve_service(curve_service: str, keys: Path) -> None:
-    done = run("status", curve_service, "--json", "--curve-keys", str(keys / "mine"))
+    done = run("-q", "status", curve_service, "--json", "--curve-keys", str(keys / "mine"))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True
-    refused = run("status", curve_service, "--timeout", "60")
+    refused = run("-q", "status", curve_service, "--timeout", "60")
     assert refused.returncode == 3
     assert "refused the handshake" in refused.stderr
-    assert json.loads(run("status", curve_service, "--json").stdout)["ok"] is False
+    assert json.loads(run("-q", "status", curve_service, "--json").stdout)["ok"] is False
 
 
 # -- section 6: status -------------------------------------------------------------------------
 
 
 def test_status_prints_what_the_service_has(own_data_service: str) -> None:
-    done = run("status", own_data_service)
+    done = run("-q", "status", own_data_service)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"{own_data_service}: backtest service ")
@@ -226,7 +227,7 @@ def test_status_prints_what_the_service_has(own_data_service: str) -> None:
     assert lines[1] == "workers 1; backtests running 0, queued 0"
     mine = next(line for line in lines if line.strip().startswith(OWN_ID))
     assert f"{OWN_BARS} bars  2017-04-19T09:00:00 .. " in mine
-    document = json.loads(run("status", own_data_service, "--json").stdout)
+    document = json.loads(run("-q", "status", own_data_service, "--json").stdout)
     assert document["workers"] == 1
     assert document["uptime_s"] > 0
     (own,) = [d for d in document["datasets"] if d["data_id"] == OWN_ID]
@@ -237,11 +238,11 @@ def test_status_prints_what_the_service_has(own_data_service: str) -> None:
 
 def test_status_without_a_service_fails_in_bounded_time() -> None:
     start = time.monotonic()
-    done = run("status", free_tcp_endpoint(), "--timeout", "1")
+    done = run("-q", "status", free_tcp_endpoint(), "--timeout", "1")
     assert done.returncode == 1
     assert time.monotonic() - start < 60  # the 1 s plus starting Python on a busy box
     assert "no answer from" in done.stderr
     assert "within 1 s" in done.stderr
-    bad = run("status", "localhost:5580")
+    bad = run("-q", "status", "localhost:5580")
     assert bad.returncode == 2
     assert "an endpoint looks like tcp://HOST:PORT" in bad.stderr

@@ -114,3 +114,25 @@ def test_demo_refuses_curve_options_without_connect(tmp_path: Path) -> None:
     args.command = "demo"
     assert command_demo.run(args) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_local_copy_is_used_only_when_identical_to_the_services(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from backtest_queue.evolution.dataset_source import _identical_local_copy
+    from backtest_queue.service.fingerprint import fingerprint_bars
+
+    lines = ["timestamp,open,high,low,close"] + [
+        f"2023-01-{d:02d} 00:00:00,1.0,1.2,0.9,1.1" for d in range(1, 31)
+    ]
+    (tmp_path / "MINE-D1.csv").write_text("\n".join(lines) + "\n")
+    bars = local_dataset("MINE-D1", tmp_path, fraction=0.7).bars
+    assert bars is not None
+    same = _identical_local_copy("MINE-D1", tmp_path, fingerprint_bars(bars))
+    assert same is not None
+    assert len(same) == 30
+    caplog.set_level(logging.WARNING)
+    assert _identical_local_copy("MINE-D1", tmp_path, "0123456789abcdef") is None
+    assert "differs from the service's: using the service's" in caplog.text
+    assert _identical_local_copy("MINE-D1", tmp_path, None) is None  # nothing to compare
+    assert _identical_local_copy("OTHER", tmp_path, "0123456789abcdef") is None
