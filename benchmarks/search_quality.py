@@ -220,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--min-trades", type=int, default=20)
-    parser.add_argument("--data", default="EURUSD-H1")
+    # --dataset ID as on 'backtest-queue evolve' (--data is a directory there); the old
+    # spelling still works.
+    parser.add_argument("--dataset", "--data", dest="data", default="EURUSD-H1", metavar="ID")
     parser.add_argument("--in-sample", type=float, default=0.7)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--walk-forward", type=int, default=0, metavar="K")

@@ -25,10 +25,16 @@ from .errors import (
     DuplicateRequest as DuplicateRequest,
 )
 from .errors import (
+    HandshakeRefused as HandshakeRefused,
+)
+from .errors import (
     InvalidMessage as InvalidMessage,
 )
 from .errors import (
     InvalidRequest as InvalidRequest,
+)
+from .errors import (
+    NoAnswer as NoAnswer,
 )
 from .errors import (
     ProtocolError as ProtocolError,
@@ -134,9 +140,11 @@ __all__ = [
     "DuplicateRequest",
     "ErrorReply",
     "FailedRequest",
+    "HandshakeRefused",
     "InvalidMessage",
     "InvalidRequest",
     "Metrics",
+    "NoAnswer",
     "Outcome",
     "Ping",
     "Pong",

@@ -40,6 +40,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "backtest_queue.security_command",
         "generate CURVE key pairs for services and requesters",
     ),
+    "status": (
+        "backtest_queue.status_command",
+        "ask a running service what it has and how busy it is (exit 0 if it answers)",
+    ),
 }
 
 

@@ -34,12 +34,12 @@ import anyio.lowlevel
 
 from ._ratelog import RateLimitedLog
 from .delivery import OutcomeBook, OutcomeStream
-from .errors import DispatcherClosed, DuplicateRequest, QueueFull, UsageError
+from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request
 from .replies import apply_reply
-from .sending import _Kick, _Sending
+from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
 from .transport import ConnectionEvent, CurveClient, Requester
@@ -114,6 +114,7 @@ class Dispatcher(_Sending):
         self._errors_without_id = 0
         self._would_block = 0
         self._refused = 0
+        self._refusals: dict[str, int] = {}
         self._flusher_wakes_at = math.inf  # the deadline the flusher is waiting for
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
         self._fingerprints: dict[str, str] = {}  # data_id -> the services' data fingerprint
@@ -396,6 +397,11 @@ class Dispatcher(_Sending):
         Raises:
             DispatcherClosed: the block has ended (also while waiting).
             UsageError: ``endpoint`` is not one of :attr:`endpoints`.
+            HandshakeRefused: the service refused the handshake (CURVE keys that do not
+                fit: retrying will not help) - at once when it said why, after a second
+                refusal in a row when libzmq gives no detail - the one ``endpoint``, or,
+                without one, every endpoint, and none is up. The dispatcher keeps
+                retrying in the background; this tells the caller not to wait for it.
         """
         await anyio.lowlevel.checkpoint()
         self._check_thread()
@@ -403,7 +409,16 @@ class Dispatcher(_Sending):
             raise UsageError(f"{endpoint!r} is not one of this dispatcher's endpoints")
         while not (self._ready if endpoint is None else endpoint in self._ready):
             self._check_open()
+            self._check_refused(endpoint)
             await self._connected.wait()
+
+    def _check_refused(self, endpoint: str | None) -> None:
+        """Raise HandshakeRefused if ``endpoint`` (or every endpoint) keeps refusing."""
+        refusing = {e for e, n in self._refusals.items() if n >= REFUSALS_TO_GIVE_UP}
+        if endpoint is not None and endpoint in refusing:
+            raise HandshakeRefused(endpoint)
+        if endpoint is None and not self._up and refusing >= set(self.endpoints):
+            raise HandshakeRefused(", ".join(self.endpoints))
 
     async def wait_idle(self) -> None:
         """Wait until nothing is queued or pending (every outcome delivered; maybe not

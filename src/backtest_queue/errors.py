@@ -20,8 +20,10 @@ __all__ = [
     "BacktestQueueError",
     "DispatcherClosed",
     "DuplicateRequest",
+    "HandshakeRefused",
     "InvalidMessage",
     "InvalidRequest",
+    "NoAnswer",
     "ProtocolError",
     "QueueFull",
     "StoreBusy",
@@ -125,6 +127,49 @@ class ProtocolError(BacktestQueueError):
 
 class TransportError(BacktestQueueError):
     """The ZeroMQ layer failed (translated from ``zmq.ZMQError``)."""
+
+
+class HandshakeRefused(TransportError):
+    """A service refused this requester's ZMTP handshake: the CURVE keys do not fit (a
+    wrong pinned service key, a requester key the service does not admit, or CURVE on
+    one side only). Retrying does not help; the message names the fix.
+
+    Attributes:
+        endpoint: the service's endpoint.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(
+            f"the service at {endpoint} refused the handshake: the CURVE keys do not fit. "
+            "Give the requester its own *.key_secret and the service's public *.key "
+            "(--curve-keys DIR, or --curve-secret FILE --curve-server-key FILE); the service "
+            "must admit the requester's public key (its --allowed-keys DIR). A service "
+            "without --curve-secret refuses CURVE: then give no keys"
+        )
+        self.endpoint = endpoint
+
+
+class NoAnswer(TransportError):
+    """A service did not answer within the time allowed.
+
+    Attributes:
+        endpoint: the service's endpoint.
+        timeout: the seconds waited.
+        connected: whether a connection (a ZMTP handshake) was made at all.
+    """
+
+    def __init__(self, endpoint: str, timeout: float, *, connected: bool) -> None:
+        if connected:
+            why = "it accepted the connection but sent no PONG (is it a backtest-queue service?)"
+        else:
+            why = (
+                "nothing there completed a ZeroMQ handshake (is the service running on that "
+                "address and port?)"
+            )
+        super().__init__(f"no answer from {endpoint} within {timeout:g} s: {why}")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.connected = connected
 
 
 class StoreError(BacktestQueueError):

@@ -12,6 +12,7 @@ unwrapped: the block's own exception as it was raised, one failure of an interna
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -38,6 +39,7 @@ from .settings import (
 from .store import SqliteStore
 from .store_writer import StoreWriter
 from .transport import CurveClient, Network, Requester, ZmqNetwork, requester_options
+from .unconnected import warn_while_unconnected
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -70,6 +72,7 @@ def open_dispatcher(
     store_shared: bool = False,
     store_timeout: float = 30.0,
     cache: bool = True,
+    unconnected_warning: float | None = 10.0,
     context: zmq.Context[Any] | None = None,
     network: Network | None = None,
     metrics: MetricsSettings | int | CollectorRegistry | None = None,
@@ -117,6 +120,9 @@ def open_dispatcher(
         store_timeout: seconds ``submit`` waits for the store's write lock (held by
             another connection) before raising :class:`~backtest_queue.errors.StoreBusy`.
         cache: serve results from the store's cache (``False``: always run the backtest).
+        unconnected_warning: seconds requests may wait queued with no service connected
+            before a WARNING says so, once until a service connects (``None``: never);
+            see :mod:`backtest_queue.unconnected`.
         context: a pyzmq context to use (default: a private one, destroyed on exit).
         network: what opens the requester connections (default: ZeroMQ DEALER sockets,
             :class:`~backtest_queue.transport.ZmqNetwork`); tests pass the in-memory
@@ -159,6 +165,8 @@ def open_dispatcher(
     check_count("outcome_buffer", outcome_buffer, minimum=1, allow_inf=True)
     check_number("drain_timeout", drain_timeout, unit="seconds", minimum=0.0, allow_inf=True)
     check_number("store_timeout", store_timeout, unit="seconds", minimum=0.0, allow_inf=True)
+    check_number("unconnected_warning", unconnected_warning, unit="seconds", minimum=0.0,
+                 exclusive=True, allow_inf=True, allow_none=True)  # fmt: skip
     check_number("heartbeat_ivl", heartbeat_ivl, unit="seconds", minimum=0.0,
                  exclusive=True, maximum=MAX_HEARTBEAT_IVL)  # fmt: skip
     check_number("reconnect_ivl", reconnect_ivl, unit="seconds", minimum=0.0,
@@ -183,7 +191,8 @@ def open_dispatcher(
         endpoints=endpoint_list, queue=queue, on_full=on_full, outcome_buffer=outcome_buffer,
         drain_timeout=drain_timeout, max_message_bytes=max_message_bytes, store=store,
         store_shared=store_shared, store_timeout=store_timeout, cache=cache, context=context,
-        network=network, metrics=metrics_settings(metrics),
+        network=network, unconnected_warning=unconnected_warning,
+        metrics=metrics_settings(metrics),
         options=requester_options(
             heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
             max_message_bytes=max_message_bytes, curve=curve,
@@ -208,6 +217,7 @@ class _Settings:
     cache: bool
     context: zmq.Context[Any] | None
     network: Network | None
+    unconnected_warning: float | None
     options: dict[int, Any]
     metrics: MetricsSettings | None = None
 
@@ -298,6 +308,8 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
                     if writer is not None:
                         await tg.start(writer.run)
                     await tg.start(dispatcher._flusher)
+                    if s.unconnected_warning is not None and s.unconnected_warning < math.inf:
+                        await tg.start(warn_while_unconnected, dispatcher, s.unconnected_warning)
                     for endpoint, sock in sockets.items():
                         await tg.start(dispatcher._receiver, endpoint)
                         await tg.start(network.watch, sock, dispatcher._wake_send.clone())

@@ -32,6 +32,7 @@ import msgspec
 
 from ._explain import scan_request_id, translate
 from .errors import InvalidMessage, InvalidRequest, ProtocolError
+from .pong_fields import DatasetRange, check_status_fields
 from .validation import (
     GOOD_DATA_IDS,
     GOOD_NAMES,
@@ -388,9 +389,15 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         fingerprints: data_id -> content fingerprint of that dataset's OHLCV data; it
             changes when the data changes (optional: empty from a service that does not
             report them).
+        ranges: data_id -> :class:`~backtest_queue.pong_fields.DatasetRange` (bar count,
+            first and last stamp) of each dataset (optional: empty when not reported).
+        running: backtests running now (optional: ``None`` when not reported).
+        queued: validated backtests waiting for a worker (optional, likewise).
+        uptime_s: seconds since the service became ready (optional, likewise).
 
     Raises:
-        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id or ``workers``.
+        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id, ``workers``
+            or optional status field (see :mod:`backtest_queue.pong_fields`).
     """
 
     v: int = PROTOCOL_VERSION
@@ -399,6 +406,10 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
     datasets: list[str] = msgspec.field(default_factory=list)
     workers: int = 0
     fingerprints: dict[str, Fingerprint] = msgspec.field(default_factory=dict)
+    ranges: dict[str, DatasetRange] = msgspec.field(default_factory=dict)
+    running: int | None = None
+    queued: int | None = None
+    uptime_s: float | None = None
 
     def __post_init__(self) -> None:
         _check_version(self.v, InvalidMessage)
@@ -410,6 +421,7 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         for i, data_id in enumerate(self.datasets):
             check_data_id(data_id, f"datasets[{i}]", InvalidMessage)
         check_int(self.workers, "workers")
+        check_status_fields(self.ranges, self.running, self.queued, self.uptime_s)
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong

@@ -38,6 +38,10 @@ log = logging.getLogger("backtest_queue")
 
 _FLUSH_CHUNK: Final = 128
 _PONG_WAIT: Final = 1.0  # seconds a caching dispatcher waits for a PONG before it is ready
+#: Handshakes refused in a row (no success between) after which an endpoint counts as
+#: refusing: one without detail can be a service dying mid-handshake, two in a row are
+#: keys that do not fit. One definitive refusal (ConnectionEvent.definitive) is enough.
+REFUSALS_TO_GIVE_UP: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,7 @@ class _Sending:
     _blocked: set[str]
     _would_block: int
     _refused: int
+    _refusals: dict[str, int]  # endpoint -> handshakes refused in a row (since it was up)
     _flusher_wakes_at: float
     _task_group: anyio.abc.TaskGroup | None
     _cache: bool
@@ -247,6 +252,7 @@ class _Sending:
         endpoint = event.source
         if event.kind == "up":
             self._up.add(endpoint)
+            self._refusals.pop(endpoint, None)
             if not self._cache:
                 self._set_ready(endpoint)
             if endpoint not in self._blocked:
@@ -265,5 +271,12 @@ class _Sending:
             self._fail(failures)
             return False
         self._refused += 1
-        log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
+        before = self._refusals.get(endpoint, 0)
+        refusals = REFUSALS_TO_GIVE_UP if event.definitive else before + 1
+        self._refusals[endpoint] = max(before, refusals)
+        if before == 0:  # once per run of refusals: libzmq may retry every reconnect_ivl
+            log.error("handshake with %s refused (check the CURVE keys on both sides)", endpoint)
+        if before < REFUSALS_TO_GIVE_UP <= refusals:
+            self._connected.set()  # wait_connected raises HandshakeRefused now
+            self._connected = anyio.Event()
         return False

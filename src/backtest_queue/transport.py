@@ -75,6 +75,9 @@ _REFUSED_EVENTS: Final = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 
+#: A ZMTP protocol error that means "CURVE on one side only", not a broken peer.
+_MECHANISM_MISMATCH: Final = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+
 
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
@@ -323,12 +326,18 @@ class ConnectionEvent:
             requester socket after the endpoint it connects to).
         endpoint: the endpoint the event is about, as libzmq reports it.
         at: ``anyio.current_time()`` when the event was read, in seconds.
+        definitive: for ``"refused"``: the peer said why (a ZAP authentication failure,
+            after which libzmq does not reconnect, or a security mechanism mismatch such
+            as CURVE on one side only), so retrying will not help. ``False`` for a
+            handshake that failed without detail (a wrong pinned server key, or a peer
+            that died mid-handshake).
     """
 
     kind: Literal["up", "down", "refused"]
     source: str
     endpoint: str
     at: float
+    definitive: bool = False
 
 
 async def run_monitor(
@@ -444,6 +453,10 @@ async def _forward_events(
                 trouble.retried(where, now)
                 continue
             kind: Literal["up", "down", "refused"]
+            definitive = bool(event & zmq.EVENT_HANDSHAKE_FAILED_AUTH) or (
+                bool(event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                and info["value"] == _MECHANISM_MISMATCH
+            )
             if event & _UP_EVENTS:
                 trouble.connected(where)
                 kind = "up"
@@ -453,7 +466,7 @@ async def _forward_events(
                 kind = "refused"
             else:
                 continue
-            await events_out.send(ConnectionEvent(kind, name, where, now))
+            await events_out.send(ConnectionEvent(kind, name, where, now, definitive))
 
 
 class Requester(Protocol):

@@ -8,6 +8,7 @@ candidates can be made to fail with an ``engine_error`` reply, or never be answe
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 import zmq
 
 from backtest_queue.protocol import (
@@ -23,6 +25,8 @@ from backtest_queue.protocol import (
     BacktestResult,
     ErrorReply,
     Metrics,
+    Ping,
+    Pong,
     Strategy,
     decode_message,
     encode_message,
@@ -61,6 +65,27 @@ def fake_metrics(request: BacktestRequest) -> Metrics:
         return_pct=round(sharpe * 4, 6),
         trades=trades,
         bars=100,
+    )
+
+
+@functools.cache
+def builtin_pong() -> Pong:
+    """What a real service with only the built-in datasets answers to a PING."""
+    from backtest_queue.pong_fields import DatasetRange
+    from backtest_queue.service.datasets import load_catalog
+    from backtest_queue.service.fingerprint import fingerprint_bars
+
+    catalog = load_catalog()
+    bars = {d: catalog.get(d).bars for d in catalog.ids}
+    return Pong(
+        version="fake",
+        datasets=catalog.ids,
+        workers=1,
+        fingerprints={d: fingerprint_bars(b) for d, b in bars.items()},
+        ranges={
+            d: DatasetRange(bars=len(b), first=b.index[0].isoformat(), last=b.index[-1].isoformat())
+            for d, b in bars.items()
+        },
     )
 
 
@@ -129,6 +154,12 @@ async def fake_service(
                         for frames in batch:
                             identity, body = frames[0], frames[-1]
                             request = decode_message(body)
+                            if isinstance(request, Ping):  # evolve asks what it has
+                                pong = msgspec.structs.replace(
+                                    builtin_pong(), request_id=request.request_id
+                                )
+                                router.try_send([identity, b"", encode_message(pong)])
+                                continue
                             assert isinstance(request, BacktestRequest)
                             fake._record(request)
                             if ignore is not None and ignore(request.strategy):

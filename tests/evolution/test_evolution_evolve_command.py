@@ -71,7 +71,17 @@ def test_evolve_stops_when_the_first_generation_all_fails(
     assert any("engine_error" in m for m in errors)
 
 
-def test_evolve_refuses_an_unknown_dataset(caplog: pytest.LogCaptureFixture) -> None:
-    args = evolve_args("--connect", "tcp://127.0.0.1:1", "--data", "NOPE-H1")
-    assert command_evolve.run(args) == 1
-    assert any("'NOPE-H1' is not a dataset" in r.getMessage() for r in caplog.records)
+def test_evolve_refuses_a_dataset_the_service_does_not_list(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with fake_in_thread() as fake:
+        args = evolve_args("--connect", fake.endpoint, "--dataset", "NOPE-H1",
+                           "--out", str(tmp_path / "out"))  # fmt: skip
+        assert command_evolve.run(args) == 1
+        assert fake.requests == []  # nothing was sent
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(
+        f"--dataset NOPE-H1: the service at {fake.endpoint} has no such dataset; it has "
+        "BTCUSD-MN1, EURUSD-H1, GOOG-D1" in m
+        for m in errors
+    ), errors

@@ -37,6 +37,15 @@ def test_ping_is_answered_with_what_the_service_has(
     shared_service: PortalService, client: RawClient
 ) -> None:
     pong = client.request({"type": "PING", "v": 1, "request_id": "p-1"})
+    ranges, uptime = pong.pop("ranges"), pong.pop("uptime_s")
+    assert sorted(ranges) == EXPECTED_DATASETS
+    assert ranges["EURUSD-H1"] == {
+        "bars": 5000,
+        "first": "2017-04-19T09:00:00",
+        "last": "2018-02-07T15:00:00",
+    }
+    assert isinstance(uptime, float)
+    assert uptime >= 0.0
     assert pong == {
         "type": "PONG",
         "v": 1,
@@ -45,6 +54,8 @@ def test_ping_is_answered_with_what_the_service_has(
         "datasets": EXPECTED_DATASETS,  # broken.csv was logged and skipped
         "workers": 1,
         "fingerprints": dict(shared_service.service.fingerprints),
+        "running": 0,
+        "queued": 0,
     }
     assert sorted(pong["fingerprints"]) == EXPECTED_DATASETS
     assert client.request({"type": "PING"})["request_id"] is None  # v defaults to 1

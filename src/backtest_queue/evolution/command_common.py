@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import add_metrics_arguments
+from .dataset_source import add_data_arguments
 
 if TYPE_CHECKING:
     import anyio
 
+    from .dataset_source import SearchData
     from .robustness import Assessment
     from .search import SearchReport
 
@@ -88,20 +90,7 @@ def add_search_arguments(
         metavar="N",
         help="candidates per generation (default: %(default)s)",
     )
-    parser.add_argument(
-        "--data",
-        default="EURUSD-H1",
-        metavar="DATA_ID",
-        help="dataset to search on (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="directory of <data_id>.csv datasets (the service's --data); "
-        "read here too, to split the bars",
-    )
+    add_data_arguments(parser, default_dataset="EURUSD-H1")  # --dataset ID, --data DIR
     parser.add_argument(
         "--sampler",
         choices=("tpe", "nsga2", "random"),
@@ -264,6 +253,7 @@ async def search_and_report(
     endpoints: Sequence[str],
     dispatcher_options: dict[str, Any],
     *,
+    data: SearchData,
     companion: Companion | None = None,
 ) -> int:
     """Open a dispatcher, run the search, write the outputs and print the leaderboard.
@@ -272,6 +262,8 @@ async def search_and_report(
         args: parsed options of :func:`add_search_arguments`.
         endpoints: the services' endpoints.
         dispatcher_options: keyword arguments for :func:`open_dispatcher`.
+        data: the dataset's split, and its bars when this process has them
+            (:mod:`.dataset_source`).
         companion: started next to the search in the dispatcher's block, and cancelled
             when the search is done (the demo's service launcher).
 
@@ -286,17 +278,15 @@ async def search_and_report(
     from ..metrics import metrics_from_args
     from .progress import make_observer
     from .search import SearchConfig, run_search, write_outputs
-    from .split import load_bars, split_bars
 
     dispatcher_options = {**dispatcher_options, "metrics": metrics_from_args(args)}
-    bars = load_bars(args.data, args.data_dir)
-    split = split_bars(bars.index, args.data, fraction=args.in_sample)
+    split, bars = data.split, data.bars
     config = SearchConfig(
         generations=args.generations,
         population=args.population,
         sampler=args.sampler,
         seed=args.seed,
-        data_id=args.data,
+        data_id=args.dataset,
         in_sample_fraction=args.in_sample,
         top=args.top,
         min_trades=args.min_trades,
@@ -307,7 +297,7 @@ async def search_and_report(
     if args.walk_forward:
         from .walkforward import windows as wf_windows
 
-        windows = wf_windows(bars.index[: split.in_sample_bars], args.walk_forward, args.wf_mode)
+        windows = wf_windows(data.in_sample_stamps, args.walk_forward, args.wf_mode)
         log.info("walk-forward: %d %s windows, %s", len(windows), args.wf_mode,
                  ", ".join(f"{a[:10]}..{b[:10]}" for a, b in windows))  # fmt: skip
     log.info(
@@ -331,13 +321,9 @@ async def search_and_report(
         submitting.set()
 
     async def watch(dispatcher: Dispatcher) -> None:
-        with anyio.move_on_after(10.0):
-            await dispatcher.wait_connected()
-            return
-        log.warning(
-            "no backtest service reachable at %s yet; requests stay queued (Ctrl-C to stop)",
-            ", ".join(endpoints),
-        )
+        # Raises HandshakeRefused when the keys do not fit, which ends the search; a
+        # service that is not there yet is the dispatcher's warning (unconnected_warning).
+        await dispatcher.wait_connected()
 
     # The companion (the demo's service) outlives the dispatcher: the dispatcher closes
     # first, so stopping the service at the end is not reported as a lost connection.
@@ -363,7 +349,7 @@ async def search_and_report(
                     d.outcomes.close()
             outer.cancel_scope.cancel()
     assessment = None
-    if report.leaderboard:
+    if report.leaderboard and bars is not None:  # re-runs the top strategies here
         from .cycle import RunSettings
         from .robustness import assess
 

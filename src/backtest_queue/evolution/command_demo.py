@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..curve_options import add_curve_arguments
+from ..errors import UsageError
 from .command_common import (
     add_search_arguments,
     non_negative_float,
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the started service's worker processes (default: %(default)s)",
     )
+    add_curve_arguments(parser)
     parser.add_argument(
         "--service-delay",
         type=non_negative_float,
@@ -66,8 +69,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from ..curve_options import curve_from_args
+    from .dataset_source import dataset_from_service, local_dataset, resolve_data_arguments
     from .service_process import free_tcp_endpoint
 
+    resolve_data_arguments(args)
+    curve = curve_from_args(args)
+    if args.connect is None:
+        if curve is not None:
+            raise UsageError("--curve-keys/--curve-secret/--curve-server-key need --connect "
+                             "ENDPOINT: the demo's own service runs without CURVE")  # fmt: skip
+        # The service the demo starts reads the same files: the bars are known here.
+        data = local_dataset(args.dataset, args.data_dir, fraction=args.in_sample)
+    else:
+        data = await dataset_from_service(args.dataset, [args.connect], fraction=args.in_sample,
+                                          data_dir=args.data_dir, curve=curve)  # fmt: skip
     endpoint = args.connect or free_tcp_endpoint()
     # Requests wait in the send queue until the service is up; its results come back
     # well within a minute even when the service is still warming up its workers.
@@ -79,6 +95,7 @@ async def _main(args: argparse.Namespace) -> int:
         "store": args.store,
         "store_shared": args.store_shared,
         "cache": args.cache,
+        "curve": curve,
     }
     companion = None
     if args.connect is None:
@@ -91,7 +108,7 @@ async def _main(args: argparse.Namespace) -> int:
             log_path=args.out / "service.log",
             delay=args.service_delay,
         )
-    return await search_and_report(args, [endpoint], options, companion=companion)
+    return await search_and_report(args, [endpoint], options, data=data, companion=companion)
 
 
 async def _service_after(

@@ -1,8 +1,11 @@
 """``backtest-queue evolve``: the demo's search against backtest services you run.
 
 Start one or more services (``backtest-queue service --bind ENDPOINT``), then point
-``evolve`` at them with ``--connect`` (repeat it for several). Requests queue until a
-service is reachable, so the order you start things in does not matter.
+``evolve`` at them with ``--connect`` (repeat it for several). It first asks them
+(PING) which datasets they have - ``--dataset`` must be one of them, and no local copy
+of the data is needed - and waits for one to answer, so the order you start things in
+does not matter. A service with ``--curve-secret`` needs the CURVE options; keys that do
+not fit end the run with an error at once.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
+from ..curve_options import add_curve_arguments
 from .command_common import add_search_arguments, positive_int, run_command, search_and_report
 
 __all__ = ["add_arguments", "run"]
@@ -61,10 +65,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds between periodic flushes (default: %(default)s)",
     )
+    add_curve_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``evolve``; returns the exit status."""
+    return run_command(args, partial(_main, args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from ..curve_options import curve_from_args
+    from .dataset_source import dataset_from_service, resolve_data_arguments
+
+    resolve_data_arguments(args)
+    curve = curve_from_args(args)
+    # The services say what they have: no local copy of the data is needed.
+    data = await dataset_from_service(args.dataset, args.connect, fraction=args.in_sample,
+                                      data_dir=args.data_dir, curve=curve)  # fmt: skip
     options = {
         "flush_interval": args.flush_interval,
         "max_pending": args.max_pending,
@@ -74,5 +91,6 @@ def run(args: argparse.Namespace) -> int:
         "store": args.store,
         "store_shared": args.store_shared,
         "cache": args.cache,
+        "curve": curve,
     }
-    return run_command(args, partial(search_and_report, args, args.connect, options))
+    return await search_and_report(args, args.connect, options, data=data)

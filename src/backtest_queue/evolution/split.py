@@ -102,8 +102,10 @@ def load_bars(data_id: str, data_dir: Path | str | None = None) -> pd.DataFrame:
     catalog = load_catalog(data_dir)
     try:
         return catalog.get(data_id).bars
-    except ProtocolError as exc:
-        raise UsageError(exc.message) from None
+    except ProtocolError:  # its message is the service's, about "this service"
+        where = "the built-in datasets" + ("" if data_dir is None else f" and {data_dir}")
+        raise UsageError(f"{data_id!r} is not among {where}; there are "
+                         f"{', '.join(catalog.ids)}") from None  # fmt: skip
 
 
 def _iso(moment: datetime) -> str:

@@ -40,6 +40,7 @@ from .. import __version__
 from .._ratelog import RateLimitedLog
 from ..errors import InvalidMessage, ProtocolError, TransportError, UsageError
 from ..metrics import MetricsSettings, metrics_settings
+from ..pong_fields import DatasetRange
 from ..protocol import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -171,6 +172,12 @@ def _one_line(text: str) -> str:
     return line if len(line) <= _MAX_ERROR_TEXT else line[: _MAX_ERROR_TEXT - 3] + "..."
 
 
+def _range_of(catalog: Catalog, data_id: str) -> DatasetRange:
+    """The bar count and first/last stamps of a dataset, for ``PONG.ranges``."""
+    index = catalog.get(data_id).bars.index
+    return DatasetRange(bars=len(index), first=index[0].isoformat(), last=index[-1].isoformat())
+
+
 def _peer_name(peer: bytes) -> str:
     return peer.hex() or "<empty>"
 
@@ -248,7 +255,9 @@ class Service:
             datasets=list(self.datasets),
             workers=self.workers,
             fingerprints={data_id: self.fingerprints[data_id] for data_id in self.datasets},
+            ranges={data_id: _range_of(catalog, data_id) for data_id in self.datasets},
         )
+        self._ready_at = anyio.current_time()  # built once the workers are up
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -542,9 +551,14 @@ class Service:
         return None
 
     def _pong_for(self, ping: Ping) -> Pong:
-        if ping.request_id is None:
-            return self._pong
-        return msgspec.structs.replace(self._pong, request_id=ping.request_id)
+        jobs = self._jobs_send.statistics()
+        return msgspec.structs.replace(
+            self._pong,
+            request_id=ping.request_id,
+            running=self._running,
+            queued=jobs.current_buffer_used + jobs.tasks_waiting_send,
+            uptime_s=round(max(0.0, anyio.current_time() - self._ready_at), 3),
+        )
 
     def _accept(self, peer: bytes, request: BacktestRequest) -> _Job | None:
         """Validate a request; return its job, or ``None`` when answered or ignored."""
