@@ -32,7 +32,6 @@ import contextlib
 import logging
 import math
 import pickle
-import socket
 import uuid
 from asyncio import CancelledError as AsyncioCancelledError
 from collections.abc import AsyncIterator, Mapping
@@ -40,7 +39,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import pandas as pd
@@ -332,25 +331,28 @@ async def open_dask_pool(
 
 
 async def _connect(executor: DaskExecutor) -> Client:
-    """Reach the scheduler (a TCP probe first, so a dead address leaves no client behind)."""
+    """Reach the scheduler: ask who it is first (bounded), then connect a client.
+
+    (distributed's ``Client(timeout=...)`` waits forever for a peer that accepts the TCP
+    connection and never answers; an abandoned attempt would leave its threads behind.)
+    """
     from distributed import Client
-    from distributed.comm.addressing import parse_address, parse_host_port
 
     address, timeout = executor.scheduler, executor.connect_timeout
-    fix = "check --scheduler / scheduler= and that the Dask scheduler runs and is reachable"
+    fix = "check --scheduler (scheduler=) and that the Dask scheduler runs and is reachable"
     try:
-        scheme, location = parse_address(address)
-        if scheme in ("tcp", "tls"):
-            host, port = parse_host_port(location)
-            probe = partial(socket.create_connection, (host, port), timeout=timeout)
-            with await anyio.to_thread.run_sync(probe):
-                pass
+        identity = await anyio.to_thread.run_sync(_identify, address, timeout)
     except ValueError as exc:
         raise UsageError(f"scheduler: {exc}") from None
-    except OSError as exc:
+    except (OSError, TimeoutError) as exc:
+        why = f": {exc}" if str(exc) else " (no answer)"
         raise EngineError(
-            f"cannot reach the Dask scheduler at {address} within {timeout:g} s: {exc}; {fix}"
+            f"cannot reach the Dask scheduler at {address} within {timeout:g} s{why}; {fix}"
         ) from None
+    if identity.get("type") != "Scheduler":
+        raise EngineError(
+            f"{address} is not a Dask scheduler (it is a {identity.get('type')!r}); {fix}"
+        )
     connect = partial(Client, address, timeout=timeout, set_as_default=False)
     try:
         with anyio.fail_after(timeout + 5.0):
@@ -360,6 +362,26 @@ async def _connect(executor: DaskExecutor) -> Client:
             f"cannot connect to the Dask scheduler at {address} within {timeout:g} s: "
             f"{type(exc).__name__}: {exc}; {fix}"
         ) from None
+
+
+def _identify(address: str, timeout: float) -> dict[str, Any]:
+    """In a thread: the peer's ``identity()``, on an event loop of its own, in ``timeout`` s.
+
+    Raises:
+        ValueError: a malformed address.
+        OSError: the peer refused or dropped the connection.
+        TimeoutError: no answer in time.
+    """
+    import asyncio
+
+    from distributed.core import rpc
+
+    async def ask() -> dict[str, Any]:
+        async with rpc(address, timeout=timeout) as peer:  # type: ignore[no-untyped-call]
+            identity: dict[str, Any] = await peer.identity()
+            return identity
+
+    return asyncio.run(asyncio.wait_for(ask(), timeout))
 
 
 async def _worker_count(
