@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import os
+import pickle
 import re
 import signal
 import socket
@@ -28,6 +29,7 @@ pytest.importorskip("distributed")
 
 from distributed import Client, Future, LocalCluster
 
+import backtest_queue
 from backtest_queue import BacktestRequest, Outcome, open_dispatcher
 from backtest_queue.errors import UsageError
 from backtest_queue.protocol import decode_message
@@ -53,7 +55,7 @@ from service_helpers import (
 )
 
 #: Real clusters and processes on a busy 2-core machine: minutes, not the default 60 s.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 LOCAL = "tcp://127.0.0.1:*"
 #: Requests of several kinds, datasets and ranges; each id is the request_id.
@@ -137,6 +139,7 @@ async def _ask_all(endpoint: str, context: zmq.Context[Any]) -> dict[str, dict[s
     return {reply["request_id"]: reply for reply in replies}
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_the_same_requests_give_the_same_metrics_as_the_process_pool(
     cluster: LocalCluster, client: Client, context: zmq.Context[Any]
@@ -195,6 +198,7 @@ def _running_backtests(dask_scheduler: Any) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_failures_and_cancellations_are_answered_like_the_pool_does(
     cluster: LocalCluster, client: Client, context: zmq.Context[Any], tmp_path: Path
@@ -256,6 +260,7 @@ async def test_failures_and_cancellations_are_answered_like_the_pool_does(
             (tmp_path / gate).touch()
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_an_engine_that_cannot_prepare_stops_the_start(
     cluster: LocalCluster, client: Client, tmp_path: Path
@@ -318,6 +323,7 @@ def _check(outcomes: list[Outcome], expected: dict[str, dict[str, Any]]) -> None
         assert got == expected[outcome.request_id], outcome.request_id
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_the_service_command_runs_on_a_dask_cluster(
     cluster: LocalCluster, context: zmq.Context[Any], tmp_path: Path, anyio_backend: str
@@ -336,6 +342,7 @@ async def test_the_service_command_runs_on_a_dask_cluster(
     assert "with 2 workers" in log
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_a_dask_worker_killed_mid_run_loses_nothing(
     context: zmq.Context[Any],
@@ -444,6 +451,7 @@ def test_bad_dask_settings_are_usage_errors(settings: dict[str, Any], message: s
         DaskExecutor(**settings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "status", "message"),
     [
@@ -465,3 +473,16 @@ def test_the_service_command_refuses_bad_dask_settings(
     service = start_service_process(zmq_context, tmp_path / "service.log", *args)
     assert service.process.wait(timeout=60) == status
     assert message.format(port=port) in " ".join(service.log().split())
+
+
+def test_a_worker_with_another_version_refuses_the_plugin() -> None:
+    plugin = ServicePlugin(
+        "p", pickle.dumps(BacktestingPyEngine()), pickle.dumps({}), version="0.0.0"
+    )
+    with pytest.raises(
+        EngineError, match=r"this Dask worker has backtest-queue .*, the service 0\.0\.0"
+    ):
+        plugin.loaded()
+    same = pickle.loads(pickle.dumps(ServicePlugin("p", pickle.dumps(None), pickle.dumps({}))))
+    assert same.version == backtest_queue.__version__
+    assert repr(same) == "<ServicePlugin p not loaded>"

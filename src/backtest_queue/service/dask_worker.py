@@ -22,6 +22,7 @@ from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.worker import Worker
 
+from .. import __version__
 from ..protocol import BacktestRequest, Metrics
 from .engine import Engine, EngineError, ServiceUnavailable
 
@@ -39,12 +40,17 @@ class ServicePlugin(WorkerPlugin):
         name: the plugin's name on the cluster (unique per service run).
         engine_pickle: the engine, pickled.
         datasets_pickle: data_id -> OHLCV frame, pickled.
+        version: the service's backtest-queue version; a worker with another one
+            refuses the plugin (requests and metrics must mean the same on both sides).
     """
 
     idempotent = False
 
-    def __init__(self, name: str, engine_pickle: bytes, datasets_pickle: bytes) -> None:
+    def __init__(
+        self, name: str, engine_pickle: bytes, datasets_pickle: bytes, *, version: str = __version__
+    ) -> None:
         self.name = name
+        self.version = version
         self._engine_pickle = engine_pickle
         self._datasets_pickle = datasets_pickle
         self._lock = threading.Lock()
@@ -55,6 +61,7 @@ class ServicePlugin(WorkerPlugin):
     def __getstate__(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "version": self.version,
             "_engine_pickle": self._engine_pickle,
             "_datasets_pickle": self._datasets_pickle,
         }
@@ -86,9 +93,19 @@ class ServicePlugin(WorkerPlugin):
             self._loaded = None
 
     def loaded(self) -> tuple[Engine, Mapping[str, pd.DataFrame]]:
-        """The engine and the datasets, loaded on first use (thread-safe)."""
+        """The engine and the datasets, loaded on first use (thread-safe).
+
+        Raises:
+            EngineError: this worker has another backtest-queue version than the service.
+            Exception: unpickling or ``engine.prepare()`` failed.
+        """
         with self._lock:
             if self._loaded is None:
+                if self.version != __version__:
+                    raise EngineError(
+                        f"this Dask worker has backtest-queue {__version__}, the service "
+                        f"{self.version}: install the same version on both"
+                    )
                 # tqdm (used by backtesting.py) reads this when it is imported.
                 os.environ.setdefault("TQDM_DISABLE", "1")
                 bars: Mapping[str, pd.DataFrame] = pickle.loads(self._datasets_pickle)
