@@ -396,6 +396,39 @@ async def test_a_dask_worker_killed_mid_run_loses_nothing(
     assert counts == (len(requests), 0, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_lost_scheduler_makes_the_service_answer_unavailable(
+    context: zmq.Context[Any], tmp_path: Path
+) -> None:
+    """The scheduler goes away mid-backtest: that backtest and the next ones are answered
+    with unavailable (sent again, elsewhere), none with a final error."""
+    try:
+        with anyio.fail_after(120):
+            own_cluster = await anyio.to_thread.run_sync(_local_cluster)
+            try:
+                executor = DaskExecutor(own_cluster.scheduler_address, connect_timeout=2)
+                async with (
+                    open_service(
+                        bind=LOCAL, executor=executor, engine=ScriptedEngine(tmp_path)
+                    ) as service,
+                    open_async_client(context, service.endpoint) as requester,
+                ):
+                    await requester.send(scripted("g", "gate:g"))
+                    await service.wait_statistics(lambda s: s.running == 1)
+                    await anyio.to_thread.run_sync(own_cluster.close)
+                    reply = await requester.receive()
+                    assert (reply["code"], reply["request_id"]) == ("unavailable", "g")
+                    reply = await requester.request(scripted("next", "fine"))
+                    assert (reply["code"], reply["request_id"]) == ("unavailable", "next")
+                    assert "send it again" in reply["message"]
+                    assert service.statistics().engine_errors == 0
+            finally:
+                await anyio.to_thread.run_sync(own_cluster.close)
+    finally:
+        (tmp_path / "g").touch()
+
+
 # -- clear errors: no dask, no scheduler -----------------------------------------------
 
 
