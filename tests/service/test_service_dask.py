@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import dask
 import msgspec
 import pytest
 import zmq
@@ -427,6 +428,33 @@ async def test_a_lost_scheduler_makes_the_service_answer_unavailable(
                 await anyio.to_thread.run_sync(own_cluster.close)
     finally:
         (tmp_path / "g").touch()
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_backtest_that_kills_its_workers_is_an_engine_error(
+    context: zmq.Context[Any], tmp_path: Path
+) -> None:
+    """Like a crash in the local pool: a backtest whose Dask worker dies more often than
+    ``allowed-failures`` (here 0) is answered with engine_error, not sent round again."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        own_cluster = await anyio.to_thread.run_sync(_local_cluster)
+    try:
+        with anyio.fail_after(120):
+            executor = DaskExecutor(own_cluster.scheduler_address)
+            async with (
+                open_service(
+                    bind=LOCAL, executor=executor, engine=ScriptedEngine(tmp_path)
+                ) as service,
+                open_async_client(context, service.endpoint) as requester,
+            ):
+                reply = await requester.request(scripted("c", "crash"))
+                assert (reply["code"], reply["request_id"]) == ("engine_error", "c")
+                assert "died" in reply["message"]
+                reply = await requester.request(scripted("after", "fine"))
+                assert reply["type"] == "BACKTEST_RESULT"  # the cluster lives on
+    finally:
+        await anyio.to_thread.run_sync(own_cluster.close)
 
 
 # -- clear errors: no dask, no scheduler -----------------------------------------------

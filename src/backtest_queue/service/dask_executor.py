@@ -236,8 +236,11 @@ class DaskPool:
                 f"memory) too often; the scheduler gave up: {exc}"
             )
         except (AsyncioCancelledError, concurrent.futures.CancelledError) as exc:
-            self.cancelled_by_cluster += 1
-            why = "the service is stopping" if self._closed else f"the Dask cluster: {exc}"
+            if self._closed:
+                why = "the service is stopping"
+            else:
+                self.cancelled_by_cluster += 1
+                why = f"by the Dask cluster: {exc}"
             return ServiceUnavailable(f"the backtest was cancelled ({why}); send it again")
         except Exception as exc:
             if self._closed:
