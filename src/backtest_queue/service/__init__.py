@@ -15,11 +15,14 @@ interface and the backtesting.py engine), :mod:`.strategies` (strategy kinds and
 validation), :mod:`.datasets` (built-in and CSV datasets), :mod:`.pool` (the process
 pool), :mod:`.worker` (what runs in a worker), :mod:`.outbox` (held replies, sans-IO),
 :mod:`.statistics` (the counters), :mod:`.monitor` (connection events),
+:mod:`.executor` (where backtests run), :mod:`.dask_executor` and :mod:`.dask_worker`
+(a Dask cluster as the executor),
 :mod:`.command` (the CLI subcommand).
 """
 
 from __future__ import annotations
 
+from .dask_executor import DaskExecutor as DaskExecutor
 from .datasets import BUILTIN_DATASETS as BUILTIN_DATASETS
 from .datasets import Catalog as Catalog
 from .datasets import Dataset as Dataset
@@ -30,6 +33,9 @@ from .engine import BacktestingPyEngine as BacktestingPyEngine
 from .engine import Engine as Engine
 from .engine import EngineError as EngineError
 from .engine import ServiceUnavailable as ServiceUnavailable
+from .executor import BacktestExecutor as BacktestExecutor
+from .executor import Executor as Executor
+from .executor import LocalPool as LocalPool
 from .server import Service as Service
 from .server import open_service as open_service
 from .server import service_socket_options as service_socket_options
@@ -41,13 +47,17 @@ from .strategies import check_strategy as check_strategy
 __all__ = [
     "BUILTIN_DATASETS",
     "KINDS",
+    "BacktestExecutor",
     "BacktestingPyEngine",
     "Catalog",
     "CheckedStrategy",
+    "DaskExecutor",
     "Dataset",
     "DatasetError",
     "Engine",
     "EngineError",
+    "Executor",
+    "LocalPool",
     "Service",
     "ServiceStatistics",
     "ServiceUnavailable",

@@ -95,6 +95,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "is in DIR",
     )
     parser.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="where backtests run: 'local' worker processes (default) or 'dask', an "
+        "existing Dask cluster (needs --scheduler and the dask extra: pip install "
+        "'backtest-queue[dask]'); with dask, --workers counts backtests at once "
+        "(default: the cluster's worker threads)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="with --executor dask: the Dask scheduler, e.g. tcp://10.0.0.5:8786",
+    )
+    parser.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --executor dask: how long to wait for the scheduler and a first "
+        "worker (default 10)",
+    )
+    parser.add_argument(
         "--backend",
         choices=("trio", "asyncio"),
         default="trio",
@@ -132,6 +155,19 @@ def _start_curve(args: argparse.Namespace, context: zmq.Context[Any]) -> tuple[d
     return options, start_authenticator(context, AllowedKeys(args.allowed_keys))
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """The ``executor`` for :func:`open_service` (``None``: the local pool)."""
+    if args.executor == "local":
+        if args.scheduler is not None:
+            raise UsageError("--scheduler needs --executor dask")
+        return None
+    if args.scheduler is None:
+        raise UsageError("--executor dask needs --scheduler tcp://HOST:8786")
+    from .dask_executor import DaskExecutor
+
+    return DaskExecutor(args.scheduler, connect_timeout=args.scheduler_timeout)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the service; returns the exit status (see the module docstring)."""
     context: zmq.Context[Any] = zmq.Context()
@@ -148,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             "socket_options": options,
             "context": context,
             "metrics": metrics_from_args(args),
+            "executor": _executor(args),
         }
         return anyio.run(partial(_serve, settings), backend=args.backend)
     except UsageError as exc:

@@ -60,11 +60,11 @@ from ..protocol import (
 from ..transport import SendStatus, ZmqSocket, open_socket
 from .datasets import Catalog, load_catalog
 from .engine import BacktestingPyEngine, Engine, EngineError, ServiceUnavailable
+from .executor import BacktestExecutor, Executor, LocalPool
 from .fingerprint import fingerprint_datasets
 from .metrics import ServiceMetrics, open_service_metrics
 from .monitor import run_connection_monitor
 from .outbox import Dropped, Outbox
-from .pool import WorkerPool, open_pool
 from .statistics import ServiceStatistics
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Service:
         *,
         sock: ZmqSocket,
         context: zmq.Context[Any],
-        pool: WorkerPool,
+        pool: BacktestExecutor,
         catalog: Catalog,
         fingerprints: Mapping[str, str],
         engine: Engine,
@@ -701,6 +701,7 @@ async def open_service(
     socket_options: Mapping[int, Any] | None = None,
     context: zmq.Context[Any] | None = None,
     metrics: MetricsSettings | int | CollectorRegistry | None = None,
+    executor: Executor | None = None,
 ) -> AsyncIterator[Service]:
     """Run a backtest service for the duration of the ``async with`` block.
 
@@ -743,15 +744,20 @@ async def open_service(
             port for an HTTP server on 127.0.0.1 answering ``/metrics`` (0: a free port,
             read :attr:`Service.metrics` ``.port``), a ``prometheus_client.CollectorRegistry``
             to register in (no server), or :class:`~backtest_queue.metrics.MetricsSettings`.
+        executor: where the backtests run: :class:`~.executor.LocalPool` (the default:
+            ``workers`` processes on this machine) or
+            :class:`~.dask_executor.DaskExecutor` (an existing Dask cluster; ``workers``
+            then counts backtests at once, by default the cluster's worker threads).
 
     Raises:
         UsageError: a bad setting, a data directory that does not exist, an engine that
             does not implement :class:`Engine` or cannot be pickled, ``metrics`` without
             prometheus-client installed.
         TransportError: the endpoint (or the metrics port) cannot be bound.
-        EngineError: the workers failed to start (``warm_up``).
+        EngineError: the workers failed to start (``warm_up``), or the Dask scheduler
+            cannot be reached.
     """
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    executor = LocalPool() if executor is None else executor
     engine = BacktestingPyEngine() if engine is None else engine
     options = service_socket_options(max_message_bytes=max_message_bytes)
     options.update(socket_options or {})
@@ -793,6 +799,7 @@ async def open_service(
                     reply_timeout=reply_timeout,
                     shutdown_grace=shutdown_grace,
                     max_queued=max_queued,
+                    executor=executor,
                 ) as service,
                 open_service_metrics(service, metrics_wanted),
             ):
@@ -830,12 +837,13 @@ async def _serve(
     options: dict[int, Any],
     engine: Engine,
     catalog: Catalog,
-    workers: int,
+    workers: int | None,
     warm_up: bool,
     max_message_bytes: int,
     reply_timeout: float,
     shutdown_grace: float,
     max_queued: int,
+    executor: Executor,
 ) -> AsyncIterator[Service]:
     """The socket, the pool and the tasks of :func:`open_service`."""
     bars = catalog.bars()
@@ -844,7 +852,7 @@ async def _serve(
     # until the tasks start, after the workers are up.
     async with (
         open_socket(zmq_context, zmq.ROUTER, name="service", options=options, bind=bind) as sock,
-        open_pool(engine, bars, workers=workers, warm_up=warm_up) as pool,
+        executor.open(engine, bars, workers=workers, warm_up=warm_up) as pool,
     ):
         endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
         service = Service(
@@ -894,7 +902,7 @@ async def _serve(
 
 def _check_settings(
     *,
-    workers: int,
+    workers: int | None,
     engine: Engine,
     max_message_bytes: int,
     reply_timeout: float,
@@ -902,7 +910,7 @@ def _check_settings(
     max_queued: int,
     options: Mapping[int, Any],
 ) -> None:
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
     if not isinstance(engine, Engine):
         raise UsageError(f"engine {engine!r} does not implement validate, prepare and run")
