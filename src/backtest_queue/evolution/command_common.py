@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cli_types import integer, number
+
 if TYPE_CHECKING:
     import anyio
 
@@ -37,35 +39,15 @@ log = logging.getLogger("backtest_queue.evolution")
 Companion = Callable[["anyio.Event"], Coroutine[Any, Any, None]]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
-    return value
+#: argparse type: an integer >= 1.
+positive_int = integer(1)
+#: argparse type: an integer >= 0.
+non_negative_int = integer(0)
+#: argparse type: a finite float >= 0.
+non_negative_float = number(0.0)
+_fraction = number(0.0, 1.0, exclusive=True)
+#: Optuna's samplers seed numpy's generator, which takes 0 .. 2**32 - 1.
+_seed = integer(0, 2**32 - 1)
 
 
 def add_search_arguments(
@@ -109,7 +91,7 @@ def add_search_arguments(
     )
     parser.add_argument(
         "--walk-forward",
-        type=non_negative_int,
+        type=integer(2, also=(0,)),
         default=0,
         metavar="K",
         help="score each candidate on K windows of the in-sample bars by mean minus "
@@ -124,7 +106,7 @@ def add_search_arguments(
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=7,
         help="optimizer seed: same seed, same search (default: %(default)s)",
     )
