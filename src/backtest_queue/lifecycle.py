@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -66,6 +66,7 @@ def open_dispatcher(
     store_shared: bool = False,
     store_timeout: float = 30.0,
     cache: bool = True,
+    fingerprints: Mapping[str, str] | None = None,
     context: zmq.Context[Any] | None = None,
     network: Network | None = None,
 ) -> AbstractAsyncContextManager[Dispatcher]:
@@ -112,6 +113,11 @@ def open_dispatcher(
         store_timeout: seconds ``submit`` waits for the store's write lock (held by
             another connection) before raising :class:`~backtest_queue.errors.StoreBusy`.
         cache: serve results from the store's cache (``False``: always run the backtest).
+        fingerprints: ``data_id -> fingerprint`` of the data the services will hold
+            (:mod:`backtest_queue.service.fingerprint`), when the caller knows it: the
+            store's cache then answers before any service has answered a PING, so a
+            caller that starts its own service on data it loaded itself need not start
+            it when every result is cached. A service's PONG or result replaces them.
         context: a pyzmq context to use (default: a private one, destroyed on exit).
         network: what opens the requester connections (default: ZeroMQ DEALER sockets,
             :class:`~backtest_queue.transport.ZmqNetwork`); tests pass the in-memory
@@ -153,6 +159,9 @@ def open_dispatcher(
                  exclusive=True, maximum=MAX_RECONNECT_IVL)  # fmt: skip
     check_count("send_hwm", send_hwm, minimum=0, maximum=INT32_MAX)
     check_count("max_message_bytes", max_message_bytes, minimum=1, maximum=INT32_MAX)
+    known = dict(fingerprints or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in known.items()):
+        raise UsageError(f"fingerprints must map data ids to fingerprints (str), got {known!r}")
     for name, flag in (("store_shared", store_shared), ("cache", cache)):
         if not isinstance(flag, bool):
             raise UsageError(f"{name} must be True or False, got {flag!r}")
@@ -170,7 +179,8 @@ def open_dispatcher(
     settings = _Settings(
         endpoints=endpoint_list, queue=queue, on_full=on_full, outcome_buffer=outcome_buffer,
         drain_timeout=drain_timeout, max_message_bytes=max_message_bytes, store=store,
-        store_shared=store_shared, store_timeout=store_timeout, cache=cache, context=context,
+        store_shared=store_shared, store_timeout=store_timeout, cache=cache, fingerprints=known,
+        context=context,
         network=network,
         options=requester_options(
             heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
@@ -194,6 +204,7 @@ class _Settings:
     store_shared: bool
     store_timeout: float
     cache: bool
+    fingerprints: dict[str, str]
     context: zmq.Context[Any] | None
     network: Network | None
     options: dict[int, Any]
@@ -273,6 +284,7 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
                 s.queue, sockets, on_full=s.on_full, outcome_buffer=s.outcome_buffer,
                 max_message_bytes=s.max_message_bytes, writer=writer, cache=s.cache,
                 store_timeout=s.store_timeout, restored_ids=frozenset(ids),
+                fingerprints=s.fingerprints,
             )  # fmt: skip
             if restored is not None:
                 dispatcher.quarantined = tuple(restored.quarantined)

@@ -10,16 +10,17 @@ import argparse
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cli_types import integer, number
+from .command_report import counts_line, print_report
 
 if TYPE_CHECKING:
     import anyio
+    import anyio.abc
 
-    from .robustness import Assessment
-    from .search import SearchReport
 
 __all__ = [
     "add_search_arguments",
@@ -34,8 +35,11 @@ __all__ = [
 
 log = logging.getLogger("backtest_queue.evolution")
 
+#: The signals received by the running command (set by ``_until_terminated``).
+_STOP_SIGNAL: ContextVar[list[int]] = ContextVar("backtest_queue_stop_signal")
+
 #: Launches helpers next to the search (the demo's delayed service): it gets an event
-#: that is set once the first generation has been submitted.
+#: that is set once a request waits for a service (not served by the store's cache).
 Companion = Callable[["anyio.Event"], Coroutine[Any, Any, None]]
 
 
@@ -168,14 +172,21 @@ def add_search_arguments(
         default="trio",
         help="async backend (default: %(default)s)",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the leaderboard and the summary as one JSON document on stdout "
+        "instead of tables (logs stay on stderr)",
+    )
 
 
 def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) -> int:
     """Run a search command's async ``main`` on ``args.backend``; report our errors.
 
     Returns:
-        ``main``'s status; 1 when it failed with one of this package's errors (logged),
-        2 when an optional dependency is missing.
+        ``main``'s status (128 + the signal after SIGINT, SIGTERM or SIGHUP); 1 when it
+        failed (each error logged on one line, also out of task groups' exception
+        groups), 2 when an optional dependency is missing.
     """
     try:
         import anyio
@@ -191,51 +202,72 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
         )
         return 2
     matplotlib.use("Agg")
+    from ..cli_output import broken_pipe, leaves
     from ..errors import BacktestQueueError
 
     try:
         return anyio.run(_until_terminated, main, backend=args.backend)
     except BaseException as exc:
-        leaves = _leaves(exc)
-        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        errors = leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in errors):
             raise KeyboardInterrupt from exc  # the CLI's exit status 130
-        ours = [e for e in leaves if isinstance(e, (BacktestQueueError, OSError))]
-        if not ours or len(ours) != len(leaves):
-            raise
-        for error in ours:
-            log.error("%s", error)
+        if broken_pipe(exc) or any(isinstance(e, SystemExit) for e in errors):
+            raise  # the CLI ends quietly (141) / the exit asked for
+        # One line per error, never an exception group's traceback: ours say what to do;
+        # anything else is a bug, whose traceback -v shows.
+        for error in errors:
+            if isinstance(error, (BacktestQueueError, OSError)):
+                log.error("%s", error)
+            else:
+                log.error("unexpected %s: %s (run with -v for the traceback)",
+                          type(error).__name__, error)  # fmt: skip
+                log.debug("traceback of the unexpected error", exc_info=error)
         return 1
 
 
 async def _until_terminated(main: Callable[[], Awaitable[int]]) -> int:
-    """Run ``main``; on SIGTERM or SIGHUP cancel it as Ctrl-C would, so its ``finally``
-    blocks (stopping the demo's service process) run. Returns 128 + the signal then."""
+    """Run ``main``; on SIGINT (Ctrl-C), SIGTERM or SIGHUP cancel it, so its ``finally``
+    blocks (stopping the demo's service process) and its partial report run. Returns
+    128 + the signal then (130 for Ctrl-C, 143 for SIGTERM)."""
     import signal
 
     import anyio
 
     status = 0
     received: list[int] = []
+    _STOP_SIGNAL.set(received)
     async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-                async for signum in signals:
+        async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+                task_status.started()  # from here a Ctrl-C cancels main, not raises in it
+                async for signum in sigs:
                     log.warning("received %s; stopping", signal.Signals(signum).name)
                     received.append(signum)
                     tg.cancel_scope.cancel()
                     return
 
-        tg.start_soon(watch)
+        await tg.start(watch)
         status = await main()
         tg.cancel_scope.cancel()
     return 128 + received[0] if received else status
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
+def _stop_reason(exc: BaseException) -> str:
+    """Why a search stopped early, for its partial report."""
+    import signal
+
+    import anyio
+
+    from ..cli_output import leaves
+
+    received = _STOP_SIGNAL.get([])
+    if received:
+        return f"interrupted by {signal.Signals(received[0]).name}"
+    errors = [e for e in leaves(exc) if not isinstance(e, anyio.get_cancelled_exc_class())]
+    if not errors or any(isinstance(e, KeyboardInterrupt) for e in errors):
+        return "interrupted"
+    return f"stopped by an error: {errors[0]}"
 
 
 async def search_and_report(
@@ -244,6 +276,7 @@ async def search_and_report(
     dispatcher_options: dict[str, Any],
     *,
     companion: Companion | None = None,
+    own_data: bool = False,
 ) -> int:
     """Open a dispatcher, run the search, write the outputs and print the leaderboard.
 
@@ -252,17 +285,29 @@ async def search_and_report(
         endpoints: the services' endpoints.
         dispatcher_options: keyword arguments for :func:`open_dispatcher`.
         companion: started next to the search in the dispatcher's block, and cancelled
-            when the search is done (the demo's service launcher).
+            when the search is done (the demo's service launcher); its event is set
+            once a request waits for a service (never, when the store's cache had every
+            result).
+        own_data: the services hold exactly the data loaded here (the demo's own
+            service): with a store, its cache answers before any service is up.
 
     Returns:
         0.
+
+    Raises:
+        BaseException: whatever stopped the search (cancellation by a signal
+            included), after writing the partial report of the generations finished
+            into ``args.out`` and printing it.
     """
     import anyio
     import rich
     import rich.console
 
+    from ..cli_output import log_console
     from ..dispatcher import Dispatcher, open_dispatcher
+    from .command_report import FinishedGenerations, partial_report, report_warnings
     from .progress import make_observer
+    from .records import Progress
     from .search import SearchConfig, run_search, write_outputs
     from .split import load_bars, split_bars
 
@@ -299,46 +344,70 @@ async def search_and_report(
         *split.out_of_sample,
         split.out_of_sample_bars,
     )
-    console = rich.get_console()
+    console = rich.get_console()  # stdout: the results
     if not console.is_terminal:  # a pipe or a file: room for the leaderboard's columns
         console = rich.console.Console(width=max(console.width, 132))
-    submitting = anyio.Event()
+    if own_data and dispatcher_options.get("store") is not None:
+        # The service will hold the data loaded here: the store's cache can answer at
+        # once, and a service is started only for what it does not hold.
+        from ..service.fingerprint import fingerprint_bars
 
-    async def on_cycle(_: object) -> None:
-        submitting.set()
+        dispatcher_options = {**dispatcher_options,
+                              "fingerprints": {args.data: fingerprint_bars(bars)}}  # fmt: skip
+    needed = anyio.Event()
+
+    async def on_cycle(progress: Progress) -> None:
+        if progress.queued or progress.pending:  # not everything came from the cache
+            needed.set()
 
     async def watch(dispatcher: Dispatcher) -> None:
         with anyio.move_on_after(10.0):
             await dispatcher.wait_connected()
             return
-        log.warning(
-            "no backtest service reachable at %s yet; requests stay queued (Ctrl-C to stop)",
-            ", ".join(endpoints),
-        )
+        if dispatcher.queue.queued:
+            log.warning(
+                "no backtest service reachable at %s yet; requests stay queued (Ctrl-C to stop)",
+                ", ".join(endpoints),
+            )
 
+    finished = FinishedGenerations(None)
     # The companion (the demo's service) outlives the dispatcher: the dispatcher closes
     # first, so stopping the service at the end is not reported as a lost connection.
-    with make_observer(console) as observer:
-        async with anyio.create_task_group() as outer:
-            if companion is not None:
-                outer.start_soon(companion, submitting)
-            opened: list[Dispatcher] = []
-            try:
-                async with (
-                    open_dispatcher(list(endpoints), **dispatcher_options) as dispatcher,
-                    anyio.create_task_group() as tg,
-                ):
-                    opened.append(dispatcher)
-                    tg.start_soon(watch, dispatcher)
-                    report = await run_search(
-                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle,
-                        windows=windows,
-                    )  # fmt: skip
-                    tg.cancel_scope.cancel()
-            finally:
-                for d in opened:  # on an error, 'shutdown' outcomes are left unread
-                    d.outcomes.close()
-            outer.cancel_scope.cancel()
+    try:
+        with make_observer(log_console()) as observer:
+            finished = FinishedGenerations(observer)
+            async with anyio.create_task_group() as outer:
+                if companion is not None:
+                    outer.start_soon(companion, needed)
+                opened: list[Dispatcher] = []
+                try:
+                    async with (
+                        open_dispatcher(list(endpoints), **dispatcher_options) as dispatcher,
+                        anyio.create_task_group() as tg,
+                    ):
+                        opened.append(dispatcher)
+                        tg.start_soon(watch, dispatcher)
+                        report = await run_search(
+                            dispatcher, config, split, observer=finished, cycle_hook=on_cycle,
+                            windows=windows,
+                        )  # fmt: skip
+                        tg.cancel_scope.cancel()
+                finally:
+                    for d in opened:  # on an error, 'shutdown' outcomes are left unread
+                        d.outcomes.close()
+                outer.cancel_scope.cancel()
+    except BaseException as exc:
+        # Keep the work done: the generations that finished, as a partial report.
+        partial = partial_report(finished, config, split, _stop_reason(exc))
+        if partial is None:
+            log.warning("stopped before the first generation finished: no report written")
+        else:
+            files = write_outputs(partial, args.out)
+            log.warning("%s after %d of %d generations: partial report in %s (rerun with "
+                        "the same --store to resume)", partial.stopped,
+                        partial.generations_done, config.generations, args.out)  # fmt: skip
+            print_report(console, partial, files, None, as_json=args.json)
+        raise
     assessment = None
     if report.leaderboard:
         from .cycle import RunSettings
@@ -353,53 +422,7 @@ async def search_and_report(
             min_trades=report.min_trades,
         )
     files = write_outputs(report, args.out, bars=bars, assessment=assessment)
-    print_report(console, report, files, assessment)
+    for warning in report_warnings(report):
+        log.warning("%s", warning)
+    print_report(console, report, files, assessment, as_json=args.json)
     return 0
-
-
-def print_report(
-    console: Any, report: SearchReport, files: dict[str, Path], assessment: Assessment | None
-) -> None:
-    """Print the leaderboard, the counts, the overfitting measures and the files."""
-    from .report import leaderboard_table
-    from .robustness import describe
-
-    split = report.split
-    title = (
-        f"Top {len(report.leaderboard)} on {report.config.data_id}: in-sample "
-        f"{split.in_sample[0][:10]}..{split.in_sample[1][:10]}, out-of-sample "
-        f"{split.out_of_sample[0][:10]}..{split.out_of_sample[1][:10]}"
-    )
-    note = ""
-    if report.config.min_trades:
-        note = f"ranked: strategies with at least {report.config.min_trades} in-sample trades"
-    if report.config.walk_forward >= 2:
-        note += (
-            f"{'; ' if note else ''}Sharpe IS: mean - sd of the Sharpe ratios over "
-            f"{report.config.walk_forward} {report.config.wf_mode} in-sample windows"
-        )
-    dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
-    console.print(leaderboard_table(report.leaderboard, title=title, note=note, dsr=dsr))
-    console.print(counts_line(report), highlight=False)
-    if assessment is not None:
-        console.print(describe(assessment), highlight=False)
-    for path in files.values():
-        console.print(f"  wrote {path}", highlight=False)
-
-
-def counts_line(report: SearchReport) -> str:
-    """The in-sample evaluations by cause, for people: e.g. ``288 in-sample evaluations
-    (281 run, 7 clones reused; 2 failed: 2 timeout; 31 infeasible: fewer than 20
-    trades) and 10 out-of-sample re-runs in 37.6 s``."""
-    counts = report.counts()
-    causes = [f"{n} {key.removeprefix('failed:')}" for key, n in sorted(counts.items())
-              if key.startswith("failed:")]  # fmt: skip
-    failed = f"{counts['failed']} failed" + (f": {', '.join(causes)}" if causes else "")
-    minimum = max(report.config.min_trades, 1)
-    return (
-        f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "
-        f"clones reused; {failed} (no result); {counts['infeasible']} infeasible (fewer than "
-        f"{minimum} trades or no Sharpe ratio)) and {len(report.out_of_sample)} "
-        f"out-of-sample re-runs in {report.elapsed:.1f} s; {report.repeats} repeats "
-        f"re-asked, {report.real_generations or '?'} real generations"
-    )
