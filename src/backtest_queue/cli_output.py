@@ -109,12 +109,16 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 
 def broken_pipe(exc: BaseException) -> bool:
-    """Whether ``exc`` is, or a group holds, a write to a closed pipe (EPIPE)."""
-    return any(
-        isinstance(leaf, BrokenPipeError)
-        or (isinstance(leaf, OSError) and leaf.errno == errno.EPIPE)
-        for leaf in leaves(exc)
-    )
+    """Whether ``exc`` is, or a group holds, a write to a closed pipe (EPIPE), also
+    when it was turned into another exception: rich's console raises ``SystemExit(1)``
+    while handling the ``BrokenPipeError``."""
+    for leaf in leaves(exc):
+        seen: BaseException | None = leaf
+        while seen is not None:
+            if isinstance(seen, OSError) and seen.errno == errno.EPIPE:
+                return True
+            seen = seen.__context__
+    return False
 
 
 def silence_stdout() -> None:

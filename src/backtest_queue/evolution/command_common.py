@@ -211,8 +211,8 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
         errors = leaves(exc)
         if any(isinstance(e, KeyboardInterrupt) for e in errors):
             raise KeyboardInterrupt from exc  # the CLI's exit status 130
-        if broken_pipe(exc) or any(isinstance(e, SystemExit) for e in errors):
-            raise  # the CLI ends quietly (141) / the exit asked for
+        if broken_pipe(exc):
+            raise  # the CLI ends quietly (141)
         # One line per error, never an exception group's traceback: ours say what to do;
         # anything else is a bug, whose traceback -v shows.
         for error in errors:

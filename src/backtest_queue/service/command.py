@@ -113,11 +113,22 @@ async def _serve(settings: dict[str, Any]) -> int:
         async with open_service(**settings) as service:
             # The log says "service ready on ENDPOINT" (stderr); stdout gets the bound
             # endpoint alone, for a script that bound 'tcp://127.0.0.1:*' to read.
-            print(service.endpoint, flush=True)
+            _print_endpoint(service.endpoint)
             async for signum in signals:
                 log.info("received %s; stopping", signal.Signals(signum).name)
                 break
     return 0
+
+
+def _print_endpoint(endpoint: str) -> None:
+    """Print the endpoint on stdout; a stdout nobody reads does not stop the service."""
+    try:
+        print(endpoint, flush=True)
+    except (BrokenPipeError, ValueError):  # a closed pipe, or stdout closed
+        from ..cli_output import silence_stdout
+
+        silence_stdout()
+        log.debug("stdout is closed: the endpoint is only in the log")
 
 
 def _start_curve(args: argparse.Namespace, context: zmq.Context[Any]) -> tuple[dict[int, Any], Any]:
