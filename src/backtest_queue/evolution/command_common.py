@@ -400,7 +400,7 @@ async def search_and_report(
         # Keep the work done: the generations that finished, as a partial report.
         partial = partial_report(finished, config, split, _stop_reason(exc))
         if partial is None:
-            log.warning("stopped before the first generation finished: no report written")
+            log.warning("stopped before a generation finished with a result: no report written")
         else:
             files = write_outputs(partial, args.out)
             log.warning("%s after %d of %d generations: partial report in %s (rerun with "

@@ -70,12 +70,12 @@ def partial_report(
     Returns:
         A report with ``stopped`` set and no out-of-sample re-runs, ranked like a
         complete one (falling back to no trade minimum as :func:`.search.run_search`
-        does); ``None`` when no generation finished.
+        does); ``None`` when no generation finished with a result to report.
     """
     from .report import best_candidates, leaderboard
     from .search import SearchReport
 
-    if not finished.in_sample:
+    if not any(e.ok for e in finished.in_sample):
         return None
     min_trades = config.min_trades
     if not best_candidates(finished.in_sample, 1, min_trades=min_trades):
