@@ -244,6 +244,27 @@ def test_a_closed_stdout_ends_the_demo_quietly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("subcommand", ["data", "keys"])
+def test_a_closed_stdout_ends_the_other_commands_quietly(subcommand: str, tmp_path: Path) -> None:
+    """The same for the commands that print results without an event loop."""
+    if subcommand == "data":
+        (tmp_path / "X-H1.csv").write_text(
+            "timestamp,open,high,low,close,volume\n"
+            "2023-01-02 00:00:00,1.0,1.2,0.9,1.1,10\n2023-01-02 01:00:00,1.1,1.3,1.0,1.2,10\n"
+        )
+        argv = ["data", "check", str(tmp_path)]
+    else:
+        argv = ["keys", str(tmp_path / "keys")]
+    process = subprocess.Popen(command(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, **tied(environment()))  # fmt: skip
+    assert process.stdout is not None
+    process.stdout.close()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 141, err
+    assert err == ""
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_service_prints_the_endpoint_it_bound(tmp_path: Path) -> None:
     """``service --bind 'tcp://127.0.0.1:*'``: a script reads the port from stdout; the
