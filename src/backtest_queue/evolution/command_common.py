@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,10 @@ from .command_report import counts_line, print_report
 if TYPE_CHECKING:
     import anyio
     import anyio.abc
+
+    from .command_report import FinishedGenerations
+    from .search import SearchConfig
+    from .split import SampleSplit
 
 
 __all__ = [
@@ -305,7 +310,7 @@ async def search_and_report(
 
     from ..cli_output import log_console
     from ..dispatcher import Dispatcher, open_dispatcher
-    from .command_report import FinishedGenerations, partial_report, report_warnings
+    from .command_report import FinishedGenerations, report_warnings
     from .progress import make_observer
     from .records import Progress
     from .search import SearchConfig, run_search, write_outputs
@@ -370,44 +375,31 @@ async def search_and_report(
                 ", ".join(endpoints),
             )
 
-    finished = FinishedGenerations(None)
+    observer = make_observer(log_console())  # progress goes with the logs, on stderr
+    finished = FinishedGenerations(observer)
     # The companion (the demo's service) outlives the dispatcher: the dispatcher closes
     # first, so stopping the service at the end is not reported as a lost connection.
-    try:
-        with make_observer(log_console()) as observer:
-            finished = FinishedGenerations(observer)
-            async with anyio.create_task_group() as outer:
-                if companion is not None:
-                    outer.start_soon(companion, needed)
-                opened: list[Dispatcher] = []
-                try:
-                    async with (
-                        open_dispatcher(list(endpoints), **dispatcher_options) as dispatcher,
-                        anyio.create_task_group() as tg,
-                    ):
-                        opened.append(dispatcher)
-                        tg.start_soon(watch, dispatcher)
-                        report = await run_search(
-                            dispatcher, config, split, observer=finished, cycle_hook=on_cycle,
-                            windows=windows,
-                        )  # fmt: skip
-                        tg.cancel_scope.cancel()
-                finally:
-                    for d in opened:  # on an error, 'shutdown' outcomes are left unread
-                        d.outcomes.close()
-                outer.cancel_scope.cancel()
-    except BaseException as exc:
-        # Keep the work done: the generations that finished, as a partial report.
-        partial = partial_report(finished, config, split, _stop_reason(exc))
-        if partial is None:
-            log.warning("stopped before a generation finished with a result: no report written")
-        else:
-            files = write_outputs(partial, args.out)
-            log.warning("%s after %d of %d generations: partial report in %s (rerun with "
-                        "the same --store to resume)", partial.stopped,
-                        partial.generations_done, config.generations, args.out)  # fmt: skip
-            print_report(console, partial, files, None, as_json=args.json)
-        raise
+    with _partial_report_on_stop(finished, args, config, split, console), observer:
+        async with anyio.create_task_group() as outer:
+            if companion is not None:
+                outer.start_soon(companion, needed)
+            opened: list[Dispatcher] = []
+            try:
+                async with (
+                    open_dispatcher(list(endpoints), **dispatcher_options) as dispatcher,
+                    anyio.create_task_group() as tg,
+                ):
+                    opened.append(dispatcher)
+                    tg.start_soon(watch, dispatcher)
+                    report = await run_search(
+                        dispatcher, config, split, observer=finished, cycle_hook=on_cycle,
+                        windows=windows,
+                    )  # fmt: skip
+                    tg.cancel_scope.cancel()
+            finally:
+                for d in opened:  # on an error, 'shutdown' outcomes are left unread
+                    d.outcomes.close()
+            outer.cancel_scope.cancel()
     assessment = None
     if report.leaderboard:
         from .cycle import RunSettings
@@ -426,3 +418,32 @@ async def search_and_report(
         log.warning("%s", warning)
     print_report(console, report, files, assessment, as_json=args.json)
     return 0
+
+
+@contextmanager
+def _partial_report_on_stop(
+    finished: FinishedGenerations,
+    args: argparse.Namespace,
+    config: SearchConfig,
+    split: SampleSplit,
+    console: Any,
+) -> Iterator[None]:
+    """Keep the work done when the block is left by an exception (a signal's
+    cancellation included): write the generations that finished into ``args.out`` as a
+    partial report, print it, say where it is; then let the exception go on."""
+    try:
+        yield
+    except BaseException as exc:
+        from .command_report import partial_report
+        from .search import write_outputs
+
+        partial = partial_report(finished, config, split, _stop_reason(exc))
+        if partial is None:
+            log.warning("stopped before a generation finished with a result: no report written")
+        else:
+            files = write_outputs(partial, args.out)
+            log.warning("%s after %d of %d generations: partial report in %s (rerun with "
+                        "the same --store to resume)", partial.stopped,
+                        partial.generations_done, config.generations, args.out)  # fmt: skip
+            print_report(console, partial, files, None, as_json=args.json)
+        raise
