@@ -127,7 +127,7 @@ def one_run(
     if single == "1":
         batches = [1] * (args.population * args.generations)
     for batch, size in enumerate(batches):
-        generation = batch * size // args.population
+        generation = batch * size // args.population + 1  # 1-based, as the cycle numbers them
         proposals = proposer.ask(size)
         candidates = [p.candidate for p in proposals]
         if args.walk_forward >= 2:

@@ -7,12 +7,12 @@ live next to what they run, so this module stays a table of contents.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from . import __version__
+from .cli_output import EXIT_BROKEN_PIPE, broken_pipe, setup_logging, silence_stdout
 from .errors import UsageError
 from .lifeline import watch_parent_from_environment
 
@@ -47,20 +47,6 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _setup_logging(verbosity: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbosity > 0 else logging.INFO)
-    handler: logging.Handler
-    try:
-        from rich.logging import RichHandler
-    except ImportError:  # the core install has no rich; plain lines are fine
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:
-        handler = RichHandler(show_path=False, rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand whose dependencies import."""
     parser = argparse.ArgumentParser(
@@ -68,8 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue backtest requests from a strategy-evolution loop to ZeroMQ services.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _add_verbosity(parser, default=0)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in _COMMANDS.items():
         try:
@@ -80,11 +65,32 @@ def build_parser() -> argparse.ArgumentParser:
             missing = exc.name
             p = sub.add_parser(name, help=f"{help_text} (needs: pip install 'backtest-queue[all]')")
             p.set_defaults(_run=_missing_extra(name, str(missing)))
+            _add_verbosity(p, default=argparse.SUPPRESS)
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        _add_verbosity(p, default=argparse.SUPPRESS)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """-v / -q, accepted before the subcommand (``default=0``) and after it (``default``
+    SUPPRESS, so a subcommand that is not given them keeps the values given before)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="debug logging of backtest-queue (-vv: of every library too); logs go to stderr",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if default == 0 else default,
+        help="warnings and errors only",
+    )
 
 
 def _missing_extra(command: str, missing: str) -> Callable[[argparse.Namespace], int]:
@@ -104,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     A process started with a :class:`~backtest_queue.lifeline.Lifeline` (the variable
     ``BACKTEST_QUEUE_LIFELINE_FD`` set) stops when the process that started it is gone.
+    Logs go to stderr, results to stdout (see :mod:`.cli_output`); a closed stdout ends
+    the command quietly with status 141.
     """
     try:
         watch_parent_from_environment()  # first: a parent may die while we import
@@ -112,12 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet)
     run: Callable[[argparse.Namespace], int] = args._run
     try:
-        return run(args)
+        status = run(args)
+        sys.stdout.flush()  # here, so a reader that went away is noticed here
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:  # a closed stdout, also inside exception groups
+        if not broken_pipe(exc):
+            raise
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
+    return status
 
 
 if __name__ == "__main__":

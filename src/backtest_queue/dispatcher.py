@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -87,6 +87,7 @@ class Dispatcher(_Sending):
         cache: bool = True,
         store_timeout: float = 30.0,
         restored_ids: frozenset[str] = frozenset(),
+        fingerprints: Mapping[str, str] | None = None,
     ) -> None:
         self._queue = queue
         self._sockets = sockets
@@ -117,7 +118,8 @@ class Dispatcher(_Sending):
         self._refusals: dict[str, int] = {}
         self._flusher_wakes_at = math.inf  # the deadline the flusher is waiting for
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
-        self._fingerprints: dict[str, str] = {}  # data_id -> the services' data fingerprint
+        # data_id -> the services' data fingerprint (the caller's, until a service's)
+        self._fingerprints: dict[str, str] = dict(fingerprints or {})
         self._writer = writer
         self._cache = cache and writer is not None
         self._store_timeout = store_timeout

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -73,6 +73,7 @@ def open_dispatcher(
     store_timeout: float = 30.0,
     cache: bool = True,
     unconnected_warning: float | None = 10.0,
+    fingerprints: Mapping[str, str] | None = None,
     context: zmq.Context[Any] | None = None,
     network: Network | None = None,
     metrics: MetricsSettings | int | CollectorRegistry | None = None,
@@ -123,6 +124,11 @@ def open_dispatcher(
         unconnected_warning: seconds requests may wait queued with no service connected
             before a WARNING says so, once until a service connects (``None``: never);
             see :mod:`backtest_queue.unconnected`.
+        fingerprints: ``data_id -> fingerprint`` of the data the services will hold
+            (:mod:`backtest_queue.service.fingerprint`), when the caller knows it: the
+            store's cache then answers before any service has answered a PING, so a
+            caller that starts its own service on data it loaded itself need not start
+            it when every result is cached. A service's PONG or result replaces them.
         context: a pyzmq context to use (default: a private one, destroyed on exit).
         network: what opens the requester connections (default: ZeroMQ DEALER sockets,
             :class:`~backtest_queue.transport.ZmqNetwork`); tests pass the in-memory
@@ -173,6 +179,9 @@ def open_dispatcher(
                  exclusive=True, maximum=MAX_RECONNECT_IVL)  # fmt: skip
     check_count("send_hwm", send_hwm, minimum=0, maximum=INT32_MAX)
     check_count("max_message_bytes", max_message_bytes, minimum=1, maximum=INT32_MAX)
+    known = dict(fingerprints or {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in known.items()):
+        raise UsageError(f"fingerprints must map data ids to fingerprints (str), got {known!r}")
     for name, flag in (("store_shared", store_shared), ("cache", cache)):
         if not isinstance(flag, bool):
             raise UsageError(f"{name} must be True or False, got {flag!r}")
@@ -190,8 +199,8 @@ def open_dispatcher(
     settings = _Settings(
         endpoints=endpoint_list, queue=queue, on_full=on_full, outcome_buffer=outcome_buffer,
         drain_timeout=drain_timeout, max_message_bytes=max_message_bytes, store=store,
-        store_shared=store_shared, store_timeout=store_timeout, cache=cache, context=context,
-        network=network, unconnected_warning=unconnected_warning,
+        store_shared=store_shared, store_timeout=store_timeout, cache=cache, fingerprints=known,
+        context=context, network=network, unconnected_warning=unconnected_warning,
         metrics=metrics_settings(metrics),
         options=requester_options(
             heartbeat_ivl=heartbeat_ivl, reconnect_ivl=reconnect_ivl, send_hwm=send_hwm,
@@ -215,6 +224,7 @@ class _Settings:
     store_shared: bool
     store_timeout: float
     cache: bool
+    fingerprints: dict[str, str]
     context: zmq.Context[Any] | None
     network: Network | None
     unconnected_warning: float | None
@@ -296,6 +306,7 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
                 s.queue, sockets, on_full=s.on_full, outcome_buffer=s.outcome_buffer,
                 max_message_bytes=s.max_message_bytes, writer=writer, cache=s.cache,
                 store_timeout=s.store_timeout, restored_ids=frozenset(ids),
+                fingerprints=s.fingerprints,
             )  # fmt: skip
             if restored is not None:
                 dispatcher.quarantined = tuple(restored.quarantined)

@@ -75,6 +75,12 @@ class Outcome:
         """Whether the request ended with a result."""
         return self.result is not None
 
+    @property
+    def cached(self) -> bool:
+        """Whether the result came from a store's result cache: no backtest ran for this
+        request (it was never handed to a service, ``attempts == 0``)."""
+        return self.result is not None and self.attempts == 0
+
 
 @dataclass(frozen=True, slots=True)
 class DispatcherStats:

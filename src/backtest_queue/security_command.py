@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             public, secret = generate_keys(args.directory, name)
             print(f"{name}: public {public}  secret {secret}")
+    except BrokenPipeError:
+        raise  # stdout's reader went away: the CLI ends quietly (141)
     except (UsageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -47,14 +47,14 @@ def ev(
 
 
 EVALUATIONS = [
-    ev(0, 0, 10, 0.5, dd=-4.0),
-    ev(1, 0, 11, 1.0, dd=-9.0),
-    ev(2, 0, 12, None),  # no trades: no Sharpe
-    ev(3, 0, 13, None, status="failed"),
-    ev(4, 1, 11, 1.0, dd=-9.0, status="clone"),
-    ev(5, 1, 14, 1.0, dd=-3.0),  # ties #1 on Sharpe, later: ranked after it
-    ev(6, 1, 15, 0.2, dd=-2.0),
-    ev(7, 1, 16, 0.2, dd=-2.0),  # the same results as #6: folded into its row
+    ev(0, 1, 10, 0.5, dd=-4.0),
+    ev(1, 1, 11, 1.0, dd=-9.0),
+    ev(2, 1, 12, None),  # no trades: no Sharpe
+    ev(3, 1, 13, None, status="failed"),
+    ev(4, 2, 11, 1.0, dd=-9.0, status="clone"),
+    ev(5, 2, 14, 1.0, dd=-3.0),  # ties #1 on Sharpe, later: ranked after it
+    ev(6, 2, 15, 0.2, dd=-2.0),
+    ev(7, 2, 16, 0.2, dd=-2.0),  # the same results as #6: folded into its row
 ]
 
 
@@ -72,7 +72,7 @@ def test_leaderboard_ranks_distinct_candidates_by_sharpe() -> None:
     # #1 (1.0, 9) is dominated by #5 (1.0, 3); #0 by #5 too; #6 has the least drawdown.
     assert [r.pareto for r in rows] == [False, True, False]
     assert pareto_front(EVALUATIONS) == {EVALUATIONS[i].candidate for i in (5, 6, 7)}
-    assert sharpe_by_generation(EVALUATIONS) == [(0, 1.0, 0.75), (1, 1.0, 0.6)]
+    assert sharpe_by_generation(EVALUATIONS) == [(1, 1.0, 0.75), (2, 1.0, 0.6)]
     assert [(r.in_sample.number, r.alike) for r in leaderboard(EVALUATIONS)] == [
         (1, 0), (5, 0), (0, 0), (6, 1)
     ]  # fmt: skip
@@ -96,7 +96,9 @@ def test_outputs_are_written_and_parse(tmp_path: Path) -> None:
         elapsed=1.5,
     )
     files = write_outputs(report, tmp_path / "out")
-    assert set(files) == {"results_csv", "results_json", "leaderboard_csv", "sharpe_by_generation"}
+    assert set(files) == {
+        "results_csv", "results_json", "leaderboard_csv", "sharpe_by_generation", "readme"
+    }  # fmt: skip
     with files["results_csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9
@@ -106,9 +108,14 @@ def test_outputs_are_written_and_parse(tmp_path: Path) -> None:
     assert rows[-1]["phase"] == "out-of-sample"
     document = json.loads(files["results_json"].read_text())
     assert document["counts"] == {
-        "evaluations": 8, "ok": 6, "clone": 1, "failed": 1, "failed:timeout": 1,
+        "evaluations": 8, "ok": 6, "clone": 1, "cached": 0, "failed": 1, "failed:timeout": 1,
         "infeasible": 1,  # no Sharpe ratio (no trades)
     }  # fmt: skip
     assert document["leaderboard"][1]["out_of_sample_sharpe"] == -0.3
-    assert [e["generation"] for e in document["evaluations"][:8]] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [e["generation"] for e in document["evaluations"][:8]] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert document["complete"] is True
+    assert document["partial"] is None
+    # The columns that need a word are explained, in the JSON and in README.txt.
+    assert {"reused_from", "identical_results", "generation"} <= set(document["columns"])
+    assert "identical_results" in files["readme"].read_text()
     assert files["sharpe_by_generation"].read_bytes().startswith(b"\x89PNG")

@@ -9,19 +9,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cli_types import integer, number
 from ..metrics import add_metrics_arguments
+from .command_report import counts_line, print_report
 from .dataset_source import add_data_arguments
 
 if TYPE_CHECKING:
     import anyio
+    import anyio.abc
 
+    from .command_report import FinishedGenerations
     from .dataset_source import SearchData
-    from .robustness import Assessment
-    from .search import SearchReport
+    from .search import SearchConfig
+    from .split import SampleSplit
 
 __all__ = [
     "add_search_arguments",
@@ -36,40 +42,23 @@ __all__ = [
 
 log = logging.getLogger("backtest_queue.evolution")
 
+#: The signals received by the running command (set by ``_until_terminated``).
+_STOP_SIGNAL: ContextVar[list[int]] = ContextVar("backtest_queue_stop_signal")
+
 #: Launches helpers next to the search (the demo's delayed service): it gets an event
-#: that is set once the first generation has been submitted.
+#: that is set once a request waits for a service (not served by the store's cache).
 Companion = Callable[["anyio.Event"], Coroutine[Any, Any, None]]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite float >= 0."""
-    value = float(text)
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
-    return value
+#: argparse type: an integer >= 1.
+positive_int = integer(1)
+#: argparse type: an integer >= 0.
+non_negative_int = integer(0)
+#: argparse type: a finite float >= 0.
+non_negative_float = number(0.0)
+_fraction = number(0.0, 1.0, exclusive=True)
+#: Optuna's samplers seed numpy's generator, which takes 0 .. 2**32 - 1.
+_seed = integer(0, 2**32 - 1)
 
 
 def add_search_arguments(
@@ -100,7 +89,7 @@ def add_search_arguments(
     )
     parser.add_argument(
         "--walk-forward",
-        type=non_negative_int,
+        type=integer(2, also=(0,)),
         default=0,
         metavar="K",
         help="score each candidate on K windows of the in-sample bars by mean minus "
@@ -115,7 +104,7 @@ def add_search_arguments(
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=7,
         help="optimizer seed: same seed, same search (default: %(default)s)",
     )
@@ -177,6 +166,12 @@ def add_search_arguments(
         default="trio",
         help="async backend (default: %(default)s)",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the leaderboard and the summary as one JSON document on stdout "
+        "instead of tables (logs stay on stderr)",
+    )
     add_metrics_arguments(parser, what="requester")
 
 
@@ -184,8 +179,9 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
     """Run a search command's async ``main`` on ``args.backend``; report our errors.
 
     Returns:
-        ``main``'s status; 1 when it failed with one of this package's errors (logged),
-        2 when an optional dependency is missing.
+        ``main``'s status (128 + the signal after SIGINT, SIGTERM or SIGHUP); 1 when it
+        failed (each error logged on one line, also out of task groups' exception
+        groups), 2 when an optional dependency is missing.
     """
     try:
         import anyio
@@ -201,51 +197,72 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
         )
         return 2
     matplotlib.use("Agg")
+    from ..cli_output import broken_pipe, leaves
     from ..errors import BacktestQueueError
 
     try:
         return anyio.run(_until_terminated, main, backend=args.backend)
     except BaseException as exc:
-        leaves = _leaves(exc)
-        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        errors = leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in errors):
             raise KeyboardInterrupt from exc  # the CLI's exit status 130
-        ours = [e for e in leaves if isinstance(e, (BacktestQueueError, OSError))]
-        if not ours or len(ours) != len(leaves):
-            raise
-        for error in ours:
-            log.error("%s", error)
+        if broken_pipe(exc):
+            raise  # the CLI ends quietly (141)
+        # One line per error, never an exception group's traceback: ours say what to do;
+        # anything else is a bug, whose traceback -v shows.
+        for error in errors:
+            if isinstance(error, (BacktestQueueError, OSError)):
+                log.error("%s", error)
+            else:
+                log.error("unexpected %s: %s (run with -v for the traceback)",
+                          type(error).__name__, error)  # fmt: skip
+                log.debug("traceback of the unexpected error", exc_info=error)
         return 1
 
 
 async def _until_terminated(main: Callable[[], Awaitable[int]]) -> int:
-    """Run ``main``; on SIGTERM or SIGHUP cancel it as Ctrl-C would, so its ``finally``
-    blocks (stopping the demo's service process) run. Returns 128 + the signal then."""
+    """Run ``main``; on SIGINT (Ctrl-C), SIGTERM or SIGHUP cancel it, so its ``finally``
+    blocks (stopping the demo's service process) and its partial report run. Returns
+    128 + the signal then (130 for Ctrl-C, 143 for SIGTERM)."""
     import signal
 
     import anyio
 
     status = 0
     received: list[int] = []
+    _STOP_SIGNAL.set(received)
     async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
-                async for signum in signals:
+        async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+                task_status.started()  # from here a Ctrl-C cancels main, not raises in it
+                async for signum in sigs:
                     log.warning("received %s; stopping", signal.Signals(signum).name)
                     received.append(signum)
                     tg.cancel_scope.cancel()
                     return
 
-        tg.start_soon(watch)
+        await tg.start(watch)
         status = await main()
         tg.cancel_scope.cancel()
     return 128 + received[0] if received else status
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
+def _stop_reason(exc: BaseException) -> str:
+    """Why a search stopped early, for its partial report."""
+    import signal
+
+    import anyio
+
+    from ..cli_output import leaves
+
+    received = _STOP_SIGNAL.get([])
+    if received:
+        return f"interrupted by {signal.Signals(received[0]).name}"
+    errors = [e for e in leaves(exc) if not isinstance(e, anyio.get_cancelled_exc_class())]
+    if not errors or any(isinstance(e, KeyboardInterrupt) for e in errors):
+        return "interrupted"
+    return f"stopped by an error: {errors[0]}"
 
 
 async def search_and_report(
@@ -255,6 +272,7 @@ async def search_and_report(
     *,
     data: SearchData,
     companion: Companion | None = None,
+    own_data: bool = False,
 ) -> int:
     """Open a dispatcher, run the search, write the outputs and print the leaderboard.
 
@@ -265,18 +283,30 @@ async def search_and_report(
         data: the dataset's split, and its bars when this process has them
             (:mod:`.dataset_source`).
         companion: started next to the search in the dispatcher's block, and cancelled
-            when the search is done (the demo's service launcher).
+            when the search is done (the demo's service launcher); its event is set
+            once a request waits for a service (never, when the store's cache had every
+            result).
+        own_data: the services hold exactly the data loaded here (the demo's own
+            service): with a store, its cache answers before any service is up.
 
     Returns:
         0.
+
+    Raises:
+        BaseException: whatever stopped the search (cancellation by a signal
+            included), after writing the partial report of the generations finished
+            into ``args.out`` and printing it.
     """
     import anyio
     import rich
     import rich.console
 
+    from ..cli_output import log_console
     from ..dispatcher import Dispatcher, open_dispatcher
     from ..metrics import metrics_from_args
+    from .command_report import FinishedGenerations, report_warnings
     from .progress import make_observer
+    from .records import Progress
     from .search import SearchConfig, run_search, write_outputs
 
     dispatcher_options = {**dispatcher_options, "metrics": metrics_from_args(args)}
@@ -312,25 +342,35 @@ async def search_and_report(
         *split.out_of_sample,
         split.out_of_sample_bars,
     )
-    console = rich.get_console()
+    console = rich.get_console()  # stdout: the results
     if not console.is_terminal:  # a pipe or a file: room for the leaderboard's columns
         console = rich.console.Console(width=max(console.width, 132))
-    submitting = anyio.Event()
+    if own_data and bars is not None and dispatcher_options.get("store") is not None:
+        # The service will hold the data loaded here: the store's cache can answer at
+        # once, and a service is started only for what it does not hold.
+        from ..service.fingerprint import fingerprint_bars
 
-    async def on_cycle(_: object) -> None:
-        submitting.set()
+        dispatcher_options = {**dispatcher_options,
+                              "fingerprints": {args.dataset: fingerprint_bars(bars)}}  # fmt: skip
+    needed = anyio.Event()
+
+    async def on_cycle(progress: Progress) -> None:
+        if progress.queued or progress.pending:  # not everything came from the cache
+            needed.set()
 
     async def watch(dispatcher: Dispatcher) -> None:
         # Raises HandshakeRefused when the keys do not fit, which ends the search; a
         # service that is not there yet is the dispatcher's warning (unconnected_warning).
         await dispatcher.wait_connected()
 
+    observer = make_observer(log_console())  # progress goes with the logs, on stderr
+    finished = FinishedGenerations(observer)
     # The companion (the demo's service) outlives the dispatcher: the dispatcher closes
     # first, so stopping the service at the end is not reported as a lost connection.
-    with make_observer(console) as observer:
+    with _partial_report_on_stop(finished, args, config, split, console), observer:
         async with anyio.create_task_group() as outer:
             if companion is not None:
-                outer.start_soon(companion, submitting)
+                outer.start_soon(companion, needed)
             opened: list[Dispatcher] = []
             try:
                 async with (
@@ -340,7 +380,7 @@ async def search_and_report(
                     opened.append(dispatcher)
                     tg.start_soon(watch, dispatcher)
                     report = await run_search(
-                        dispatcher, config, split, observer=observer, cycle_hook=on_cycle,
+                        dispatcher, config, split, observer=finished, cycle_hook=on_cycle,
                         windows=windows,
                     )  # fmt: skip
                     tg.cancel_scope.cancel()
@@ -362,53 +402,36 @@ async def search_and_report(
             min_trades=report.min_trades,
         )
     files = write_outputs(report, args.out, bars=bars, assessment=assessment)
-    print_report(console, report, files, assessment)
+    for warning in report_warnings(report):
+        log.warning("%s", warning)
+    print_report(console, report, files, assessment, as_json=args.json)
     return 0
 
 
-def print_report(
-    console: Any, report: SearchReport, files: dict[str, Path], assessment: Assessment | None
-) -> None:
-    """Print the leaderboard, the counts, the overfitting measures and the files."""
-    from .report import leaderboard_table
-    from .robustness import describe
+@contextmanager
+def _partial_report_on_stop(
+    finished: FinishedGenerations,
+    args: argparse.Namespace,
+    config: SearchConfig,
+    split: SampleSplit,
+    console: Any,
+) -> Iterator[None]:
+    """Keep the work done when the block is left by an exception (a signal's
+    cancellation included): write the generations that finished into ``args.out`` as a
+    partial report, print it, say where it is; then let the exception go on."""
+    try:
+        yield
+    except BaseException as exc:
+        from .command_report import partial_report
+        from .search import write_outputs
 
-    split = report.split
-    title = (
-        f"Top {len(report.leaderboard)} on {report.config.data_id}: in-sample "
-        f"{split.in_sample[0][:10]}..{split.in_sample[1][:10]}, out-of-sample "
-        f"{split.out_of_sample[0][:10]}..{split.out_of_sample[1][:10]}"
-    )
-    note = ""
-    if report.config.min_trades:
-        note = f"ranked: strategies with at least {report.config.min_trades} in-sample trades"
-    if report.config.walk_forward >= 2:
-        note += (
-            f"{'; ' if note else ''}Sharpe IS: mean - sd of the Sharpe ratios over "
-            f"{report.config.walk_forward} {report.config.wf_mode} in-sample windows"
-        )
-    dsr = None if assessment is None else {c: d.dsr for c, d in assessment.dsr.items()}
-    console.print(leaderboard_table(report.leaderboard, title=title, note=note, dsr=dsr))
-    console.print(counts_line(report), highlight=False)
-    if assessment is not None:
-        console.print(describe(assessment), highlight=False)
-    for path in files.values():
-        console.print(f"  wrote {path}", highlight=False)
-
-
-def counts_line(report: SearchReport) -> str:
-    """The in-sample evaluations by cause, for people: e.g. ``288 in-sample evaluations
-    (281 run, 7 clones reused; 2 failed: 2 timeout; 31 infeasible: fewer than 20
-    trades) and 10 out-of-sample re-runs in 37.6 s``."""
-    counts = report.counts()
-    causes = [f"{n} {key.removeprefix('failed:')}" for key, n in sorted(counts.items())
-              if key.startswith("failed:")]  # fmt: skip
-    failed = f"{counts['failed']} failed" + (f": {', '.join(causes)}" if causes else "")
-    minimum = max(report.config.min_trades, 1)
-    return (
-        f"{counts['evaluations']} in-sample evaluations ({counts['ok']} run, {counts['clone']} "
-        f"clones reused; {failed} (no result); {counts['infeasible']} infeasible (fewer than "
-        f"{minimum} trades or no Sharpe ratio)) and {len(report.out_of_sample)} "
-        f"out-of-sample re-runs in {report.elapsed:.1f} s; {report.repeats} repeats "
-        f"re-asked, {report.real_generations or '?'} real generations"
-    )
+        partial = partial_report(finished, config, split, _stop_reason(exc))
+        if partial is None:
+            log.warning("stopped before a generation finished with a result: no report written")
+        else:
+            files = write_outputs(partial, args.out)
+            log.warning("%s after %d of %d generations: partial report in %s (rerun with "
+                        "the same --store to resume)", partial.stopped,
+                        partial.generations_done, config.generations, args.out)  # fmt: skip
+            print_report(console, partial, files, None, as_json=args.json)
+        raise

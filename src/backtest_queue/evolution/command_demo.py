@@ -6,6 +6,9 @@ free loopback port; the dispatcher logs the connect and the flush right after it
 (``flushed N queued requests X ms after connect``). When the search is done the service
 is stopped (``SIGTERM``, then ``SIGKILL``), also on Ctrl-C or an error.
 
+With ``--store``, results the store's cache holds are not run again, and when it holds
+every one the service is never started.
+
 Needs no arguments, no configuration and no network. With ``--connect`` it uses a
 service you already run instead of starting one.
 """
@@ -108,7 +111,14 @@ async def _main(args: argparse.Namespace) -> int:
             log_path=args.out / "service.log",
             delay=args.service_delay,
         )
-    return await search_and_report(args, [endpoint], options, data=data, companion=companion)
+    return await search_and_report(
+        args,
+        [endpoint],
+        options,
+        data=data,
+        companion=companion,
+        own_data=companion is not None,
+    )
 
 
 async def _service_after(
@@ -120,7 +130,8 @@ async def _service_after(
     log_path: Path,
     delay: float,
 ) -> None:
-    """Start the service ``delay`` seconds after the first submit; keep it until cancelled.
+    """Start the service ``delay`` seconds after a request first waits for one (never,
+    when the store's cache has every result); keep it until cancelled.
 
     Raises:
         ServiceExited: the service ended on its own.

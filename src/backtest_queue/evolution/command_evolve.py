@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
+from ..cli_types import number
 from ..curve_options import add_curve_arguments
 from .command_common import add_search_arguments, positive_int, run_command, search_and_report
 
 __all__ = ["add_arguments", "run"]
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+_positive_float = number(0.0, exclusive=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

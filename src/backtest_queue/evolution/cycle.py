@@ -200,8 +200,8 @@ class _Evolution:
         done.cancel()
 
     async def _ask_and_submit(self) -> list[_Slot]:
-        generation = self._counts.generation
         self._counts.generation += 1
+        generation = self._counts.generation  # 1-based, as in the logs and results files
         proposals = await anyio.to_thread.run_sync(
             self._proposer.ask, self._population, abandon_on_cancel=True
         )
@@ -273,8 +273,8 @@ class _Evolution:
                 part = _Part("failed", None, outcome.request_id, number, outcome.reason,
                              outcome.detail)  # fmt: skip
             else:
-                part = _Part("ok" if i == 0 else "clone", outcome.result, outcome.request_id,
-                             number)  # fmt: skip
+                status: Status = "clone" if i else ("cached" if outcome.cached else "ok")
+                part = _Part(status, outcome.result, outcome.request_id, number)
             slot.parts[index] = part
         for slot in dict.fromkeys(slot for slot, _ in waiting):
             self._finish(slot)
@@ -301,11 +301,17 @@ class _Evolution:
         results = [part.metrics for part in parts if part.metrics is not None]
         metrics = results[0] if len(results) == 1 else self._combined(results)
         clone = all(part.status == "clone" for part in parts)
+        # "ok" when a backtest ran for it; "cached" when the store's cache had every
+        # result it did not reuse from an identical candidate.
+        status: Status = "clone" if clone else "ok"
+        if not clone and not any(part.status == "ok" for part in parts):
+            status = "cached"
         source = parts[0].source if clone else p.number
+        detail = {"clone": f"reused the result of #{source}", "cached": "from the store's "
+                  "result cache (an earlier run's backtest)"}.get(status, "")  # fmt: skip
         slot.evaluation = Evaluation(
             number=p.number, generation=slot.generation, candidate=p.candidate,
-            status="clone" if clone else "ok", metrics=metrics,
-            detail=f"reused the result of #{source}" if clone else "",
+            status=status, metrics=metrics, detail=detail,
             request_id=parts[0].request_id, source=source,
             folds=tuple(results) if len(results) > 1 else (),
         )  # fmt: skip
@@ -348,6 +354,7 @@ class _Evolution:
             median_sharpe=statistics.median(sharpes) if sharpes else None,
             best_so_far=self._best_so_far,
             clones=sum(e.status == "clone" for e in evaluations),
+            cached=sum(e.status == "cached" for e in evaluations),
             failures=sum(e.status == "failed" for e in evaluations),
             infeasible=sum(
                 e.metrics is not None and not feasible(e.metrics, self._min_trades)

@@ -30,11 +30,13 @@ def _sharpe(value: float | None) -> str:
 
 def summary_line(s: GenerationSummary) -> str:
     """One line for a finished generation: failed = no result (transport, service error),
-    infeasible = a result with too few trades; best = best feasible Sharpe ratio."""
+    infeasible = a result with too few trades; best = best feasible Sharpe ratio;
+    "from the cache" (only when there are some) = results a store kept from an earlier run."""
     done = len(s.evaluations)
+    cached = f"{s.cached} from the cache, " if s.cached else ""
     return (
         f"{s.phase} generation {s.generation}/{s.generations}: {done} evaluated "
-        f"({s.clones} clones, {s.failures} failed, {s.infeasible} infeasible); "
+        f"({cached}{s.clones} clones, {s.failures} failed, {s.infeasible} infeasible); "
         f"Sharpe best {_sharpe(s.best_sharpe)}, "
         f"median {_sharpe(s.median_sharpe)}, best so far {_sharpe(s.best_so_far)} "
         f"[{s.elapsed:.1f} s]"

@@ -21,8 +21,9 @@ __all__ = [
     "Status",
 ]
 
-#: How an evaluation ended: a result, a reused result, or no result.
-Status = Literal["ok", "clone", "failed"]
+#: How an evaluation ended: a result, a reused result, a result from a store's cache, or
+#: no result.
+Status = Literal["ok", "clone", "cached", "failed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,10 +62,13 @@ class Evaluation:
 
     Attributes:
         number: the proposal's number (Optuna's trial number for an OptunaProposer).
-        generation: 0-based generation it belongs to.
+        generation: the generation it belongs to, 1-based (as in the logs, the
+            generation summaries and ``results.csv``).
         candidate: the strategy.
         status: ``"ok"`` (a result from the service), ``"clone"`` (the result of an
-            identical candidate, reused), ``"failed"`` (no result; see ``reason``).
+            identical candidate of this run, reused), ``"cached"`` (a result from the
+            dispatcher's store: an earlier run's backtest, not run again), ``"failed"``
+            (no result; see ``reason``).
         metrics: the result, ``None`` when failed.
         reason: why it failed (an outcome's reason: ``"timeout"``, ``"disconnected"``,
             ``"service_error"``, ``"shutdown"``), ``None`` otherwise.
@@ -72,7 +76,7 @@ class Evaluation:
             reused).
         request_id: the request whose outcome this is (for a clone, the original's).
         source: for a clone, the number of the evaluation whose result it reused; else
-            its own number.
+            its own number (``reused_from`` in the results files, empty unless a clone).
         folds: with walk-forward windows, the result of each window in order (``metrics``
             is then their combination, see :mod:`.walkforward`); else empty.
     """
@@ -190,6 +194,7 @@ class GenerationSummary:
         failures: its evaluations without a result.
         infeasible: its evaluations with a result that does not count (too few trades).
         elapsed: seconds since the run started.
+        cached: its evaluations whose result came from the store's cache.
     """
 
     phase: str
@@ -203,6 +208,7 @@ class GenerationSummary:
     failures: int
     infeasible: int
     elapsed: float
+    cached: int = 0
 
 
 class EvolutionObserver(Protocol):

@@ -3,8 +3,9 @@
 Files written by :func:`write_outputs` into the output directory:
 
 ``results.csv``
-    One row per evaluation, in-sample and out-of-sample (column ``phase``): generation,
-    number, status, strategy, parameters, every metric.
+    One row per evaluation, in-sample and out-of-sample (column ``phase``): generation
+    (1-based, as in the logs), number, status, strategy, parameters, every metric (the
+    columns are explained in :data:`COLUMNS`, written into ``README.txt`` too).
 ``results.json``
     The same evaluations plus the settings, the split, the counts by cause, the
     leaderboard and the overfitting measures (DSR per row, PBO: see :mod:`.robustness`).
@@ -15,6 +16,8 @@ Files written by :func:`write_outputs` into the output directory:
     median in-sample Sharpe ratio per generation, and the best so far.
 ``equity_curve.png``
     The leaderboard winner's equity, in-sample then out-of-sample (see :mod:`.equity`).
+``README.txt``
+    What the run was (complete, or partial and why), the files and their columns.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "COLUMNS",
     "LeaderboardRow",
     "best_candidates",
     "evaluation_record",
@@ -48,6 +52,22 @@ __all__ = [
     "write_csv",
     "write_json",
 ]
+
+#: The results files' columns that need a word, for ``README.txt`` and the docs.
+COLUMNS: Final = {
+    "phase": "in-sample (the search) or out-of-sample (the leaderboard's re-runs)",
+    "generation": "the evolution generation, 1-based as in the logs",
+    "number": "the evaluation's number (Optuna's trial number), 0-based",
+    "status": "ok: a backtest ran; clone: the result of an identical candidate of this "
+    "run, reused; cached: a result from the --store cache (an earlier run's backtest); "
+    "failed: no result (see reason and detail)",
+    "reused_from": "for a clone, the number of the evaluation whose result it reused; "
+    "empty otherwise",
+    "identical_results": "leaderboard: how many more candidates had exactly the same "
+    "in-sample results (the same trades: a stop loss that never triggered, say) and are "
+    "folded into this row, the earliest standing for them all",
+    "fold_sharpes": "with --walk-forward, the Sharpe ratio of each in-sample window",
+}
 
 _METRICS: Final = (
     "sharpe", "sortino", "return_pct", "max_drawdown_pct", "trades", "win_rate",
@@ -163,7 +183,8 @@ def leaderboard(
 def sharpe_by_generation(
     evaluations: Iterable[Evaluation], *, min_trades: int = 0
 ) -> list[tuple[int, float | None, float | None]]:
-    """``(generation, best, median)`` Sharpe ratio per generation (0-based).
+    """``(generation, best, median)`` Sharpe ratio per generation (as numbered in the
+    evaluations: 1-based from :func:`.cycle.run_evolution`).
 
     ``best`` is over the feasible results only (at least ``min_trades`` trades: the
     leaderboard's rule, so the chart's best is a candidate the leaderboard could rank);
@@ -200,7 +221,7 @@ def evaluation_record(evaluation: Evaluation, phase: str) -> dict[str, Any]:
         "sl": c.sl,
         "tp": c.tp,
         "request_id": evaluation.request_id,
-        "source": evaluation.source,
+        "reused_from": evaluation.source if evaluation.status == "clone" else None,
         "fold_sharpes": [m.sharpe for m in evaluation.folds] or None,
     }
     for name in _METRICS:
@@ -218,7 +239,7 @@ def _row_record(row: LeaderboardRow, dsr: float | None) -> dict[str, Any]:
         "kind": row.candidate.kind,
         "params": row.candidate.describe(),
         "pareto": row.pareto,
-        "alike": row.alike,
+        "identical_results": row.alike,
         "deflated_sharpe_ratio": dsr,
         "in_sample_sharpe": metric(row.in_sample, "sharpe"),
         "out_of_sample_sharpe": metric(row.out_of_sample, "sharpe"),
@@ -277,7 +298,7 @@ def plot_sharpe_by_generation(
     from matplotlib.figure import Figure
 
     points = sharpe_by_generation(evaluations, min_trades=min_trades)
-    generations = [g + 1 for g, _, _ in points]
+    generations = [g for g, _, _ in points]
     best = [b for _, b, _ in points]
     median = [m for _, _, m in points]
     so_far: list[float | None] = []

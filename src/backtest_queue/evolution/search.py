@@ -36,6 +36,7 @@ from .cycle import (
 )
 from .proposer import ListProposer, OptunaProposer, Proposer, SamplerName, feasible
 from .report import (
+    COLUMNS,
     LeaderboardRow,
     best_candidates,
     evaluation_record,
@@ -133,6 +134,10 @@ class SearchReport:
             count them.
         real_generations: generations as the optimizer counted them (NSGA-II: told
             trials span this many), ``None`` when it does not say.
+        stopped: why the search stopped before its end (``"interrupted by SIGINT"``,
+            say): the report is then partial, made of the generations finished (see
+            :attr:`generations_done`), without out-of-sample re-runs; ``None`` when the
+            search ran to its end.
     """
 
     config: SearchConfig
@@ -144,17 +149,36 @@ class SearchReport:
     min_trades: int = 0
     repeats: int = 0
     real_generations: int | None = None
+    stopped: str | None = None
+
+    @property
+    def generations_done(self) -> int:
+        """In-sample generations finished (every one of them, unless :attr:`stopped`)."""
+        return max((e.generation for e in self.in_sample), default=0)
+
+    def partial(self) -> dict[str, Any] | None:
+        """What a partial report holds, for the results files; ``None`` when complete."""
+        if self.stopped is None:
+            return None
+        return {
+            "stopped": self.stopped,
+            "generations_done": self.generations_done,
+            "generations": self.config.generations,
+            "out_of_sample": "run" if self.out_of_sample else "not run",
+        }
 
     def counts(self) -> dict[str, int]:
         """In-sample evaluations in total and by cause.
 
-        Keys: ``evaluations``; by status ``ok``, ``clone``, ``failed`` (no result);
+        Keys: ``evaluations``; by status ``ok`` (a backtest ran), ``clone``, ``cached``
+        (from the store's result cache), ``failed`` (no result);
         ``failed:<reason>`` per outcome reason (``timeout``, ``service_error``, ...);
         ``infeasible``: results (own or reused) with fewer than ``config.min_trades``
         trades or an undefined Sharpe ratio, which the optimizer was told as constraint
         violations and the leaderboard does not rank.
         """
-        counts = {"evaluations": len(self.in_sample), "ok": 0, "clone": 0, "failed": 0}
+        counts = {"evaluations": len(self.in_sample), "ok": 0, "clone": 0, "cached": 0}
+        counts["failed"] = 0
         counts["infeasible"] = 0
         for e in self.in_sample:
             counts[e.status] += 1
@@ -309,6 +333,8 @@ def write_outputs(
     config = asdict(report.config)
     document: dict[str, Any] = {
         "backtest_queue_version": __version__,
+        "complete": report.stopped is None,
+        "partial": report.partial(),
         "config": config,
         "split": {**asdict(report.split), "out_of_sample_bars": report.split.out_of_sample_bars},
         "counts": report.counts(),
@@ -317,6 +343,7 @@ def write_outputs(
         "elapsed_s": round(report.elapsed, 3),
         "overfitting": None if assessment is None else assessment.record(),
         "leaderboard": board,
+        "columns": dict(COLUMNS),
         "evaluations": records,
     }
     files = {
@@ -334,7 +361,37 @@ def write_outputs(
     }
     if bars is not None and report.leaderboard:
         files["equity_curve"] = _write_equity(report, out_dir, bars)
+    files["readme"] = _write_readme(out_dir / "README.txt", report, files)
     return files
+
+
+def _write_readme(path: Path, report: SearchReport, files: dict[str, Path]) -> Path:
+    """A few lines a person opening the directory reads first."""
+    config = report.config
+    if report.stopped is None:
+        state = f"complete: {config.generations} generations of {config.population}"
+    else:
+        state = (
+            f"PARTIAL: {report.stopped} after {report.generations_done} of "
+            f"{config.generations} generations of {config.population}; the leaderboard "
+            "ranks the in-sample results of the generations done"
+            + ("" if report.out_of_sample else ", without out-of-sample re-runs")
+            + ". Rerun the same command with the same --store to resume: the finished "
+            "backtests come from its cache."
+        )
+    lines = [
+        f"backtest-queue {__version__} search on {config.data_id} with {config.sampler}, "
+        f"seed {config.seed}",
+        state,
+        "",
+        "files:",
+        *(f"  {p.name}" for p in files.values()),
+        "",
+        "columns:",
+        *(f"  {name}: {text}" for name, text in COLUMNS.items()),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def _write_equity(report: SearchReport, out_dir: Path, bars: pd.DataFrame) -> Path:

@@ -1,5 +1,9 @@
 """``backtest-queue service``: run a backtest service until SIGTERM or Ctrl-C.
 
+Once ready it prints the endpoint it bound, alone on one line, to stdout (the port
+``--bind 'tcp://127.0.0.1:*'`` picked, for scripts); its log lines, the ``service ready
+on ENDPOINT`` line among them, go to stderr.
+
 Exit status: 0 after a signal-initiated stop, 1 when the endpoint cannot be bound or the
 workers do not start, 2 for bad settings (a data directory that does not exist, an
 unreadable CURVE certificate, ...).
@@ -21,6 +25,7 @@ from typing import Any
 import anyio
 import zmq
 
+from ..cli_types import integer, number
 from ..errors import TransportError, UsageError
 from ..metrics import add_metrics_arguments, metrics_from_args
 from ..protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
@@ -44,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=integer(1),
         default=None,
         metavar="N",
         help=f"backtest worker processes (default: CPU count, here {os.cpu_count()})",
@@ -59,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-message-bytes",
-        type=int,
+        type=integer(1024, 2**31 - 1),
         default=DEFAULT_MAX_MESSAGE_BYTES,
         metavar="N",
         help="largest message body accepted (default 1 MiB); larger ones get a too_large "
@@ -67,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reply-timeout",
-        type=float,
+        type=number(0.0, exclusive=True, unit="seconds"),
         default=10.0,
         metavar="SECONDS",
         help="how long a reply waits for a requester that does not read or is gone "
@@ -75,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=number(0.0, unit="seconds"),
         default=10.0,
         metavar="SECONDS",
         help="on SIGTERM / Ctrl-C, how long running backtests may finish (default 10)",
@@ -130,11 +135,25 @@ async def _serve(settings: dict[str, Any]) -> int:
     # Open the signal receiver first: a signal during start-up then stops the service
     # right after it is ready, instead of killing it half-started.
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_service(**settings):
+        async with open_service(**settings) as service:
+            # The log says "service ready on ENDPOINT" (stderr); stdout gets the bound
+            # endpoint alone, for a script that bound 'tcp://127.0.0.1:*' to read.
+            _print_endpoint(service.endpoint)
             async for signum in signals:
                 log.info("received %s; stopping", signal.Signals(signum).name)
                 break
     return 0
+
+
+def _print_endpoint(endpoint: str) -> None:
+    """Print the endpoint on stdout; a stdout nobody reads does not stop the service."""
+    try:
+        print(endpoint, flush=True)
+    except (BrokenPipeError, ValueError):  # a closed pipe, or stdout closed
+        from ..cli_output import silence_stdout
+
+        silence_stdout()
+        log.debug("stdout is closed: the endpoint is only in the log")
 
 
 def _start_curve(args: argparse.Namespace, context: zmq.Context[Any]) -> tuple[dict[int, Any], Any]:
