@@ -184,13 +184,29 @@ class _MemoryRequester:
                 break
         return batch
 
+    def can_send(self) -> bool:
+        service = self.network._bound.get(self.name)
+        return self.connected and service is not None and service.is_up(anyio.current_time())
+
     async def wait_writable(self) -> None:
-        await self.writable.wait()
+        while not self.can_send():
+            await self.writable.wait()
+
+    def block_writes(self) -> None:
+        """Sends would block from now on; waiters wake, see it, and wait again (an event
+        replaced under them would never be set)."""
+        old, self.writable = self.writable, anyio.Event()
+        old.set()
 
     def emit(self, kind: EventKind) -> None:
         now = anyio.current_time()
-        if self.events is not None:
+        if self.events is None:
+            return  # not watched (any more): its dispatcher is closing
+        try:
             self.events.send_nowait(ConnectionEvent(kind, self.name, self.name, now))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.events = None  # the dispatcher closed while its requester is still open
+            return
         self.network._observe_event(self, kind, now)
 
     def later(
@@ -282,11 +298,10 @@ class MemoryNetwork:
         if self.services.pop(endpoint, None) is None:
             raise UsageError(f"no fake service is bound to {endpoint!r}")
         service = self._bound.pop(endpoint)
-        now = anyio.current_time()
         for requester in self._requesters.get(endpoint, ()):
             requester.drop_scheduled()
-            if requester.connected and service.is_up(now):
-                requester.writable = anyio.Event()
+            if requester.connected and service.is_up(anyio.current_time()):
+                requester.block_writes()
                 requester.emit("down")
 
     def is_up(self, endpoint: str) -> bool:
@@ -329,7 +344,10 @@ class MemoryNetwork:
         with events_out:
             requester.events = events_out
             task_status.started()
-            await requester.run_schedule()
+            try:
+                await requester.run_schedule()
+            finally:
+                requester.events = None
 
     def connect(self, requester: Requester, endpoint: str) -> None:
         """Start connecting ``requester``: it sees the service (if bound) come up."""
@@ -407,7 +425,7 @@ class MemoryNetwork:
         for requester in self._requesters.get(endpoint, ()):
             requester.drop_scheduled()
             if requester.connected:
-                requester.writable = anyio.Event()
+                requester.block_writes()
                 requester.emit("down")
                 if back is not None:
                     requester.later(now + back, None, service)
