@@ -13,8 +13,8 @@ import pytest
 from trio.testing import MockClock
 
 from backtest_queue import BacktestRequest, Outcome, Strategy, UsageError, open_dispatcher
-from backtest_queue.testing import Faults, MemoryNetwork, uniform
 from backtest_queue.protocol import encode_message
+from backtest_queue.testing import Faults, MemoryNetwork, uniform
 from backtest_queue.testing.network import _MemoryRequester
 
 pytestmark = pytest.mark.anyio
@@ -162,13 +162,24 @@ async def test_a_connection_drops_after_n_requests_and_comes_back(t: Time) -> No
 async def test_a_refused_handshake_sends_nothing(t: Time) -> None:
     net = MemoryNetwork()
     net.bind(EP, faults=Faults(refuse=True))
+    refused = anyio.Event()
+
+    class Watch:
+        def on_send(self, *args: object) -> None:
+            pass
+
+        def on_event(self, requester: object, endpoint: str, kind: str, now: float) -> None:
+            if kind == "refused":
+                refused.set()
+
+    net.observers.append(Watch())  # type: ignore[arg-type]
     async with open_dispatcher([EP], network=net) as d:
         await d.submit(request(0))
         with anyio.fail_after(10):
-            while d.stats().handshakes_refused == 0:
-                await anyio.sleep(t(0.01))
+            await refused.wait()
         assert not d.connected
         assert d.queue.state_of("req-0") == "queued"
+    assert d.stats().handshakes_refused == 1
     assert net.received == []
 
 

@@ -170,10 +170,11 @@ class Faults:
         if self._replacement_total <= 0.0:
             return None
         x = rng.random()
-        for name in ("error", "unavailable", "garbage", "unknown_id"):
+        names: tuple[Replacement, ...] = ("error", "unavailable", "garbage", "unknown_id")
+        for name in names:
             p: float = getattr(self, name)
             if x < p:
-                return name  # type: ignore[return-value]
+                return name
             x -= p
         return None
 

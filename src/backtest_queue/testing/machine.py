@@ -379,10 +379,9 @@ def dispatcher_machine(
 
     namespace.update(cycle=cycle, fault=fault, outage=outage)
     name = f"{getattr(user_loop, '__name__', 'loop')}_{backend}_machine"
-    machine = type(name, (DispatcherMachine,), namespace)
+    machine: type[DispatcherMachine] = type(name, (DispatcherMachine,), namespace)
     options: dict[str, Any] = {"stateful_step_count": max_steps}
     if max_examples is not None:
         options["max_examples"] = max_examples
     machine.TestCase.settings = settings(machine.TestCase.settings, **options)
     return machine
-

@@ -266,7 +266,9 @@ class MemoryNetwork:
         self._requesters: dict[str, list[_MemoryRequester]] = {}
         self._seq = itertools.count()
 
-    def bind(self, endpoint: str, reply: Reply = echo_result, *, faults: Faults | None = None) -> None:
+    def bind(
+        self, endpoint: str, reply: Reply = echo_result, *, faults: Faults | None = None
+    ) -> None:
         """Bind a fake service; every requester connected to ``endpoint`` sees it come up.
 
         Args:
@@ -417,7 +419,9 @@ class MemoryNetwork:
                 holder.later(max(due, own_due), entry.frames)
         service.held.clear()
 
-    def _drop_connection(self, endpoint: str, service: _Service, faults: Faults, now: float) -> None:
+    def _drop_connection(
+        self, endpoint: str, service: _Service, faults: Faults, now: float
+    ) -> None:
         back = faults.reconnect_after
         service.down_until = math.inf if back is None else now + back
         service.count = 0

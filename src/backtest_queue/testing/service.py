@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+
 import zmq
 
 from ..errors import UsageError
@@ -163,14 +164,19 @@ class ServiceProcess:
         """
         return self._end(signal.SIGTERM, timeout)
 
-    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+    def kill(self, sig: int = signal.SIGKILL, *, group: bool = True) -> int | None:
         """Send ``sig`` (default ``SIGKILL``: a crash) to the service's whole process group
         and wait until the service has exited.
+
+        Args:
+            sig: the signal.
+            group: ``False``: signal the service process alone (its workers must then
+                notice by themselves that it is gone).
 
         Returns:
             Its exit status (``None``: it was not running).
         """
-        return self._end(sig, STOP_TIMEOUT)
+        return self._end(sig, STOP_TIMEOUT, group=group)
 
     def restart(self, *, crash: bool = True) -> None:
         """Kill (``crash=True``) or stop it, then start it again on the same endpoint."""
@@ -180,19 +186,23 @@ class ServiceProcess:
             self.stop()
         self.start()
 
-    def _end(self, sig: int, timeout: float) -> int | None:
+    def _end(self, sig: int, timeout: float, *, group: bool = True) -> int | None:
         process, self.process = self.process, None
         if process is None:
             return None
         try:
             if process.poll() is None:
-                _signal_group(process.pid, sig)
+                if group:
+                    _signal_group(process.pid, sig)
+                else:
+                    process.send_signal(sig)
                 try:
                     process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     _signal_group(process.pid, signal.SIGKILL)
                     process.wait(timeout=STOP_TIMEOUT)
-            _signal_group(process.pid, signal.SIGKILL)  # workers left behind, if any
+            if group:
+                _signal_group(process.pid, signal.SIGKILL)  # workers left behind, if any
             return process.returncode
         finally:
             if self._line is not None:
@@ -201,10 +211,8 @@ class ServiceProcess:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @contextmanager

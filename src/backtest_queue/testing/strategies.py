@@ -105,9 +105,7 @@ _brackets = st.none() | st.floats(_MIN_BRACKET, 0.9999, allow_nan=False)
 
 
 @st.composite
-def strategies(
-    draw: st.DrawFn, kind: str | None = None, *, max_period: int = 200
-) -> Strategy:
+def strategies(draw: st.DrawFn, kind: str | None = None, *, max_period: int = 200) -> Strategy:
     """A strategy the reference service accepts.
 
     Args:
@@ -183,12 +181,19 @@ def messages() -> st.SearchStrategy[bytes]:
     one: st.SearchStrategy[Message] = st.one_of(
         requests(),
         st.builds(BacktestResult, request_id=ids, result=_metrics()),
-        st.builds(ErrorReply, request_id=st.none() | ids, code=st.sampled_from(ERROR_CODES),
-                  message=st.text(st.characters(categories=("L", "N")), max_size=30)),  # fmt: skip
+        st.builds(
+            ErrorReply,
+            request_id=st.none() | ids,
+            code=st.sampled_from(ERROR_CODES),
+            message=st.text(st.characters(categories=("L", "N")), max_size=30),
+        ),
         st.builds(Ping, request_id=st.none() | ids),
-        st.builds(Pong, request_id=st.none() | ids,
-                  datasets=st.lists(st.sampled_from(BUILTIN_DATA_IDS), unique=True),
-                  workers=st.integers(0, 64)),  # fmt: skip
+        st.builds(
+            Pong,
+            request_id=st.none() | ids,
+            datasets=st.lists(st.sampled_from(BUILTIN_DATA_IDS), unique=True),
+            workers=st.integers(0, 64),
+        ),
     )
     return one.map(encode_message)
 
@@ -225,8 +230,16 @@ _BAD_VALUES: Final[list[_Bad]] = [
     ("strategy.sl", "protocol", [0.0, 1.0, 1.5, -0.1, "0.02"]),
     ("strategy.tp", "protocol", [0.0, 1.0, 2.0, -0.5]),
     ("strategy.kind", "service", ["no_such_kind", "SMA_CROSS"]),
-    ("strategy.params.fast", "service", [{"fast": 40, "slow": 10}, {"fast": 10.5, "slow": 40},
-                                          {"fast": 0, "slow": 40}, {"slow": 40}]),  # fmt: skip
+    (
+        "strategy.params.fast",
+        "service",
+        [
+            {"fast": 40, "slow": 10},
+            {"fast": 10.5, "slow": 40},
+            {"fast": 0, "slow": 40},
+            {"slow": 40},
+        ],
+    ),
     ("strategy.params.slow", "service", [{"fast": 1, "slow": 100_001}]),
     ("strategy.params.extra", "service", [{"fast": 1, "slow": 5, "extra": 1}]),
     ("strategy.sl", "service", [0.00001]),

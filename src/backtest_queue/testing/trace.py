@@ -313,8 +313,13 @@ def _one_outcome(trace: Trace) -> list[Violation]:
     lost = [rid for rid in asked if told[rid] == 0]
     if lost:
         shown = ", ".join(map(repr, lost[:5])) + (" ..." if len(lost) > 5 else "")
-        out.append(Violation("one-outcome", asked[lost[0]],
-                             f"{len(lost)} request(s) never told an outcome: {shown}"))  # fmt: skip
+        out.append(
+            Violation(
+                "one-outcome",
+                asked[lost[0]],
+                f"{len(lost)} request(s) never told an outcome: {shown}",
+            )
+        )
     return out
 
 
@@ -325,15 +330,21 @@ def _no_pending_leak(trace: Trace) -> list[Violation]:
         if isinstance(e, Closed):
             closed += 1
             if e.queued or e.pending:
-                out.append(Violation(
-                    "no-pending-leak", e.at,
-                    f"dispatcher {e.dispatcher} closed with {e.queued} queued and {e.pending} "
-                    "pending (they get 'shutdown' outcomes: a wait was forgotten?)",
-                ))  # fmt: skip
+                out.append(
+                    Violation(
+                        "no-pending-leak",
+                        e.at,
+                        f"dispatcher {e.dispatcher} closed with {e.queued} queued and {e.pending} "
+                        "pending (they get 'shutdown' outcomes: a wait was forgotten?)",
+                    )
+                )
     if closed < trace.opened:
         at = trace.events[-1].at if trace.events else 0.0
-        out.append(Violation("no-pending-leak", at,
-                             f"{trace.opened - closed} dispatcher(s) never seen closing"))  # fmt: skip
+        out.append(
+            Violation(
+                "no-pending-leak", at, f"{trace.opened - closed} dispatcher(s) never seen closing"
+            )
+        )
     return out
 
 
@@ -343,15 +354,25 @@ def _in_flight(trace: Trace, limits: Limits) -> list[Violation]:
         if not isinstance(e, Handover):
             continue
         if limits.max_pending is not None and e.in_flight > limits.max_pending:
-            out.append(Violation("in-flight", e.at,
-                                 f"{e.in_flight} requests in flight after {e.request_id!r} "
-                                 f"went to {e.endpoint} (max_pending {limits.max_pending})"))  # fmt: skip
+            out.append(
+                Violation(
+                    "in-flight",
+                    e.at,
+                    f"{e.in_flight} requests in flight after {e.request_id!r} "
+                    f"went to {e.endpoint} (max_pending {limits.max_pending})",
+                )
+            )
             break
         cap = limits.per_service.get(e.endpoint)
         if cap is not None and e.in_flight_on_service > cap:
-            out.append(Violation("in-flight", e.at,
-                                 f"{e.in_flight_on_service} requests in flight on {e.endpoint} "
-                                 f"(its limit is {cap})"))  # fmt: skip
+            out.append(
+                Violation(
+                    "in-flight",
+                    e.at,
+                    f"{e.in_flight_on_service} requests in flight on {e.endpoint} "
+                    f"(its limit is {cap})",
+                )
+            )
             break
     return out
 
@@ -368,9 +389,14 @@ def _rate(trace: Trace, limits: Limits) -> list[Violation]:
             allowed = bucket + rate * (t2 - times[i] + limits.clock_slack)
             count = j - i + 1
             if count > allowed * (1 + RATE_TOLERANCE) + RATE_TOLERANCE:
-                return [Violation("rate", t2,
-                                  f"{count} hand-overs in [{times[i]:.6g}, {t2:.6g}] s; the "
-                                  f"limit allows {allowed:.6g} (rate {rate}/s, burst {bucket})")]  # fmt: skip
+                return [
+                    Violation(
+                        "rate",
+                        t2,
+                        f"{count} hand-overs in [{times[i]:.6g}, {t2:.6g}] s; the "
+                        f"limit allows {allowed:.6g} (rate {rate}/s, burst {bucket})",
+                    )
+                ]
     return []
 
 
@@ -390,10 +416,15 @@ def _flush_after_connect(trace: Trace, limits: Limits) -> list[Violation]:
             for later in _until(events, n + 1, until)
         )
         if not tried and not closed:
-            out.append(Violation("flush-after-connect", e.at,
-                                 f"dispatcher {e.dispatcher} had {e.queued} queued when "
-                                 f"{e.endpoint} came up and sent nothing within "
-                                 f"{limits.clock_slack:g} s"))  # fmt: skip
+            out.append(
+                Violation(
+                    "flush-after-connect",
+                    e.at,
+                    f"dispatcher {e.dispatcher} had {e.queued} queued when "
+                    f"{e.endpoint} came up and sent nothing within "
+                    f"{limits.clock_slack:g} s",
+                )
+            )
     return out
 
 
@@ -414,9 +445,13 @@ def _maybe_flush(trace: Trace) -> list[Violation]:
     for e in trace.events:
         if isinstance(e, Asked):
             if cycle_at is not None and not flushed:
-                out.append(Violation("maybe-flush", cycle_at,
-                                     f"cycle {cycle} never called maybe_flush (the design's "
-                                     "per-cycle contract)"))  # fmt: skip
+                out.append(
+                    Violation(
+                        "maybe-flush",
+                        cycle_at,
+                        f"cycle {cycle} never called maybe_flush (the design's per-cycle contract)",
+                    )
+                )
             if e.request_ids:
                 cycle += 1
                 cycle_at, flushed = e.at, False
