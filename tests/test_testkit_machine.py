@@ -174,3 +174,11 @@ def test_a_loop_that_never_finishes_fails_in_virtual_time() -> None:
     machine = dispatcher_machine(waits_forever, run_timeout=600)
     with pytest.raises(AssertionError, match=r"\[finishes\]"):
         hunt(machine, "trio")
+
+
+def test_a_service_limit_read_at_each_handover_is_checked() -> None:
+    """How a credit a service advertises plugs in: a function read at each hand-over."""
+    machine = dispatcher_machine(correct_loop, rate=None, max_pending=4,
+                                 service_limit=lambda ep: 1 if ep == "svc-b" else None)  # fmt: skip
+    with pytest.raises(AssertionError, match=r"\[in-flight\].*svc-b"):
+        hunt(machine, "trio")

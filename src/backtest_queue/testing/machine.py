@@ -161,6 +161,7 @@ class DispatcherMachine(RuleBasedStateMachine):
     run_timeout: float = 3600.0
     max_cycles: int = 4
     max_cycle_size: int = 6
+    service_limit: Callable[[str], int | None] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -196,7 +197,7 @@ class DispatcherMachine(RuleBasedStateMachine):
 
     def run_schedule(self) -> list[Violation]:
         """Run the schedule once (a fresh event loop) and return what the checks found."""
-        recorder = TraceRecorder(anyio.current_time)
+        recorder = TraceRecorder(anyio.current_time, service_limit=type(self).service_limit)
         timed_out: list[Violation] = []
 
         async def main() -> None:
@@ -304,6 +305,7 @@ def dispatcher_machine(
     rate: float | None = 5.0,
     burst: float | None = None,
     per_service: dict[str, int] | None = None,
+    service_limit: Callable[[str], int | None] | None = None,
     flush_interval: float = 1.0,
     result_timeout: float = 5.0,
     max_attempts: int = 3,
@@ -326,6 +328,8 @@ def dispatcher_machine(
             (also ``env.open_dispatcher``'s defaults); ``rate`` in requests per second.
         per_service: endpoint -> most requests in flight on it (its credit), checked
             like ``max_pending``.
+        service_limit: the same as a function read at each hand-over (a credit that
+            changes during the run; see :class:`~.trace.TraceRecorder`).
         flush_interval, result_timeout, max_attempts: ``env.open_dispatcher`` defaults
             (seconds of story time).
         require_maybe_flush: check that each cycle calls ``maybe_flush``.
@@ -360,6 +364,7 @@ def dispatcher_machine(
         "run_timeout": run_timeout,
         "max_cycles": max_cycles,
         "max_cycle_size": max_cycle_size,
+        "service_limit": staticmethod(service_limit) if service_limit is not None else None,
     }
     names = tuple(endpoints)
 

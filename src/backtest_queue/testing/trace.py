@@ -97,7 +97,8 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """A request handed to a service; in flight counts right after it."""
+    """A request handed to a service; in flight counts right after it, and the service's
+    own limit then (from the recorder's ``service_limit``, e.g. its credit)."""
 
     at: float
     dispatcher: int
@@ -105,6 +106,7 @@ class Handover:
     request_id: str
     in_flight: int
     in_flight_on_service: int
+    service_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +193,20 @@ class TraceRecorder:
     Args:
         clock: what ``at`` is read from for events the network does not time (asks,
             tells, closes); pass ``anyio.current_time``.
+        service_limit: endpoint -> the most requests that service may hold *now* (e.g.
+            the credit it advertised), read at each hand-over and checked like
+            ``Limits.per_service`` (``None`` for an endpoint: unchecked).
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        service_limit: Callable[[str], int | None] | None = None,
+    ) -> None:
         self.trace = Trace()
         self._clock = clock
+        self._service_limit = service_limit
         self._dispatchers: list[Dispatcher] = []
         self._open: set[int] = set()
         self._owner: dict[int, int] = {}  # id(requester) -> dispatcher index
@@ -263,8 +274,9 @@ class TraceRecorder:
                 holding.discard(key)
         total = sum(self._dispatchers[i].queue.pending for i in self._open)
         on_service = len(holding)
+        cap = self._service_limit(endpoint) if self._service_limit is not None else None
         for r in requests:
-            events.append(Handover(now, index, endpoint, r.request_id, total, on_service))
+            events.append(Handover(now, index, endpoint, r.request_id, total, on_service, cap))
 
     def on_event(
         self,
@@ -363,7 +375,7 @@ def _in_flight(trace: Trace, limits: Limits) -> list[Violation]:
                 )
             )
             break
-        cap = limits.per_service.get(e.endpoint)
+        cap = e.service_limit if e.service_limit is not None else limits.per_service.get(e.endpoint)
         if cap is not None and e.in_flight_on_service > cap:
             out.append(
                 Violation(
