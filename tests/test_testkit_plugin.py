@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from proc_watch import wait_gone
+
 PLUGIN = ("-p", "backtest_queue.testing.plugin", "-p", "anyio")
 
 
@@ -113,3 +115,24 @@ def test_importing_the_plugin_needs_no_hypothesis(pytester: pytest.Pytester) -> 
     result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider",
                                            "-p", "no:hypothesispytest")  # fmt: skip
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.slow
+def test_the_backtest_service_fixture_stops_the_service_at_teardown(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+        import zmq
+        from backtest_queue.testing import wait_ready
+
+        def test_service(backtest_service) -> None:
+            wait_ready(backtest_service.endpoint, timeout=30)  # it answers a PING
+            with open("pid.txt", "w") as f:
+                f.write(str(backtest_service.process.pid))
+        """
+    )
+    result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    pid = int((pytester.path / "pid.txt").read_text())
+    assert wait_gone(pid, 30), f"the service {pid} outlived its fixture"
