@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import settings
 
+# pytester runs the test kit's plugin in throwaway pytest sessions (test_testkit_plugin.py).
+pytest_plugins = ["pytester"]
+
 # Hypothesis's per-example deadline measures the machine as much as the code: on a busy
 # 2-core CI box a 5 ms example can take 300 ms. Hangs are caught by pytest-timeout.
 settings.register_profile("backtest-queue", deadline=None)

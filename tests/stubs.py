@@ -6,7 +6,6 @@ each test decides what it answers (a result, nothing, garbage, duplicates).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,17 +23,13 @@ from backtest_queue.protocol import (
     decode_message,
     encode_message,
 )
+from backtest_queue.testing import free_tcp_endpoint
 from backtest_queue.transport import ConnectionEvent, open_socket, run_monitor
 
+__all__ = ["STUB_FINGERPRINT", "StubService", "echo", "free_tcp_endpoint", "result_for",
+           "silent", "stub_service"]  # fmt: skip
+
 Reply = Callable[[BacktestRequest], list[bytes]]
-
-
-def free_tcp_endpoint() -> str:
-    """Return a loopback TCP endpoint whose port was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
 
 
 #: The content fingerprint the stub services report for every dataset.

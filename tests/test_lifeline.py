@@ -92,7 +92,7 @@ def test_kill_9_of_a_service_stops_its_workers() -> None:
         pid = service.process.pid
         below = descendants(pid)
         assert len(below) >= 2, below
-        service.kill(signal.SIGKILL)
+        service.kill(signal.SIGKILL, group=False)  # the service alone, not its group
     for process in sorted(below):
         assert wait_gone(process, GONE_TIMEOUT), f"worker {process} outlived its service"
 
