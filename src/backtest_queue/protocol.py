@@ -388,9 +388,13 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         fingerprints: data_id -> content fingerprint of that dataset's OHLCV data; it
             changes when the data changes (optional: empty from a service that does not
             report them).
+        credit: how many requests one requester may keep in flight at this service
+            (running plus waiting for a worker), an int >= 1; optional: ``None`` from a
+            service that does not say (no per-service limit).
 
     Raises:
-        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id or ``workers``.
+        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id, ``workers``
+            or ``credit``.
     """
 
     v: int = PROTOCOL_VERSION
@@ -399,6 +403,7 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
     datasets: list[str] = msgspec.field(default_factory=list)
     workers: int = 0
     fingerprints: dict[str, Fingerprint] = msgspec.field(default_factory=dict)
+    credit: int | None = None
 
     def __post_init__(self) -> None:
         _check_version(self.v, InvalidMessage)
@@ -410,6 +415,8 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         for i, data_id in enumerate(self.datasets):
             check_data_id(data_id, f"datasets[{i}]", InvalidMessage)
         check_int(self.workers, "workers")
+        if self.credit is not None:
+            check_int(self.credit, "credit", low=1)
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong
