@@ -45,6 +45,7 @@ def test_ping_is_answered_with_what_the_service_has(
         "datasets": EXPECTED_DATASETS,  # broken.csv was logged and skipped
         "workers": 1,
         "fingerprints": dict(shared_service.service.fingerprints),
+        "credit": 2,  # 1 worker running + 1 request waiting (issue 13)
     }
     assert sorted(pong["fingerprints"]) == EXPECTED_DATASETS
     assert client.request({"type": "PING"})["request_id"] is None  # v defaults to 1

@@ -64,7 +64,7 @@ from .outbox import Dropped, Outbox
 from .pool import WorkerPool, open_pool
 from .statistics import ServiceStatistics
 
-__all__ = ["Service", "open_service", "service_socket_options"]
+__all__ = ["Service", "default_credit", "open_service", "service_socket_options"]
 
 log = logging.getLogger("backtest_queue.service")
 
@@ -182,6 +182,8 @@ class Service:
     Attributes:
         endpoint: the endpoint actually bound (a ``*`` port resolved).
         workers: size of the process pool.
+        credit: requests one requester may keep in flight here (running plus queued),
+            advertised in every PONG; a credit-aware dispatcher stays within it.
         datasets: the dataset ids it serves, sorted.
         fingerprints: data_id -> content fingerprint of its OHLCV data (see
             :mod:`.fingerprint`), reported in every PONG and result.
@@ -202,9 +204,11 @@ class Service:
         reply_timeout: float,
         shutdown_grace: float,
         max_queued: int,
+        credit: int,
     ) -> None:
         self.endpoint = endpoint
         self.workers = pool.workers
+        self.credit = credit
         self.datasets = tuple(catalog.ids)
         self.fingerprints: Mapping[str, str] = dict(fingerprints)
         self.skipped = catalog.skipped
@@ -238,6 +242,7 @@ class Service:
             datasets=list(self.datasets),
             workers=self.workers,
             fingerprints={data_id: self.fingerprints[data_id] for data_id in self.datasets},
+            credit=credit,
         )
 
     def __repr__(self) -> str:
@@ -663,6 +668,7 @@ async def open_service(
     reply_timeout: float = 10.0,
     shutdown_grace: float = 10.0,
     max_queued: int = 1000,
+    credit: int | None = None,
     warm_up: bool = True,
     socket_options: Mapping[int, Any] | None = None,
     context: zmq.Context[Any] | None = None,
@@ -699,6 +705,11 @@ async def open_service(
             replies to leave.
         max_queued: validated requests waiting for a worker; when full, the service stops
             reading until one is free (PINGs then wait too).
+        credit: requests one requester may keep in flight here, advertised in PONG
+            (``credit``), between 1 and ``workers + max_queued``. Default
+            :func:`default_credit`: every worker busy plus one request waiting per
+            worker (at most ``max_queued``), so no worker idles while its next request
+            is on the wire and a slow service holds no backlog a faster one could run.
         warm_up: start the workers before binding, so the first backtests are fast and a
             broken engine stops the start instead of failing every request.
         socket_options: extra ROUTER options ``{zmq.OPTION: value}``, applied over
@@ -724,6 +735,7 @@ async def open_service(
         max_queued=max_queued,
         options=options,
     )
+    credit = _checked_credit(credit, workers=workers, max_queued=max_queued)
     if not is_loopback(bind) and zmq.CURVE_SERVER not in options:
         log.warning(
             "binding %s beyond loopback without encryption or authentication: anyone who "
@@ -751,6 +763,7 @@ async def open_service(
                 reply_timeout=reply_timeout,
                 shutdown_grace=shutdown_grace,
                 max_queued=max_queued,
+                credit=credit,
             ) as service:
                 yield service
     finally:
@@ -792,6 +805,7 @@ async def _serve(
     reply_timeout: float,
     shutdown_grace: float,
     max_queued: int,
+    credit: int,
 ) -> AsyncIterator[Service]:
     """The socket, the pool and the tasks of :func:`open_service`."""
     bars = catalog.bars()
@@ -815,6 +829,7 @@ async def _serve(
             reply_timeout=reply_timeout,
             shutdown_grace=shutdown_grace,
             max_queued=max_queued,
+            credit=credit,
         )
         try:
             async with anyio.create_task_group() as tg:
@@ -824,6 +839,11 @@ async def _serve(
                     service.endpoint,
                     service.workers,
                     ", ".join(service.datasets) or "none",
+                )
+                log.info(
+                    "credit %d: requests one requester may keep in flight here "
+                    "(advertised in PONG)",
+                    service.credit,
                 )
                 log.info(
                     "dataset fingerprints: %s",
@@ -846,6 +866,25 @@ async def _serve(
             stats.engine_errors,
             stats.replies_dropped,
         )
+
+
+def default_credit(workers: int, max_queued: int) -> int:
+    """The credit a service advertises unless told otherwise: ``workers`` running plus
+    one waiting per worker, the waiting ones at most ``max_queued``."""
+    return workers + min(workers, max_queued)
+
+
+def _checked_credit(credit: int | None, *, workers: int, max_queued: int) -> int:
+    """``credit`` checked against what the service can hold, or the default."""
+    if credit is None:
+        return default_credit(workers, max_queued)
+    most = workers + max_queued
+    if isinstance(credit, bool) or not isinstance(credit, int) or not 1 <= credit <= most:
+        raise UsageError(
+            f"credit must be an int from 1 to workers + max_queued = {most} (requests it "
+            f"holds at once: running plus queued), got {credit!r}; raise max_queued for more"
+        )
+    return credit
 
 
 def _check_settings(
