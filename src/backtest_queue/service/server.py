@@ -221,6 +221,7 @@ class Service:
         self._shutdown_grace = shutdown_grace
         self._counts: dict[CounterName, int] = dict.fromkeys(get_args(CounterName), 0)
         self._running = 0
+        self._busy = 0.0  # worker-seconds spent in finished backtests
         self._stopping = False
         self._changed_event: anyio.Event | None = None
         self._outbox = Outbox(reply_timeout=reply_timeout)
@@ -264,6 +265,7 @@ class Service:
             queued=jobs.current_buffer_used + jobs.tasks_waiting_send,
             running=self._running,
             workers=self.workers,
+            busy_seconds=self._busy,
             pool_restarts=self._pool.restarts,
             replies_waiting=len(self._outbox),
         )
@@ -464,6 +466,7 @@ class Service:
                     continue
                 self._running += 1
                 self._changed()
+                started = anyio.current_time()
                 try:
                     metrics = await self._pool.run(job.request, job.first, job.stop)
                 except ServiceUnavailable as exc:
@@ -477,6 +480,7 @@ class Service:
                     self._finish(job, metrics)
                 finally:
                     self._running -= 1
+                    self._busy += anyio.current_time() - started
                     self._changed()
 
     # -- messages ---------------------------------------------------------------------
