@@ -23,6 +23,8 @@ from backtest_queue.protocol import (
     BacktestResult,
     ErrorReply,
     Metrics,
+    Ping,
+    Pong,
     Strategy,
     decode_message,
     encode_message,
@@ -129,6 +131,10 @@ async def fake_service(
                         for frames in batch:
                             identity, body = frames[0], frames[-1]
                             request = decode_message(body)
+                            if isinstance(request, Ping):  # the dispatcher's, at connect
+                                pong = Pong(request_id=request.request_id)
+                                router.try_send([identity, b"", encode_message(pong)])
+                                continue
                             assert isinstance(request, BacktestRequest)
                             fake._record(request)
                             if ignore is not None and ignore(request.strategy):
