@@ -41,7 +41,7 @@ __all__: list[str] = []
 log = logging.getLogger("backtest_queue")
 
 _FLUSH_CHUNK: Final = 128
-_PONG_WAIT: Final = 1.0  # seconds a caching dispatcher waits for a PONG before it is ready
+_PONG_WAIT: Final = 1.0  # seconds to wait for a PONG before a service counts as up without one
 #: In flight at a service between its connect and its PONG (see the module docstring).
 _CREDIT_BEFORE_PONG: Final = 1
 
