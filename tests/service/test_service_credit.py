@@ -34,6 +34,7 @@ async def test_each_service_is_kept_within_its_credit_and_gets_work_by_its_worke
     seen: dict[str, int] = {}  # endpoint -> most requests the service held at once
     over: list[str] = []  # every moment the dispatcher had more in flight than a credit
     with anyio.fail_after(180):  # hangs only: real backtests on a loaded 2-core machine
+        opened_at = anyio.current_time()
         async with (
             open_service(bind=LOCAL, workers=1) as one,
             open_service(bind=LOCAL, workers=3) as three,
@@ -73,8 +74,9 @@ async def test_each_service_is_kept_within_its_credit_and_gets_work_by_its_worke
                 if len(outcomes) == N:
                     break
             tg.cancel_scope.cancel()
-        done_one = one.statistics().backtests_completed
-        done_three = three.statistics().backtests_completed
+        lifetime = anyio.current_time() - opened_at
+        stats_one, stats_three = one.statistics(), three.statistics()
+    done_one, done_three = stats_one.backtests_completed, stats_three.backtests_completed
     assert all(o.ok for o in outcomes), [o.detail for o in outcomes if not o.ok][:3]
     assert over == []
     assert seen[one.endpoint] <= 2
@@ -84,3 +86,7 @@ async def test_each_service_is_kept_within_its_credit_and_gets_work_by_its_worke
     # Each worker takes the next request as it frees: 3 workers, about 3x the work
     # (the OS shares the cores fairly among the four worker processes).
     assert 1.8 <= done_three / done_one <= 5.0, (done_one, done_three)
+    # Busy worker-seconds (the benchmark's utilisation): some, and no more than the
+    # workers could have spent while the services lived.
+    assert 0 < stats_one.busy_seconds <= 1 * lifetime
+    assert 0 < stats_three.busy_seconds <= 3 * lifetime
