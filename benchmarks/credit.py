@@ -1,6 +1,6 @@
 """Per-service credit (issue 13, section 2): a 1-worker and a 3-worker service, one batch.
 
-``python -m benchmarks.credit [--n 120] [--engine real|sleep] [--json PATH]``
+``python -m benchmarks.credit [--n 120] [--rounds 1] [--engine real|sleep] [--json PATH]``
 
 Two real services (:func:`~backtest_queue.service.open_service`: process pools, ZeroMQ on
 127.0.0.1) run in this process's event loop (trio) next to one dispatcher; the backtests
@@ -17,6 +17,8 @@ Each row: wall seconds (first submit to last outcome), rate (requests / wall), a
 service the backtests it completed and its utilisation, ``busy_seconds / (workers *
 wall)`` (:class:`~backtest_queue.service.ServiceStatistics`: worker-seconds spent in
 backtests). The summary compares the together rate with the sum of the rates alone.
+With ``--rounds R`` the four rows run R times interleaved (so a neighbour's load drifts
+over all rows alike) and the summary uses each row's median rate.
 
 ``--engine sleep`` swaps the backtest for a fixed ``--sleep-ms`` wait in the worker (no
 CPU), so the scheduling is measured apart from CPU contention: on a 2-core machine four
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -114,8 +117,9 @@ async def _run_batch(
     return Row(name, round(wall, 3), round(n / wall, 2), completed, utilisation, failed)
 
 
-async def run(n: int, engine: Engine, log: Any = print) -> list[Row]:
-    """Start the two services, warm them up, run the four rows; return them."""
+async def run(n: int, engine: Engine, log: Any = print, rounds: int = 1) -> list[Row]:
+    """Start the two services, warm them up, run the four rows ``rounds`` times
+    (interleaved); return every row run."""
     local = "tcp://127.0.0.1:*"
     async with (
         open_service(bind=local, workers=1, engine=engine) as one,
@@ -131,39 +135,46 @@ async def run(n: int, engine: Engine, log: Any = print) -> list[Row]:
             ("both, credit", both, True),
             ("both, no credit", both, False),
         ]
-        for i, (name, services, credit) in enumerate(plan):
-            row = await _run_batch(name, services, n, credit=credit, tag=f"b{i}")
-            log(f"{row.name:16} wall {row.wall_s:7.2f} s  rate {row.rate:6.2f}/s  "
-                f"done {row.completed}  utilisation {row.utilisation}")  # fmt: skip
-            rows.append(row)
+        for r in range(rounds):
+            order = plan if r % 2 == 0 else plan[::-1]  # no row always first or last
+            for i, (name, services, credit) in enumerate(order):
+                row = await _run_batch(name, services, n, credit=credit, tag=f"r{r}b{i}")
+                log(f"{row.name:16} wall {row.wall_s:7.2f} s  rate {row.rate:6.2f}/s  "
+                    f"done {row.completed}  utilisation {row.utilisation}")  # fmt: skip
+                rows.append(row)
         return rows
 
 
 def summary(rows: list[Row]) -> dict[str, Any]:
-    by = {r.name: r for r in rows}
-    alone = by["1w alone"].rate + by["3w alone"].rate
+    """Median rate per row name, and the together rates against the sum alone."""
+    rate = {
+        name: statistics.median(r.rate for r in rows if r.name == name)
+        for name in dict.fromkeys(r.name for r in rows)
+    }
+    alone = rate["1w alone"] + rate["3w alone"]
     return {
+        "median_rates": rate,
         "sum_of_rates_alone": round(alone, 2),
-        "both_credit_rate": by["both, credit"].rate,
-        "both_credit_vs_sum": round(by["both, credit"].rate / alone, 3),
-        "both_no_credit_rate": by["both, no credit"].rate,
-        "both_no_credit_vs_sum": round(by["both, no credit"].rate / alone, 3),
+        "both_credit_vs_sum": round(rate["both, credit"] / alone, 3),
+        "both_no_credit_vs_sum": round(rate["both, no credit"] / alone, 3),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.credit", description=__doc__)
     parser.add_argument("--n", type=int, default=120, help="requests per batch (120)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats (1)")
     parser.add_argument("--engine", choices=("real", "sleep"), default="real")
     parser.add_argument("--sleep-ms", type=float, default=50.0, help="with --engine sleep")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args(argv)
     engine: Engine = SleepEngine(args.sleep_ms) if args.engine == "sleep" else BacktestingPyEngine()
     load = os.getloadavg()
-    rows = anyio.run(run, args.n, engine, backend="trio")
+    rows = anyio.run(run, args.n, engine, print, args.rounds, backend="trio")
     result = {
         "engine": args.engine,
         "n": args.n,
+        "rounds": args.rounds,
         "nproc": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in load],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
