@@ -5,13 +5,15 @@ them (:class:`EchoService`, :func:`flush_probe_command`). They live in a separat
 the requester side under test never shares a GIL with them.
 
 * ``echo``: answers every ``[b"", request body]`` with ``[b"", result body]`` for the same
-  ``request_id`` (see :class:`~benchmarks.payloads.ResultTemplate`), draining its socket
-  until ``EAGAIN`` on each wake-up. A REP control socket reports its CPU time (to tell
-  whether the service was the bottleneck) and stops it.
+  ``request_id`` (see :class:`~benchmarks.payloads.ResultTemplate`; a PING gets a PONG
+  that sets no credit), draining its socket until ``EAGAIN`` on each wake-up. A REP
+  control socket reports its CPU time (to tell whether the service was the bottleneck)
+  and stops it.
 * ``flush-probe``: binds, watches its own monitor for ``HANDSHAKE_SUCCEEDED`` (the
-  connect event), never answers, and records ``time.monotonic()`` at the connect event
-  and at each request read; prints one JSON line and exits. ``CLOCK_MONOTONIC`` is
-  system-wide on Linux, so the harness can compare these times with its own.
+  connect event), never answers a request (a PING gets a PONG), and records
+  ``time.monotonic()`` at the connect event and at each request read; prints one JSON
+  line and exits. ``CLOCK_MONOTONIC`` is system-wide on Linux, so the harness can
+  compare these times with its own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ from .payloads import ResultTemplate
 __all__ = ["EchoService", "ServiceStats", "flush_probe_command", "main"]
 
 _DRAIN_CAP: Final = 4096
+# A dispatcher PINGs every service at connect and keeps one request in flight there until
+# the PONG says how many it takes (issue 13); these services answer with a PONG that sets
+# no limit, as a service before per-service credit did.
+_PING: Final = b'"type":"PING"'
+_PONG: Final = b'{"type":"PONG","v":1}'
 _SERVICE_HWM: Final = 10_000  # the echo service never drops or blocks at window <= 1000
 
 
@@ -83,7 +90,11 @@ def _serve_echo(hwm: int) -> None:
                         frames = recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    send([frames[0], b"", reply_to(frames[-1])])
+                    body = frames[-1]
+                    if _PING in body[:24]:
+                        send([frames[0], b"", _PONG])
+                        continue
+                    send([frames[0], b"", reply_to(body)])
                     answered += 1
             else:
                 command = control.recv()
@@ -198,6 +209,9 @@ def _flush_probe(endpoint: str, expect: int, timeout: float, hwm: int) -> dict[s
                     frames = recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if _PING in frames[-1][:24]:  # the dispatcher's, at connect: not a request
+                    router.send_multipart([frames[0], b"", _PONG])
+                    continue
                 times.append(now())
                 bodies.append(frames[-1])
     template = ResultTemplate()

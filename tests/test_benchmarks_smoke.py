@@ -29,3 +29,22 @@ def test_harness_runs_every_section_and_writes_json(tmp_path: Path) -> None:
     assert report["memory"]["rss"]["queued"] == 1000
     assert report["targets"]
     assert all(isinstance(t["met"], bool) for t in report["targets"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # four worker processes start; minutes only on a loaded machine
+def test_credit_benchmark_runs_and_splits_by_workers(tmp_path: Path) -> None:
+    """``benchmarks/credit.py`` end to end with the sleep engine and a tiny batch."""
+    out = tmp_path / "credit.json"
+    cmd = [sys.executable, "-m", "benchmarks.credit", "--engine", "sleep", "--sleep-ms", "20",
+           "--n", "16", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["rows"]}
+    assert set(rows) == {"1w alone", "3w alone", "both, credit", "both, no credit"}
+    assert all(row["failed"] == 0 for row in rows.values())
+    together = rows["both, credit"]["completed"]
+    assert together["1w"] + together["3w"] == 16
+    assert together["3w"] > together["1w"]
+    assert report["summary"]["sum_of_rates_alone"] > 0

@@ -4,6 +4,12 @@ Time is plain numbers. The model is a separate, simple implementation: a list fo
 queue, an ordered dict for the pending table (insertion order = send order), and an
 exact-fraction token bucket. Every rule predicts what the queue must return; invariants
 compare the whole state after every step.
+
+Per-connection credit (issue 13): connections may carry a credit (set at the start and by
+a rule, also below what is in flight there). A flush hands a request only to a connection
+that is up and below its credit, the one with the most free credit (ties: the least
+loaded), and stops when none has any; in flight per connection never exceeds its credit,
+except after the credit was lowered below it, and then it only shrinks until within.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class Config:
     max_attempts: int
     retry_backoff: float
     connections: tuple[str, ...]
+    credits: tuple[int | None, ...]  # one per connection, set before anything else
 
 
 @dataclass
@@ -74,8 +81,10 @@ def configs(
     *,
     rate: bool | None = None,
     max_pending: bool | None = None,
+    credit: bool | None = None,
 ) -> Config:
-    """Queue settings; ``rate``/``max_pending``: True forces one, False forbids it."""
+    """Queue settings; ``rate``/``max_pending``/``credit``: True forces one (``credit``:
+    on some connection, with three connections to route among), False forbids it."""
     rates = st.one_of(st.sampled_from([0.5, 1.0, 2.5]), st.floats(0.1, 10.0))
     if rate is None:
         rates = st.none() | rates
@@ -88,6 +97,18 @@ def configs(
         caps = st.none() | caps
     elif max_pending is False:
         caps = st.none()
+    conns = draw(
+        st.sampled_from([("x", "y", "z")])
+        if credit
+        else st.sampled_from([(DEFAULT_CONNECTION,), ("x", "y")])
+    )
+    one_credit = st.none() | st.integers(1, 3)
+    if credit is False:
+        credits: tuple[int | None, ...] = (None,) * len(conns)
+    else:
+        credits = tuple(draw(one_credit) for _ in conns)
+        if credit and all(c is None for c in credits):
+            credits = (draw(st.integers(1, 3)), *credits[1:])
     return Config(
         capacity=draw(st.integers(1, 8)),
         max_pending=draw(caps),
@@ -98,7 +119,8 @@ def configs(
         result_timeout=draw(st.sampled_from([1.0, 2.5, 5.0, 0.7])),
         max_attempts=draw(st.integers(1, 3)),
         retry_backoff=draw(st.sampled_from([1.0, 1.5, 2.0])),
-        connections=draw(st.sampled_from([(DEFAULT_CONNECTION,), ("x", "y")])),
+        connections=conns,
+        credits=credits,
     )
 
 
@@ -141,6 +163,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.attempts: dict[str, int] = {}  # hand-overs so far, for queued requests
         self.live: dict[str, Req] = {}
         self.up: set[str] = set()
+        self.credit: dict[str, int] = {}  # connection -> credit; absent: no limit
+        # connection -> the most it may hold: its credit, or more while it holds more
+        # than a credit lowered below its in-flight count (that only shrinks).
+        self.allowed: dict[str, int] = {}
         self.last_flush = -math.inf
         self.flush_due_at = -math.inf  # the next tick, stored: compared, never recomputed
         self.tokens = None if self.burst is None else Fraction(self.burst)
@@ -161,6 +187,8 @@ class QueueMachine(RuleBasedStateMachine):
         # The latest time shown to the queue. Its constructor read clock() for the token
         # bucket, but the queue itself has seen no time yet.
         self.seen: float | None = None
+        for conn, credit in zip(config.connections, config.credits, strict=True):
+            self._set_credit(conn, credit)
         # Start somewhere useful, so short runs reach the interesting states too.
         if connected:
             self.q.on_connected(self._arg("now"), config.connections[0])
@@ -193,8 +221,30 @@ class QueueMachine(RuleBasedStateMachine):
         return self.tokens
 
     def _pending_full(self) -> bool:
+        """Whether a flush would stop for ``"pending"``: ``max_pending`` in flight, or
+        every connection that is up has used its credit."""
         cap = self.config.max_pending
-        return cap is not None and len(self.pending) >= cap
+        if cap is not None and len(self.pending) >= cap:
+            return True
+        load = self._load()
+        return bool(self.up) and all(self._free(c, load) <= 0 for c in self.up)
+
+    def _load(self) -> Counter[str]:
+        return Counter(p.connection for p in self.pending.values())
+
+    def _free(self, conn: str, load: Counter[str]) -> float:
+        credit = self.credit.get(conn)
+        return math.inf if credit is None else credit - load[conn]
+
+    def _set_credit(self, conn: str, credit: int | None) -> None:
+        self.q.set_credit(conn, credit)
+        assert self.q.credit_of(conn) == credit
+        if credit is None:
+            self.credit.pop(conn, None)
+            self.allowed.pop(conn, None)
+        else:
+            self.credit[conn] = credit
+            self.allowed[conn] = max(credit, self._load()[conn])
 
     def _outcome(self, req: Req, kind: str) -> None:
         self.outcomes.setdefault(req.serial, []).append(kind)
@@ -245,6 +295,10 @@ class QueueMachine(RuleBasedStateMachine):
         avail = len(self.queue)
         if self.config.max_pending is not None:
             avail = min(avail, max(0, self.config.max_pending - len(self.pending)))
+        load = self._load()
+        room = sum(max(0.0, self._free(c, load)) for c in self.up)  # inf: a conn unlimited
+        if room < avail:
+            avail = int(room)
         assert n <= avail
         if self.config.rate is None or avail == 0:
             assert n == avail, "a flush stops only when throttled or empty"
@@ -255,12 +309,16 @@ class QueueMachine(RuleBasedStateMachine):
             assert low <= n <= high, (float(x), n, avail)
             assert self.tokens is not None
             self.tokens -= n
-        load = Counter(p.connection for p in self.pending.values())
         for req in out:
             rid = req.request_id
             conn = self.q.connection_of(rid)
             assert conn in self.up, "handed to a connection that is up"
-            assert load[conn] == min(load[c] for c in self.up), "to the least loaded"
+            free = {c: self._free(c, load) for c in self.up}
+            assert free[conn] > 0, "never to a connection that has used its credit"
+            most = max(free.values())
+            assert free[conn] == most, "to the connection with the most free credit"
+            tied = [load[c] for c in self.up if free[c] == most]
+            assert load[conn] == min(tied), "ties: to the least loaded"
             load[conn] += 1
             self.queue.pop(0)
             attempt = self.attempts.pop(rid) + 1
@@ -384,6 +442,12 @@ class QueueMachine(RuleBasedStateMachine):
         if restart:
             self.q.on_connected(self._arg(when), conn)
             self.up.add(conn)
+
+    @precondition(lambda self: self.ready)
+    @rule(data=st.data(), credit=st.none() | st.integers(1, 3))
+    def set_credit(self, data: st.DataObject, credit: int | None) -> None:
+        """A service advertised its credit (a PONG), maybe less than it holds now."""
+        self._set_credit(data.draw(st.sampled_from(self.config.connections)), credit)
 
     @precondition(lambda self: self.ready)
     @rule(when=whens)
@@ -607,6 +671,21 @@ class QueueMachine(RuleBasedStateMachine):
             assert self.q.pending <= self.config.max_pending
 
     @invariant()
+    def in_flight_per_connection_within_its_credit(self) -> None:
+        """In flight on a connection <= its credit; after the credit was lowered below
+        what it held, what it holds only shrinks until it is within the credit."""
+        if not self.ready:
+            return
+        load = self._load()
+        for conn in self.config.connections:
+            assert self.q.pending_on(conn) == load[conn]
+            credit = self.credit.get(conn)
+            if credit is None:
+                continue
+            assert load[conn] <= self.allowed[conn], (conn, load[conn], credit)
+            self.allowed[conn] = max(credit, load[conn])
+
+    @invariant()
     def first_sends_follow_enqueue_order(self) -> None:
         if not self.ready:
             return
@@ -721,6 +800,7 @@ AnySettings = machine("AnySettings", configs())
 RateLimited = machine("RateLimited", configs(rate=True))
 Unthrottled = machine("Unthrottled", configs(rate=False, max_pending=False))
 PendingCapped = machine("PendingCapped", configs(rate=False, max_pending=True))
+Credited = machine("Credited", configs(credit=True))
 
 TestAnySettings = AnySettings.TestCase
 TestAnySettings.settings = STEPS
@@ -730,3 +810,5 @@ TestUnthrottled = Unthrottled.TestCase
 TestUnthrottled.settings = STEPS
 TestPendingCapped = PendingCapped.TestCase
 TestPendingCapped.settings = STEPS
+TestCredited = Credited.TestCase
+TestCredited.settings = STEPS

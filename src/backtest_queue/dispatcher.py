@@ -104,8 +104,10 @@ class Dispatcher(_Sending):
         self._idle = anyio.Event()
         self._connected = anyio.Event()
         self._up: set[str] = set()  # endpoints whose handshake succeeded
-        self._ready: set[str] = set()  # up, and (with the cache) their PONG is in
+        self._ready: set[str] = set()  # up, and their PONG is in (or _PONG_WAIT passed)
         self._blocked: set[str] = set()  # endpoints whose last send hit EAGAIN
+        self._connects: dict[str, int] = {}  # endpoint -> connect events (credit, PING)
+        self._pong_in: set[str] = set()  # up, and their PONG since that connect is in
         self._accepting: set[str] = set()  # ids of submits under way (not yet accepted)
         self._reserved = 0  # queue room held by submits under way
         self._closed = False
@@ -392,9 +394,10 @@ class Dispatcher(_Sending):
         Args:
             endpoint: wait for this one of :attr:`endpoints` (default: any one).
 
-        With a store's result cache, "up" also means the service has answered the PING
-        sent at connect (or not within a second), so the fingerprints of its datasets are
-        known and ``submit`` can answer from the cache. A checkpoint on every path.
+        "Up" means the service has also answered the PING sent at connect (or not within
+        a second), so its credit (how many requests it takes in flight) is known and,
+        with a store's result cache, the fingerprints of its datasets, so ``submit`` can
+        answer from the cache. A checkpoint on every path.
 
         Raises:
             DispatcherClosed: the block has ended (also while waiting).
@@ -522,8 +525,9 @@ class Dispatcher(_Sending):
             self._bad_reply_log.log("error_without_id", logging.WARNING,
                                     "service %s could not read a request: %s",
                                     endpoint, effect.unreadable)  # fmt: skip
-        elif effect.fingerprints is not None:
+        elif effect.fingerprints is not None:  # a PONG
             self._fingerprints.update(effect.fingerprints)
+            self._on_pong(endpoint, effect.credit)
             if endpoint in self._up:
                 self._set_ready(endpoint)
         if effect.outcome is not None:

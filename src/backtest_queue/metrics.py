@@ -450,9 +450,9 @@ class RequesterMetrics(Exposed):
 
 
 def _pending_on(dispatcher: Dispatcher, endpoint: str) -> int:
-    """Requests pending on one connection (read from the policy core's pending table:
-    one dict lookup and a ``len``, safe from the scrape thread)."""
-    return len(dispatcher.queue._pending.get(endpoint, ()))
+    """Requests pending on one connection (the policy's ``pending_on``: one dict lookup
+    and a ``len``, safe from the scrape thread)."""
+    return dispatcher.queue.pending_on(endpoint)
 
 
 @asynccontextmanager

@@ -5,7 +5,8 @@ The I/O shell (:mod:`backtest_queue.dispatcher`) feeds it events and does the I/
 for, in the manner of h11's protocol state machine:
 
 * the shell reports connections (:meth:`~BacktestQueue.on_connected`,
-  :meth:`~BacktestQueue.on_disconnected`), replies (:meth:`~BacktestQueue.on_result`,
+  :meth:`~BacktestQueue.on_disconnected`) and what each may hold
+  (:meth:`~BacktestQueue.set_credit`), replies (:meth:`~BacktestQueue.on_result`,
   :meth:`~BacktestQueue.on_error`) and failed sends (:meth:`~BacktestQueue.send_failed`);
 * the core answers with the requests to send (:meth:`~BacktestQueue.flush`,
   :meth:`~BacktestQueue.maybe_flush`), the requests that failed for good
@@ -171,6 +172,8 @@ class BacktestQueue(Generic[R]):
         self._deadlines: list[tuple[float, int, _Entry[R]]] = []
         self._seq = 0
         self._up: set[str] = set()
+        # connection -> its credit (most requests in flight there); absent: no limit.
+        self._credit: dict[str, int] = {}
         self._resolved: set[str] = set()
         self._resolved_order: deque[str] = deque()
         self._enqueued = self._sent = self._send_failures = self._results = 0
@@ -222,6 +225,15 @@ class BacktestQueue(Generic[R]):
         if entry is None or entry.state != _PENDING:
             return None
         return entry.connection
+
+    def credit_of(self, connection: str) -> int | None:
+        """Return the credit set for ``connection`` (``None``: no per-connection limit)."""
+        return self._credit.get(connection)
+
+    def pending_on(self, connection: str) -> int:
+        """Return how many requests are in flight on ``connection`` (0 if unknown)."""
+        on_conn = self._pending.get(connection)
+        return 0 if on_conn is None else len(on_conn)
 
     def __repr__(self) -> str:
         cap = "inf" if self.max_pending is None else str(self.max_pending)
@@ -299,6 +311,34 @@ class BacktestQueue(Generic[R]):
         self._up.add(connection)
         self._pending.setdefault(connection, {})
 
+    def set_credit(self, connection: str, credit: int | None) -> None:
+        """Set how many requests may be in flight on ``connection`` at once (its credit).
+
+        :meth:`flush` hands a connection a request only while its in-flight count is below
+        its credit (and the total below ``max_pending``), and picks, among the
+        connections that are up, the one with the most free credit (``credit - in
+        flight``; a connection without a credit has unlimited free credit); ties go to
+        the least loaded. A credit below what is in flight there now takes nothing back:
+        those requests stay pending, and the connection gets nothing new until enough of
+        them are answered. The credit is kept across :meth:`on_disconnected` /
+        :meth:`on_connected` until set again (a shell whose peer may have restarted sets
+        it again at reconnect). The shell should :meth:`flush` after raising a credit.
+
+        Args:
+            connection: the connection's name, up or not.
+            credit: requests in flight there at most, an int >= 1; ``None``: no
+                per-connection limit (the default for every connection), only
+                ``max_pending`` applies.
+
+        Raises:
+            UsageError: ``credit`` is not ``None`` nor an int >= 1; nothing changed.
+        """
+        check_count("credit", credit, allow_none=True)
+        if credit is None:
+            self._credit.pop(connection, None)
+        else:
+            self._credit[connection] = int(credit)
+
     def on_disconnected(
         self,
         now: float | None = None,
@@ -336,8 +376,9 @@ class BacktestQueue(Generic[R]):
     def flush(self, now: float | None = None, limit: int | None = None) -> list[R]:
         """Hand over requests: pop them FIFO while connected and not throttled.
 
-        Each returned request is recorded as pending on a connection (the least loaded
-        one that is up; see :meth:`connection_of`) with the deadline
+        Each returned request is recorded as pending on a connection (the one that is up
+        with the most free credit, ties to the least loaded; see :meth:`set_credit` and
+        :meth:`connection_of`) with the deadline
         ``now + result_timeout`` (times ``retry_backoff ** (attempt - 1)`` on a retry).
         The shell must send each one, and report any it could not send with
         :meth:`send_failed`.
@@ -348,7 +389,8 @@ class BacktestQueue(Generic[R]):
                 shell can send a first chunk before handing over the rest.
 
         Returns:
-            The requests to send, oldest first; empty when disconnected or throttled.
+            The requests to send, oldest first; empty when disconnected or throttled
+            (``max_pending`` reached, every connection up used its credit, or no token).
         """
         t = self._now(now)
         if not self._up or not self._queued:
@@ -356,14 +398,21 @@ class BacktestQueue(Generic[R]):
         out: list[R] = []
         bucket, max_pending, pending = self._bucket, self.max_pending, self._pending
         timeout = self.result_timeout
-        single = next(iter(self._up)) if len(self._up) == 1 else None
+        credited = bool(self._credit)
+        single = next(iter(self._up)) if len(self._up) == 1 and not credited else None
         while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
                 break
+            if credited:
+                picked = self._pick()
+                if picked is None:
+                    break  # every connection that is up has used its credit
+                conn = picked
+            else:
+                conn = single or min(self._up, key=lambda c: len(pending[c]))
             if bucket is not None and not bucket.try_take(t):
                 break
             entry = self._pop_front()
-            conn = single or min(self._up, key=lambda c: len(pending[c]))
             entry.state = _PENDING
             entry.attempts += 1
             deadline = t + timeout if entry.attempts == 1 else self._deadline_at(t, entry.attempts)
@@ -595,7 +644,7 @@ class BacktestQueue(Generic[R]):
     def throttle(self, now: float | None = None) -> Throttle:
         """Say whether, and why, a flush would stop now (see :class:`Throttle`)."""
         t = self._now(now)
-        pending_full = self.max_pending is not None and self._pending_count >= self.max_pending
+        pending_full = not self._has_room()
         rate_wait = 0.0 if self._bucket is None else self._bucket.seconds_until_token(t)
         reason: Literal["pending", "rate"] | None
         if pending_full:
@@ -630,15 +679,35 @@ class BacktestQueue(Generic[R]):
         at = self._earliest_deadline()
         if self._queued:
             at = min(at, self._tick_at)
-            if (
-                self._up
-                and self._bucket is not None
-                and (self.max_pending is None or self._pending_count < self.max_pending)
-            ):
+            if self._up and self._bucket is not None and self._has_room():
                 at = min(at, self._bucket.next_token_at(t))
         return at
 
     # -- internals -------------------------------------------------------------------
+
+    def _pick(self) -> str | None:
+        """The connection that is up with the most free credit (ties: the least loaded,
+        then the set's order, as without credits); ``None`` if none has any."""
+        credit, pending = self._credit, self._pending
+        best: str | None = None
+        best_key = (0.0, 0)
+        for conn in self._up:
+            limit = credit.get(conn)
+            load = len(pending[conn])
+            free = math.inf if limit is None else float(limit - load)
+            if free <= 0:
+                continue
+            key = (-free, load)
+            if best is None or key < best_key:
+                best, best_key = conn, key
+        return best
+
+    def _has_room(self) -> bool:
+        """Whether ``max_pending`` and the credits leave room for one more hand-over
+        (no connection up counts as room: the reason to wait is then not "pending")."""
+        if self.max_pending is not None and self._pending_count >= self.max_pending:
+            return False
+        return not (self._credit and self._up) or self._pick() is not None
 
     def _deadline_at(self, t: float, attempt: int) -> float:
         """The reply deadline of an attempt handed over at ``t`` (stored, compared as is)."""

@@ -26,8 +26,10 @@ class Throttle:
     """Why a flush would stop now.
 
     Attributes:
-        reason: ``"pending"`` when ``max_pending`` requests are in flight (it takes
-            precedence), ``"rate"`` when the token bucket is empty, else ``None``.
+        reason: ``"pending"`` when ``max_pending`` requests are in flight or every
+            connection that is up has used its credit (see
+            :meth:`BacktestQueue.set_credit`; it takes precedence), ``"rate"`` when the
+            token bucket is empty, else ``None``.
         pending: requests in flight now.
         max_pending: the cap on in-flight requests (``None``: no cap).
         rate: the rate limit in requests per second (``None``: no limit).

@@ -394,10 +394,13 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
         running: backtests running now (optional: ``None`` when not reported).
         queued: validated backtests waiting for a worker (optional, likewise).
         uptime_s: seconds since the service became ready (optional, likewise).
+        credit: how many requests one requester may keep in flight at this service
+            (running plus waiting for a worker), an int >= 1; optional: ``None`` from a
+            service that does not say (no per-service limit).
 
     Raises:
-        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id, ``workers``
-            or optional status field (see :mod:`backtest_queue.pong_fields`).
+        InvalidMessage: a bad ``v``, ``request_id``, ``version``, dataset id, ``workers``,
+            ``credit`` or optional status field (see :mod:`backtest_queue.pong_fields`).
     """
 
     v: int = PROTOCOL_VERSION
@@ -410,6 +413,7 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
     running: int | None = None
     queued: int | None = None
     uptime_s: float | None = None
+    credit: int | None = None
 
     def __post_init__(self) -> None:
         _check_version(self.v, InvalidMessage)
@@ -422,6 +426,8 @@ class Pong(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="type"
             check_data_id(data_id, f"datasets[{i}]", InvalidMessage)
         check_int(self.workers, "workers")
         check_status_fields(self.ranges, self.running, self.queued, self.uptime_s)
+        if self.credit is not None:
+            check_int(self.credit, "credit", low=1)
 
 
 Message = BacktestRequest | BacktestResult | ErrorReply | Ping | Pong

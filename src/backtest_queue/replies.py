@@ -33,7 +33,9 @@ class ReplyEffect:
         freed: a pending slot was released (the flusher may send more).
         outcome: the outcome to deliver, if the reply decided one.
         fingerprint: the data fingerprint the result was computed on, if it says.
-        fingerprints: data_id -> fingerprint from a PONG.
+        fingerprints: data_id -> fingerprint from a PONG (not ``None``: it was a PONG).
+        credit: the requests in flight the service takes, from a PONG (``None``: it did
+            not say).
         invalid: why the reply broke the protocol (count and log it), if it did.
         unreadable: the service's explanation when it could not read a request
             (an ``ERROR`` without ``request_id``).
@@ -43,6 +45,7 @@ class ReplyEffect:
     outcome: Outcome | None = None
     fingerprint: str | None = None
     fingerprints: Mapping[str, str] | None = None
+    credit: int | None = None
     invalid: str | None = None
     unreadable: str | None = None
 
@@ -86,7 +89,7 @@ def apply_reply(
     if isinstance(message, ErrorReply):
         return _apply_error(queue, endpoint, message, now)
     if isinstance(message, Pong):
-        return ReplyEffect(fingerprints=message.fingerprints)
+        return ReplyEffect(fingerprints=message.fingerprints, credit=message.credit)
     return ReplyEffect(invalid=f"unexpected {type(message).__name__} message")
 
 

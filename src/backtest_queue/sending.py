@@ -10,7 +10,14 @@ A base class of :class:`~backtest_queue.Dispatcher` (its state is the dispatcher
   retried or reported as failures. While unread outcomes fill the outcome book it hands
   nothing over and lets no deadline expire (backpressure);
 * sends are non-blocking (``send_batch``); what could not go is put back at the front of
-  the send queue, and a socket at its high-water mark is routed around until writable.
+  the send queue, and a socket at its high-water mark is routed around until writable;
+* **credit**: at every connect the dispatcher sends a PING and keeps the service at
+  ``_CREDIT_BEFORE_PONG`` (1) request in flight until the PONG says its ``credit``
+  (none in the PONG: no per-service limit). One request, not zero, so a new service
+  starts working at once and nothing stalls; not more, so a service that turns out to be
+  small is not handed a backlog (the whole queue, up to ``max_pending``, at the connect
+  flush) before it could say so. The PONG is one round trip away. A service that does
+  not answer within ``_PONG_WAIT`` seconds gets no per-service limit (as before credit).
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ __all__: list[str] = []
 log = logging.getLogger("backtest_queue")
 
 _FLUSH_CHUNK: Final = 128
-_PONG_WAIT: Final = 1.0  # seconds a caching dispatcher waits for a PONG before it is ready
+_PONG_WAIT: Final = 1.0  # seconds to wait for a PONG before a service counts as up without one
+#: In flight at a service between its connect and its PONG (see the module docstring).
+_CREDIT_BEFORE_PONG: Final = 1
 #: Handshakes refused in a row (no success between) after which an endpoint counts as
 #: refusing: one without detail can be a service dying mid-handshake, two in a row are
 #: keys that do not fit. One definitive refusal (ConnectionEvent.definitive) is enough.
@@ -73,6 +82,8 @@ class _Sending:
     _task_group: anyio.abc.TaskGroup | None
     _cache: bool
     metrics: RequesterMetrics | None
+    _connects: dict[str, int]  # endpoint -> connect events seen (which PING is current)
+    _pong_in: set[str]  # endpoints up whose PONG since their last connect is in
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         raise NotImplementedError
@@ -177,21 +188,44 @@ class _Sending:
         self._connected = anyio.Event()
 
     def _ping(self, endpoint: str) -> None:
-        """Ask a service that came up for its datasets' fingerprints (only the result
-        cache needs them). A service that does not answer within ``_PONG_WAIT`` seconds
-        counts as ready all the same (its results still teach the fingerprints)."""
-        if not self._cache or self._task_group is None:
+        """Ask a service that came up for its credit and its datasets' fingerprints.
+
+        Until its PONG is in, the service gets ``_CREDIT_BEFORE_PONG`` requests. One that
+        does not answer within ``_PONG_WAIT`` seconds gets no per-service limit, and
+        (with the result cache) counts as ready all the same (its results still teach
+        the fingerprints)."""
+        self._connects[endpoint] = connect = self._connects.get(endpoint, 0) + 1
+        self._pong_in.discard(endpoint)
+        self._queue.set_credit(endpoint, _CREDIT_BEFORE_PONG)
+        if self._task_group is None:
             return
         if endpoint not in self._blocked:
             ping = Ping(request_id=f"ping-{new_request_id()}")
             self._sockets[endpoint].send_batch([[b"", encode_message(ping)]])
-        self._task_group.start_soon(self._ready_anyway, endpoint)
+        self._task_group.start_soon(self._ready_anyway, endpoint, connect)
 
-    async def _ready_anyway(self, endpoint: str) -> None:
+    def _on_pong(self, endpoint: str, credit: int | None) -> None:
+        """Apply a PONG's credit (``None``: no per-service limit) and flush more."""
+        if endpoint not in self._up:
+            return  # it went down since: the next connect pings again
+        self._pong_in.add(endpoint)
+        if credit != self._queue.credit_of(endpoint):
+            log.info("%s takes %s requests in flight", endpoint,
+                     "any number of" if credit is None else credit)  # fmt: skip
+        self._queue.set_credit(endpoint, credit)
+        self._kick()
+
+    async def _ready_anyway(self, endpoint: str, connect: int) -> None:
         await anyio.sleep(_PONG_WAIT)
-        if endpoint in self._up and endpoint not in self._ready:
-            log.info("%s did not answer the PING sent at connect within %g s; its data "
-                     "fingerprints are learned from its results", endpoint, _PONG_WAIT)  # fmt: skip
+        if endpoint not in self._up or self._connects.get(endpoint) != connect:
+            return  # down, or connected again since: that connect's own wait decides
+        if endpoint not in self._pong_in:
+            log.info("%s did not answer the PING sent at connect within %g s: no limit on "
+                     "its requests in flight; its data fingerprints are learned from its "
+                     "results", endpoint, _PONG_WAIT)  # fmt: skip
+            self._queue.set_credit(endpoint, None)
+            self._kick()
+        if endpoint not in self._ready:
             self._set_ready(endpoint)
 
     async def _flusher(
@@ -253,8 +287,6 @@ class _Sending:
         if event.kind == "up":
             self._up.add(endpoint)
             self._refusals.pop(endpoint, None)
-            if not self._cache:
-                self._set_ready(endpoint)
             if endpoint not in self._blocked:
                 self._queue.on_connected(now, endpoint)
             log.info("connected to %s", endpoint)

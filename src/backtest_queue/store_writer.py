@@ -88,10 +88,15 @@ class StoreWriter:
     ) -> dict[str, Metrics]:
         """Look requests up in the result cache, in one thread call.
 
+        Results queued by :meth:`write_nowait` and not committed yet are committed first
+        (unless the store is locked), so a result already delivered is a hit.
+
         Cancellable until the thread starts; once it runs it is waited for (a thread is
         never abandoned holding the connection).
         """
         async with self._lock:
+            if any(op.kind == "result" for op, _ in self._ops):
+                await self._commit_some()
             return await anyio.to_thread.run_sync(self.store.cached_results, requests, fingerprints)
 
     def write_nowait(self, ops: Iterable[StoreOp]) -> None:

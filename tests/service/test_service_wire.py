@@ -56,6 +56,7 @@ def test_ping_is_answered_with_what_the_service_has(
         "fingerprints": dict(shared_service.service.fingerprints),
         "running": 0,
         "queued": 0,
+        "credit": 2,  # 1 worker running + 1 request waiting (issue 13)
     }
     assert sorted(pong["fingerprints"]) == EXPECTED_DATASETS
     assert client.request({"type": "PING"})["request_id"] is None  # v defaults to 1

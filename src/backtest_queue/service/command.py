@@ -55,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"backtest worker processes (default: CPU count, here {os.cpu_count()})",
     )
     parser.add_argument(
+        "--credit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests one requester may keep in flight here, running plus queued, "
+        "advertised in PONG (default: twice --workers: each worker busy and one waiting)",
+    )
+    parser.add_argument(
         "--data",
         default=None,
         metavar="DIR",
@@ -196,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         settings: dict[str, Any] = {
             "bind": args.bind,
             "workers": args.workers,
+            "credit": args.credit,
             "data_dir": args.data,
             "max_message_bytes": args.max_message_bytes,
             "reply_timeout": args.reply_timeout,

@@ -70,7 +70,7 @@ from .statistics import ServiceStatistics
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["Service", "open_service", "service_socket_options"]
+__all__ = ["Service", "default_credit", "open_service", "service_socket_options"]
 
 log = logging.getLogger("backtest_queue.service")
 
@@ -196,6 +196,8 @@ class Service:
     Attributes:
         endpoint: the endpoint actually bound (a ``*`` port resolved).
         workers: size of the process pool.
+        credit: requests one requester may keep in flight here (running plus queued),
+            advertised in every PONG; a credit-aware dispatcher stays within it.
         datasets: the dataset ids it serves, sorted.
         fingerprints: data_id -> content fingerprint of its OHLCV data (see
             :mod:`.fingerprint`), reported in every PONG and result.
@@ -218,9 +220,11 @@ class Service:
         reply_timeout: float,
         shutdown_grace: float,
         max_queued: int,
+        credit: int,
     ) -> None:
         self.endpoint = endpoint
         self.workers = pool.workers
+        self.credit = credit
         self.datasets = tuple(catalog.ids)
         self.fingerprints: Mapping[str, str] = dict(fingerprints)
         self.skipped = catalog.skipped
@@ -234,6 +238,7 @@ class Service:
         self._shutdown_grace = shutdown_grace
         self._counts: dict[CounterName, int] = dict.fromkeys(get_args(CounterName), 0)
         self._running = 0
+        self._busy = 0.0  # worker-seconds spent in finished backtests
         self._stopping = False
         self._changed_event: anyio.Event | None = None
         self._outbox = Outbox(reply_timeout=reply_timeout)
@@ -256,6 +261,7 @@ class Service:
             workers=self.workers,
             fingerprints={data_id: self.fingerprints[data_id] for data_id in self.datasets},
             ranges={data_id: _range_of(catalog, data_id) for data_id in self.datasets},
+            credit=credit,
         )
         self._ready_at = anyio.current_time()  # built once the workers are up
 
@@ -278,6 +284,7 @@ class Service:
             queued=jobs.current_buffer_used + jobs.tasks_waiting_send,
             running=self._running,
             workers=self.workers,
+            busy_seconds=self._busy,
             pool_restarts=self._pool.restarts,
             replies_waiting=len(self._outbox),
         )
@@ -485,6 +492,7 @@ class Service:
                     continue
                 self._running += 1
                 self._changed()
+                started = anyio.current_time()
                 try:
                     metrics = await self._pool.run(job.request, job.first, job.stop)
                 except ServiceUnavailable as exc:
@@ -498,6 +506,7 @@ class Service:
                     self._finish(job, metrics)
                 finally:
                     self._running -= 1
+                    self._busy += anyio.current_time() - started
                     self._changed()
 
     # -- messages ---------------------------------------------------------------------
@@ -697,6 +706,7 @@ async def open_service(
     reply_timeout: float = 10.0,
     shutdown_grace: float = 10.0,
     max_queued: int = 1000,
+    credit: int | None = None,
     warm_up: bool = True,
     socket_options: Mapping[int, Any] | None = None,
     context: zmq.Context[Any] | None = None,
@@ -735,6 +745,11 @@ async def open_service(
             replies to leave.
         max_queued: validated requests waiting for a worker; when full, the service stops
             reading until one is free (PINGs then wait too).
+        credit: requests one requester may keep in flight here, advertised in PONG
+            (``credit``), between 1 and ``workers + max_queued``. Default
+            :func:`default_credit`: every worker busy plus one request waiting per
+            worker (at most ``max_queued``), so no worker idles while its next request
+            is on the wire and a slow service holds no backlog a faster one could run.
         warm_up: start the workers before binding, so the first backtests are fast and a
             broken engine stops the start instead of failing every request.
         socket_options: extra ROUTER options ``{zmq.OPTION: value}``, applied over
@@ -771,6 +786,8 @@ async def open_service(
         options=options,
     )
     metrics_wanted = metrics_settings(metrics)
+    if workers is not None:  # else (a Dask cluster) checked once the cluster is known
+        credit = _checked_credit(credit, workers=workers, max_queued=max_queued)
     if not is_loopback(bind) and zmq.CURVE_SERVER not in options:
         log.warning(
             "binding %s beyond loopback without encryption or authentication: anyone who "
@@ -800,6 +817,7 @@ async def open_service(
                     shutdown_grace=shutdown_grace,
                     max_queued=max_queued,
                     executor=executor,
+                    credit=credit,
                 ) as service,
                 open_service_metrics(service, metrics_wanted),
             ):
@@ -844,6 +862,7 @@ async def _serve(
     shutdown_grace: float,
     max_queued: int,
     executor: Executor,
+    credit: int | None,
 ) -> AsyncIterator[Service]:
     """The socket, the pool and the tasks of :func:`open_service`."""
     bars = catalog.bars()
@@ -867,6 +886,7 @@ async def _serve(
             reply_timeout=reply_timeout,
             shutdown_grace=shutdown_grace,
             max_queued=max_queued,
+            credit=_checked_credit(credit, workers=pool.workers, max_queued=max_queued),
         )
         try:
             async with anyio.create_task_group() as tg:
@@ -876,6 +896,11 @@ async def _serve(
                     service.endpoint,
                     service.workers,
                     ", ".join(service.datasets) or "none",
+                )
+                log.info(
+                    "credit %d: requests one requester may keep in flight here "
+                    "(advertised in PONG)",
+                    service.credit,
                 )
                 log.info(
                     "dataset fingerprints: %s",
@@ -898,6 +923,25 @@ async def _serve(
             stats.engine_errors,
             stats.replies_dropped,
         )
+
+
+def default_credit(workers: int, max_queued: int) -> int:
+    """The credit a service advertises unless told otherwise: ``workers`` running plus
+    one waiting per worker, the waiting ones at most ``max_queued``."""
+    return workers + min(workers, max_queued)
+
+
+def _checked_credit(credit: int | None, *, workers: int, max_queued: int) -> int:
+    """``credit`` checked against what the service can hold, or the default."""
+    if credit is None:
+        return default_credit(workers, max_queued)
+    most = workers + max_queued
+    if isinstance(credit, bool) or not isinstance(credit, int) or not 1 <= credit <= most:
+        raise UsageError(
+            f"credit must be an int from 1 to workers + max_queued = {most} (requests it "
+            f"holds at once: running plus queued), got {credit!r}; raise max_queued for more"
+        )
+    return credit
 
 
 def _check_settings(

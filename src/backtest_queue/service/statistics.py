@@ -29,6 +29,9 @@ class ServiceStatistics:
         queued: accepted requests waiting for a worker (gauge).
         running: backtests in the workers (gauge).
         workers: size of the process pool.
+        busy_seconds: worker-seconds spent on backtests that have ended (each run from
+            hand-over to its worker to its outcome, summed over workers); utilisation
+            over a span of ``wall`` seconds is ``busy_seconds / (workers * wall)``.
         pool_restarts: times the pool was replaced after a worker died.
 
     Replies:
@@ -66,6 +69,7 @@ class ServiceStatistics:
     queued: int = 0
     running: int = 0
     workers: int = 0
+    busy_seconds: float = 0.0
     pool_restarts: int = 0
     replies_sent: int = 0
     replies_waiting: int = 0
