@@ -55,6 +55,7 @@ class _Sending:
     _wake_receive: MemoryObjectReceiveStream[ConnectionEvent | _Kick]
     _kicked: bool
     _room: anyio.Event
+    _room_waiters: int
     _connected: anyio.Event
     _up: set[str]
     _ready: set[str]
@@ -64,6 +65,7 @@ class _Sending:
     _flusher_wakes_at: float
     _task_group: anyio.abc.TaskGroup | None
     _cache: bool
+    _bodies: dict[str, bytes]
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         raise NotImplementedError
@@ -86,8 +88,9 @@ class _Sending:
         for conn, requests in by_connection.items():
             count, status = (0, SendStatus.WOULD_BLOCK)
             if conn not in self._blocked:
+                bodies = self._bodies  # kept from validation: no second encoding
                 count, status = self._sockets[conn].send_batch(
-                    [b"", encode_message(r)] for r in requests
+                    [b"", bodies.pop(r.request_id, b"") or encode_message(r)] for r in requests
                 )
             sent += count
             if count < len(requests):
@@ -103,7 +106,7 @@ class _Sending:
         return sent
 
     def _room_freed(self) -> None:
-        if self._room.statistics().tasks_waiting:  # no Event churn per send
+        if self._room_waiters:  # no Event churn per send
             self._room.set()
             self._room = anyio.Event()
 
