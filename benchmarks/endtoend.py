@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import random
 import statistics
 import sys
@@ -147,14 +148,57 @@ async def _queue_run(endpoint: str, requests: Sequence[BacktestRequest]) -> floa
     return elapsed
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a live process; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    return out
+
+
+@dataclass
+class _Cpu:
+    """CPU seconds spent during a run: the coordinating processes and the workers."""
+
+    here: float = 0.0  # this process (the pool's parent, or the requester)
+    service: float = 0.0  # the service's main process (queue only)
+    workers: float = 0.0
+
+    @classmethod
+    def sample(cls, service_pid: int | None, workers: Sequence[int]) -> _Cpu:
+        return cls(
+            time.process_time(),
+            0.0 if service_pid is None else _cpu_s(service_pid),
+            sum(_cpu_s(w) for w in workers),
+        )
+
+    def __sub__(self, other: _Cpu) -> _Cpu:
+        return _Cpu(
+            self.here - other.here, self.service - other.service, self.workers - other.workers
+        )
+
+
 @dataclass
 class EndToEnd:
-    """What :func:`run_end_to_end` measured (seconds per run, per round)."""
+    """What :func:`run_end_to_end` measured (seconds per run, per round; CPU seconds)."""
 
     n: int
     workers: int
     pool_s: list[float]
     queue_s: list[float]
+    pool_cpu: list[dict[str, float]]
+    queue_cpu: list[dict[str, float]]
 
     @property
     def ratios(self) -> list[float]:
@@ -177,19 +221,25 @@ def run_end_to_end(n: int = 288, workers: int = 2, rounds: int = 3) -> EndToEnd:
     requests = candidates_requests(n)
     warm = candidates_requests(2 * workers, seed=1)
     bounds = _bounds(requests)
-    result = EndToEnd(n, workers, [], [])
+    result = EndToEnd(n, workers, [], [], [], [])
     endpoint = free_tcp_endpoint()
 
     async def queue_rounds() -> None:
-        async with open_service_process(endpoint, workers=workers):
+        async with open_service_process(endpoint, workers=workers) as service:
             await _queue_run(endpoint, warm)
+            service_workers = _children(service.pid)
             for _ in range(rounds):
                 with ProcessPoolExecutor(workers, initializer=_init) as pool:
                     for f in [pool.submit(_ready) for _ in range(2 * workers)]:
                         f.result()
                     _pool_run(pool, warm, _bounds(warm))
+                    pids = list(getattr(pool, "_processes", {}) or {})
+                    before = _Cpu.sample(None, pids)
                     result.pool_s.append(_pool_run(pool, requests, bounds))
+                    result.pool_cpu.append(asdict(_Cpu.sample(None, pids) - before))
+                before = _Cpu.sample(service.pid, service_workers)
                 result.queue_s.append(await _queue_run(endpoint, requests))
+                result.queue_cpu.append(asdict(_Cpu.sample(service.pid, service_workers) - before))
 
     anyio.run(queue_rounds)
     return result
