@@ -283,7 +283,8 @@ def test_validate_request_encoded_returns_the_copy_and_exactly_its_encoding(
     and the copy equals the original."""
     built = request(strategy=strategy(params={"fast": fast, "slow": slow}, sl=sl), cash=cash)
     copy, body = validate_request_encoded(built)
-    assert copy == built and copy is not built
+    assert copy == built
+    assert copy is not built
     assert body == encode_message(copy) == encode_message(built)
     assert decode_message(body) == built
 
