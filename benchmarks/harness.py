@@ -170,6 +170,9 @@ def _run_throughput(settings: Settings, report: Report, log: Callable[[str], Non
     chosen = variants()
     if "durable" not in settings_sections(report):
         chosen = tuple(v for v in chosen if v.section != "durable")
+    picked = report.settings.get("variants")
+    if picked:  # the baselines always run: every ratio is to them, round by round
+        chosen = tuple(v for v in chosen if v.key in {"raw_pyzmq", "zmq_asyncio", *picked})
     runs: dict[str, list[Timing]] = {v.key: [] for v in chosen}
     with EchoService() as service:
         target = Target(service.endpoint, requests, bodies, replies, settings.window, service.stats)
@@ -210,9 +213,11 @@ def _run_throughput(settings: Settings, report: Report, log: Callable[[str], Non
         else:
             report.throughput[variant.key] = out[variant.key]
         report.rows.append(_throughput_row(variant, out[variant.key]))
-    ref = out["dispatcher_trio"]["client_cpu_us_per_msg"]
-    for key in ("codec_only", "policy_only"):
-        out[key]["share_of_dispatcher_trio_cpu"] = out[key]["client_cpu_us_per_msg"] / ref
+    if "dispatcher_trio" in out:
+        ref = out["dispatcher_trio"]["client_cpu_us_per_msg"]
+        for key in ("codec_only", "policy_only"):
+            if key in out:
+                out[key]["share_of_dispatcher_trio_cpu"] = out[key]["client_cpu_us_per_msg"] / ref
     for backend in BACKENDS:
         for key, name, limit in (
             (f"dispatcher_{backend}", "per_message", PER_MESSAGE_TARGET),
@@ -530,6 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flush-runs", type=int, help="flush runs per backend")
     parser.add_argument("--memory-n", type=int, help="queued requests for RSS")
     parser.add_argument("--tracemalloc-n", type=int, help="queued requests for tracemalloc")
+    parser.add_argument(
+        "--variants", nargs="+", metavar="KEY",
+        help="throughput rows to run (JSON keys, e.g. dispatcher_trio dispatcher_nowait_trio); "
+        "raw_pyzmq and zmq_asyncio always run",
+    )  # fmt: skip
     parser.add_argument("--e2e-n", type=int, help="backtests per end-to-end run")
     parser.add_argument("--e2e-rounds", type=int, help="end-to-end rounds")
     args = parser.parse_args(argv)
@@ -552,7 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         console.log(message)
 
-    report = Report(_machine(), {**asdict(settings), "quick": args.quick, "sections": args.only})
+    report = Report(
+        _machine(),
+        {**asdict(settings), "quick": args.quick, "sections": args.only,
+         "variants": args.variants},
+    )  # fmt: skip
     runners = {
         "throughput": _run_throughput,
         "flush": _run_flush,

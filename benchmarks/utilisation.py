@@ -126,6 +126,15 @@ def measure(workers: int, interval: float, demo_args: Sequence[str]) -> dict[str
     busy_at = [i for i, (_, b) in enumerate(samples) if any(b)]
     window = samples[busy_at[0] : busy_at[-1] + 1] if busy_at else []
     n = max(1, len(window))
+    gaps: list[tuple[float, float]] = []  # (start offset, seconds) with both workers idle
+    gap_start: float | None = None
+    for at, busy in window:
+        if not any(busy):
+            gap_start = at if gap_start is None else gap_start
+        elif gap_start is not None:
+            gaps.append((gap_start - window[0][0], at - gap_start))
+            gap_start = None
+    long_gaps = [(round(a, 2), round(d, 3)) for a, d in gaps if d >= 0.1]
     return {
         "workers": workers,
         "demo_args": list(demo_args),
@@ -135,6 +144,8 @@ def measure(workers: int, interval: float, demo_args: Sequence[str]) -> dict[str
         "busy": [sum(b[i] for _, b in window) / n for i in range(len(pids))],
         "both_idle": sum(not any(b) for _, b in window) / n,
         "one_idle": sum(0 < sum(b) < len(b) for _, b in window) / n,
+        "both_idle_gaps_over_0.1s": long_gaps,
+        "both_idle_in_those_gaps_s": sum(d for _, d in long_gaps),
     }
 
 
