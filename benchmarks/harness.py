@@ -32,7 +32,13 @@ from .throughput import Target, Timing, Variant, store_available, variants
 
 __all__ = ["Settings", "main"]
 
-SECTIONS: Final = ("throughput", "flush", "memory", "durable")
+SECTIONS: Final = ("throughput", "flush", "memory", "durable", "endtoend")
+#: What runs without ``--only``: the end-to-end comparison takes minutes (real backtests).
+DEFAULT_SECTIONS: Final = ("throughput", "flush", "memory", "durable")
+#: Issue 14's throughput targets, as ratios to zmq.asyncio measured in the same rounds.
+PER_MESSAGE_TARGET: Final = 0.5  # one ``await submit`` per message (row 4)
+BATCHED_TARGET: Final = 1.5  # ``submit_nowait`` batched per wake-up (row 4d)
+END_TO_END_TARGET: Final = 0.95  # queue / plain process pool
 DEFAULT_JSON: Final = Path(__file__).parent / "results" / "latest.json"
 Backend = Literal["trio", "asyncio"]
 BACKENDS: Final[tuple[Backend, ...]] = ("trio", "asyncio")
@@ -50,6 +56,8 @@ class Settings:
         flush_runs: flush-after-connect runs per backend (and for the raw baseline).
         memory_n: queued requests for the RSS measurement.
         tracemalloc_n: queued requests for the tracemalloc cross-check (slow: ~10x).
+        e2e_n: backtests per end-to-end run (the demo's in-sample candidates: 288).
+        e2e_rounds: end-to-end rounds (the pool and the queue alternate).
     """
 
     messages: int = 20_000
@@ -59,9 +67,13 @@ class Settings:
     flush_runs: int = 5
     memory_n: int = 1_000_000
     tracemalloc_n: int = 200_000
+    e2e_n: int = 288
+    e2e_rounds: int = 3
 
 
-QUICK: Final = Settings(messages=3_000, rounds=3, flush_runs=3, tracemalloc_n=20_000)
+QUICK: Final = Settings(
+    messages=3_000, rounds=3, flush_runs=3, tracemalloc_n=20_000, e2e_n=96, e2e_rounds=2
+)
 
 
 @dataclass
@@ -87,6 +99,7 @@ class Report:
     flush: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     durable: dict[str, Any] = field(default_factory=dict)
+    endtoend: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
 
@@ -157,6 +170,9 @@ def _run_throughput(settings: Settings, report: Report, log: Callable[[str], Non
     chosen = variants()
     if "durable" not in settings_sections(report):
         chosen = tuple(v for v in chosen if v.section != "durable")
+    picked = report.settings.get("variants")
+    if picked:  # the baselines always run: every ratio is to them, round by round
+        chosen = tuple(v for v in chosen if v.key in {"raw_pyzmq", "zmq_asyncio", *picked})
     runs: dict[str, list[Timing]] = {v.key: [] for v in chosen}
     with EchoService() as service:
         target = Target(service.endpoint, requests, bodies, replies, settings.window, service.stats)
@@ -197,16 +213,24 @@ def _run_throughput(settings: Settings, report: Report, log: Callable[[str], Non
         else:
             report.throughput[variant.key] = out[variant.key]
         report.rows.append(_throughput_row(variant, out[variant.key]))
-    ref = out["dispatcher_trio"]["client_cpu_us_per_msg"]
-    for key in ("codec_only", "policy_only"):
-        out[key]["share_of_dispatcher_trio_cpu"] = out[key]["client_cpu_us_per_msg"] / ref
+    if "dispatcher_trio" in out:
+        ref = out["dispatcher_trio"]["client_cpu_us_per_msg"]
+        for key in ("codec_only", "policy_only"):
+            if key in out:
+                out[key]["share_of_dispatcher_trio_cpu"] = out[key]["client_cpu_us_per_msg"] / ref
     for backend in BACKENDS:
-        ratio = out[f"dispatcher_{backend}"]["ratio_to_zmq_asyncio"]
-        report.targets[f"dispatch_throughput_{backend}"] = {
-            "target": "dispatcher / zmq.asyncio >= 1.0",
-            "value": ratio,
-            "met": ratio >= 1.0,
-        }
+        for key, name, limit in (
+            (f"dispatcher_{backend}", "per_message", PER_MESSAGE_TARGET),
+            (f"dispatcher_nowait_{backend}", "batched", BATCHED_TARGET),
+        ):
+            if key not in out:
+                continue
+            ratio = out[key]["ratio_to_zmq_asyncio"]
+            report.targets[f"dispatch_throughput_{name}_{backend}"] = {
+                "target": f"{key} / zmq.asyncio >= {limit}",
+                "value": ratio,
+                "met": ratio >= limit,
+            }
 
 
 def _throughput_row(variant: Variant, stats: dict[str, Any]) -> Row:
@@ -223,9 +247,12 @@ def _throughput_row(variant: Variant, stats: dict[str, Any]) -> Row:
         )
     if "ratio_to_dispatcher" in stats:
         versus = f"{stats['ratio_to_dispatcher']:.2f}x the dispatcher without store; " + versus
-    if variant.key in ("dispatcher_trio", "dispatcher_asyncio"):
-        target = ">= 1.00x zmq.asyncio"
-        met = stats["ratio_to_zmq_asyncio"] >= 1.0
+    limit = {f"dispatcher_{b}": PER_MESSAGE_TARGET for b in BACKENDS} | {
+        f"dispatcher_nowait_{b}": BATCHED_TARGET for b in BACKENDS
+    }
+    if variant.key in limit:
+        target = f">= {limit[variant.key]:.2f}x zmq.asyncio"
+        met = stats["ratio_to_zmq_asyncio"] >= limit[variant.key]
     return Row(
         variant.section,
         variant.label,
@@ -406,6 +433,53 @@ def _run_durable(settings: Settings, report: Report, log: Callable[[str], None])
     log(f"durable: {report.durable.get('status', 'measured with the throughput rounds')}")
 
 
+def _run_endtoend(settings: Settings, report: Report, log: Callable[[str], None]) -> None:
+    from .endtoend import run_end_to_end
+
+    log(f"end to end: {settings.e2e_n} backtests x {settings.e2e_rounds} rounds, 2 workers")
+    result = run_end_to_end(settings.e2e_n, 2, settings.e2e_rounds)
+    summary = result.summary()
+    report.endtoend = summary
+    ratio = summary["ratio"]
+    met = ratio >= END_TO_END_TARGET
+    report.targets["end_to_end"] = {
+        "target": f"queue / plain ProcessPoolExecutor(2) >= {END_TO_END_TARGET}",
+        "value": ratio,
+        "met": met,
+    }
+    n = result.n
+
+    def per_backtest_ms(cpu: list[dict[str, float]], key: str) -> float:
+        return _median([c[key] for c in cpu]) / n * 1e3
+
+    pool_spread = f"{n / max(result.pool_s):.1f}-{n / min(result.pool_s):.1f}"
+    queue_spread = f"{n / max(result.queue_s):.1f}-{n / min(result.queue_s):.1f}"
+    report.rows.append(
+        Row(
+            "endtoend",
+            f"8. plain ProcessPoolExecutor(2), {n} backtests (EURUSD-H1 in sample)",
+            f"{summary['pool_per_s']:.1f} backtests/s",
+            pool_spread,
+            f"workers {per_backtest_ms(result.pool_cpu, 'workers'):.1f} ms CPU/backtest; "
+            f"parent {per_backtest_ms(result.pool_cpu, 'here'):.2f} ms",
+        )
+    )
+    report.rows.append(
+        Row(
+            "endtoend",
+            "8. backtest-queue service --workers 2 + dispatcher, same backtests",
+            f"{summary['queue_per_s']:.1f} backtests/s",
+            queue_spread,
+            f"{ratio:.2f}x the pool (per round {', '.join(f'{r:.2f}' for r in result.ratios)}); "
+            f"workers {per_backtest_ms(result.queue_cpu, 'workers'):.1f} ms CPU/backtest; "
+            f"service {per_backtest_ms(result.queue_cpu, 'service'):.2f} ms, "
+            f"requester {per_backtest_ms(result.queue_cpu, 'here'):.2f} ms",
+            f">= {END_TO_END_TARGET:.2f}x the pool",
+            met,
+        )
+    )
+
+
 def settings_sections(report: Report) -> list[str]:
     """The sections this run measures."""
     sections: list[str] = report.settings["sections"]
@@ -450,7 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a run under a minute")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS),
+        help="sections to run (default: all but endtoend, which takes minutes)",
+    )  # fmt: skip
     parser.add_argument("--messages", type=int, help="round trips per throughput run")
     parser.add_argument("--rounds", type=int, help="throughput rounds")
     parser.add_argument("--window", type=int, help="requests in flight")
@@ -458,6 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flush-runs", type=int, help="flush runs per backend")
     parser.add_argument("--memory-n", type=int, help="queued requests for RSS")
     parser.add_argument("--tracemalloc-n", type=int, help="queued requests for tracemalloc")
+    parser.add_argument(
+        "--variants", nargs="+", metavar="KEY",
+        help="throughput rows to run (JSON keys, e.g. dispatcher_trio dispatcher_nowait_trio); "
+        "raw_pyzmq and zmq_asyncio always run",
+    )  # fmt: skip
+    parser.add_argument("--e2e-n", type=int, help="backtests per end-to-end run")
+    parser.add_argument("--e2e-rounds", type=int, help="end-to-end rounds")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Settings()
     overrides = {
@@ -468,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flush_runs": args.flush_runs,
         "memory_n": args.memory_n,
         "tracemalloc_n": args.tracemalloc_n,
+        "e2e_n": args.e2e_n,
+        "e2e_rounds": args.e2e_rounds,
     }
     settings = Settings(**{**asdict(base), **{k: v for k, v in overrides.items() if v}})
     console = Console(stderr=True)
@@ -476,12 +562,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         console.log(message)
 
-    report = Report(_machine(), {**asdict(settings), "quick": args.quick, "sections": args.only})
+    report = Report(
+        _machine(),
+        {**asdict(settings), "quick": args.quick, "sections": args.only,
+         "variants": args.variants},
+    )  # fmt: skip
     runners = {
         "throughput": _run_throughput,
         "flush": _run_flush,
         "memory": _run_memory,
         "durable": _run_durable,
+        "endtoend": _run_endtoend,
     }
     for section in SECTIONS:
         if section in args.only:

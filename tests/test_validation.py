@@ -26,6 +26,7 @@ from backtest_queue.protocol import (
     decode_message,
     encode_message,
     validate_request,
+    validate_request_encoded,
 )
 
 
@@ -267,3 +268,29 @@ def test_one_validation_at_both_ends(field: str, value: Any) -> None:
     assert checked == built
     assert checked is not built  # a private copy: later changes to `built` cannot reach it
     assert decode_message(encode_message(built)) == built
+
+
+@given(
+    fast=st.integers(1, 10_000),
+    slow=st.floats(1.0, 1e6, allow_nan=False),
+    sl=st.none() | st.floats(0.001, 0.999),
+    cash=st.floats(1.0, 1e12),
+)
+def test_validate_request_encoded_returns_the_copy_and_exactly_its_encoding(
+    fast: int, slow: float, sl: float | None, cash: float
+) -> None:
+    """The body kept for the send (issue 14: no second encoding) is the copy's encoding,
+    and the copy equals the original."""
+    built = request(strategy=strategy(params={"fast": fast, "slow": slow}, sl=sl), cash=cash)
+    copy, body = validate_request_encoded(built)
+    assert copy == built
+    assert copy is not built
+    assert body == encode_message(copy) == encode_message(built)
+    assert decode_message(body) == built
+
+
+def test_validate_request_encoded_refuses_what_validate_request_refuses() -> None:
+    built = request()
+    built.strategy.params["fast"] = math.nan
+    error = refused(lambda: validate_request_encoded(built), "strategy.params.fast")
+    assert "finite" in str(error)

@@ -265,3 +265,36 @@ def test_binding_a_bound_fake_endpoint_twice_is_refused() -> None:
     net.unbind(EP)
     with pytest.raises(UsageError, match="no fake service"):
         net.unbind(EP)
+
+
+# -- what reaches the wire is what submit validated (issue 14: encoded once) --------------
+
+
+async def test_the_wire_carries_the_request_as_validated_not_as_changed_later() -> None:
+    """``submit``, ``submit_many`` and ``submit_nowait`` send the encoding they checked:
+    a params dict the caller changes afterwards (to another valid value) never reaches a
+    service, whether the request left at once or waited in the queue."""
+    seen: dict[str, dict[str, int | float]] = {}
+
+    def record(r: BacktestRequest) -> list[bytes]:
+        seen[r.request_id] = dict(r.strategy.params)
+        return echo_result(r)
+
+    net = MemoryNetwork()
+    async with open_dispatcher([EP], network=net, flush_interval=3600) as d:
+        queued = [request(i) for i in range(3)]  # submitted before any service is up
+        await d.submit(queued[0])
+        await d.submit_many(queued[1:])
+        for r in queued:
+            r.strategy.params["slow"] = 99
+        net.bind(EP, record)
+        with anyio.fail_after(5):
+            await d.wait_connected()
+            at_once = [request(i) for i in range(3, 6)]
+            await d.submit(at_once[0])
+            await d.submit_many([at_once[1]])
+            d.submit_nowait(at_once[2])
+            for r in at_once:
+                r.strategy.params["slow"] = 99
+            await d.wait_idle()
+    assert seen == {f"req-{i}": {"fast": 5, "slow": 20 + i} for i in range(6)}

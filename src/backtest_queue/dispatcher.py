@@ -37,7 +37,7 @@ from .delivery import OutcomeBook, OutcomeStream
 from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
-from .protocol import BacktestRequest, Metrics, validate_request
+from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
 from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
 from .store import StoredOutcome, StoreOp
@@ -55,6 +55,9 @@ log = logging.getLogger("backtest_queue")
 _WAKE_BUFFER: Final = 64
 _FLUSH_CHUNK: Final = 128
 _RECEIVE_BATCH: Final = 1024
+#: Most encoded bodies kept from validation for requests not yet handed to ZeroMQ (the
+#: rest are encoded again when sent): bounds what a long backlog costs in memory.
+_BODY_CACHE: Final = 1024
 
 
 class Dispatcher(_Sending):
@@ -101,6 +104,7 @@ class Dispatcher(_Sending):
         ](max_buffer_size=_WAKE_BUFFER)
         self._kicked = False
         self._room = anyio.Event()
+        self._room_waiters = 0  # submits waiting on _room (cheaper than its statistics())
         self._idle = anyio.Event()
         self._connected = anyio.Event()
         self._up: set[str] = set()  # endpoints whose handshake succeeded
@@ -120,6 +124,7 @@ class Dispatcher(_Sending):
         self._refusals: dict[str, int] = {}
         self._flusher_wakes_at = math.inf  # the deadline the flusher is waiting for
         self._instant: dict[str, Outcome] = {}  # cache hits, delivered by the flusher
+        self._bodies: dict[str, bytes] = {}  # validated encodings not sent yet (bounded)
         # data_id -> the services' data fingerprint (the caller's, until a service's)
         self._fingerprints: dict[str, str] = dict(fingerprints or {})
         self._writer = writer
@@ -197,7 +202,22 @@ class Dispatcher(_Sending):
         cached result computed on the data the services hold now is not sent: its
         outcome (``detail="cached result"``) follows at once.
         """
-        return (await self.submit_many([request]))[0]
+        await anyio.lowlevel.checkpoint()
+        if self._writer is None:  # the common case, without a list and a reservation
+            self._check_caller()
+            checked, body = validate_request_encoded(request)
+            rid = checked.request_id
+            q = self._queue
+            if (rid in self._accepting or q.state_of(rid) is not None
+                    or rid in self._instant or self._book.holds(rid)):  # fmt: skip
+                raise DuplicateRequest(rid)
+            if q.queued + self._reserved < q.capacity:
+                self._accept([checked], {rid: body})
+                now = anyio.current_time()
+                self._flush(now, "submit")
+                self._rearm_flusher()
+                return self._state(rid, now, False)
+        return (await self._submit_many([request]))[0]
 
     async def submit_many(self, requests: Sequence[BacktestRequest]) -> list[SubmitState]:
         """Submit several requests at once: one store transaction, one hand-over.
@@ -218,12 +238,20 @@ class Dispatcher(_Sending):
             InvalidRequest, StoreBusy, DispatcherClosed, UsageError: as in :meth:`submit`.
         """
         await anyio.lowlevel.checkpoint()
+        return await self._submit_many(requests)
+
+    async def _submit_many(self, requests: Sequence[BacktestRequest]) -> list[SubmitState]:
+        """:meth:`submit_many` after its checkpoint."""
         self._check_caller()
         if isinstance(requests, BacktestRequest) or not isinstance(requests, Sequence):
             raise UsageError(
                 f"submit_many takes a sequence of BacktestRequest, got {type(requests).__name__}"
             )
-        checked = [validate_request(r) for r in requests]  # private, valid copies
+        bodies: dict[str, bytes] = {}
+        checked: list[BacktestRequest] = []  # private, valid copies
+        for r in requests:
+            copy, bodies[copy.request_id] = validate_request_encoded(r)
+            checked.append(copy)
         q = self._queue
         ids: set[str] = set()
         for request in checked:
@@ -245,7 +273,11 @@ class Dispatcher(_Sending):
             while q.capacity - q.queued - self._reserved < len(fresh):
                 if self._on_full == "error":
                     raise QueueFull(q.capacity)
-                await self._room.wait()
+                self._room_waiters += 1
+                try:
+                    await self._room.wait()
+                finally:
+                    self._room_waiters -= 1
                 self._check_open()
             self._reserved += len(fresh)
             reserved = len(fresh)
@@ -260,15 +292,14 @@ class Dispatcher(_Sending):
             self._accepting -= ids
         # Accepted: from here on nothing awaits, so nothing can interrupt.
         self._reserved -= reserved
-        for request in fresh:
-            q.enqueue(request)
+        self._accept(fresh, bodies)
         for request in checked:
             metrics = cached.get(request.request_id)
             if metrics is not None:
                 # Delivered by the flusher, after this returns, so wait() can claim it.
                 outcome = Outcome(request, metrics, None, "cached result", 0)
                 self._instant[request.request_id] = outcome
-        if self._idle.is_set():
+        if cached and self._idle.is_set():
             self._idle = anyio.Event()
         now = anyio.current_time()
         self._flush(now, "submit")
@@ -276,6 +307,17 @@ class Dispatcher(_Sending):
             self._kick()
         self._rearm_flusher()
         return [self._state(r.request_id, now, r.request_id in cached) for r in checked]
+
+    def _accept(self, fresh: Sequence[BacktestRequest], bodies: dict[str, bytes]) -> None:
+        """Queue validated requests (room was checked); keep their encodings for the send."""
+        q = self._queue
+        kept = self._bodies
+        for request in fresh:
+            q.enqueue(request)
+            if len(kept) < _BODY_CACHE:
+                kept[request.request_id] = bodies[request.request_id]
+        if fresh and self._idle.is_set():
+            self._idle = anyio.Event()
 
     async def _commit(self, fresh: list[BacktestRequest]) -> None:
         """Make a submit's requests durable, or leave nothing of them in the store."""
@@ -328,15 +370,13 @@ class Dispatcher(_Sending):
                 "submit_nowait cannot be used with a store (a request must be committed "
                 "before it is accepted); use submit or submit_many"
             )
-        request = validate_request(request)
+        request, body = validate_request_encoded(request)
         rid = request.request_id
         if rid in self._accepting or self._book.holds(rid):
             raise DuplicateRequest(rid)
         if self._queue.queued + self._reserved >= self._queue.capacity:
             raise QueueFull(self._queue.capacity)
-        self._queue.enqueue(request)
-        if self._idle.is_set():
-            self._idle = anyio.Event()
+        self._accept((request,), {rid: body})  # enqueue raises DuplicateRequest first
         self._kick()
 
     async def wait(self, request_id: str) -> Outcome:
@@ -547,6 +587,7 @@ class Dispatcher(_Sending):
         """Report everything still queued or pending as failed with reason ``shutdown``,
         and end the outcome stream (its reader's side stays open)."""
         self._closed = True
+        self._bodies.clear()
         self._deliver_cached()
         left = self._queue.drain()
         if left:

@@ -73,6 +73,7 @@ __all__ = [
     "new_request_id",
     "peek_request_id",
     "validate_request",
+    "validate_request_encoded",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -482,6 +483,19 @@ def validate_request(request: object) -> BacktestRequest:
             (``field`` names it); or encoding it and decoding it strictly does not give
             an equal request back.
     """
+    return validate_request_encoded(request)[0]
+
+
+def validate_request_encoded(request: object) -> tuple[BacktestRequest, bytes]:
+    """Like :func:`validate_request`, and also return the body it checked.
+
+    Returns:
+        The private copy and its encoding (what :func:`encode_message` gives for it), so
+        a requester that sends the request soon need not encode it again.
+
+    Raises:
+        InvalidRequest: as :func:`validate_request`.
+    """
     if not isinstance(request, BacktestRequest):
         raise InvalidRequest("", f"submit takes a BacktestRequest, got {type(request).__name__}")
     # The round trip runs every check again on the decoded copy (``__post_init__``), so
@@ -489,7 +503,8 @@ def validate_request(request: object) -> BacktestRequest:
     # checked directly, for a message that names the field.
     problem_found: InvalidRequest | None = None
     try:
-        decoded = _request_decoder.decode(_encoder.encode(request))
+        body = _encoder.encode(request)
+        decoded = _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         field, message = translate(exc)
         problem_found = InvalidRequest(field, message)
@@ -499,7 +514,7 @@ def validate_request(request: object) -> BacktestRequest:
         )
     else:
         if decoded == request:
-            return decoded
+            return decoded, body
         problem_found = InvalidRequest(
             "", "the request does not survive encoding (decoded differs from the original)"
         )

@@ -71,6 +71,7 @@ class _Sending:
     _wake_receive: MemoryObjectReceiveStream[ConnectionEvent | _Kick]
     _kicked: bool
     _room: anyio.Event
+    _room_waiters: int
     _connected: anyio.Event
     _up: set[str]
     _ready: set[str]
@@ -84,6 +85,7 @@ class _Sending:
     metrics: RequesterMetrics | None
     _connects: dict[str, int]  # endpoint -> connect events seen (which PING is current)
     _pong_in: set[str]  # endpoints up whose PONG since their last connect is in
+    _bodies: dict[str, bytes]
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         raise NotImplementedError
@@ -106,8 +108,9 @@ class _Sending:
         for conn, requests in by_connection.items():
             count, status = (0, SendStatus.WOULD_BLOCK)
             if conn not in self._blocked:
+                bodies = self._bodies  # kept from validation: no second encoding
                 count, status = self._sockets[conn].send_batch(
-                    [b"", encode_message(r)] for r in requests
+                    [b"", bodies.pop(r.request_id, b"") or encode_message(r)] for r in requests
                 )
             sent += count
             if count and self.metrics is not None:
@@ -125,7 +128,7 @@ class _Sending:
         return sent
 
     def _room_freed(self) -> None:
-        if self._room.statistics().tasks_waiting:  # no Event churn per send
+        if self._room_waiters:  # no Event churn per send
             self._room.set()
             self._room = anyio.Event()
 

@@ -83,6 +83,8 @@ _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+#: Empty looks (one per scheduler pass) before a receive arms a zmq-anyio future.
+_POLLS_BEFORE_PARKING: Final = 2
 
 
 class SendStatus(enum.Enum):
@@ -111,6 +113,10 @@ class ZmqSocket:
         self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         self._stash: list[Frames] = []
         self._writer_waiting = False
+        # A receive parked on a zmq-anyio future, and whether it was re-armed since:
+        # only a parked waiter needs a re-arm, and one re-arm per park wakes it.
+        self._parked = False
+        self._rearmed = False
         self.name = name
 
     def __repr__(self) -> str:
@@ -184,18 +190,26 @@ class ZmqSocket:
         and a waiter on the FD would then sleep through it. Reading ``EVENTS`` through
         the zmq-anyio socket makes it dispatch whatever is ready to its waiters.
         """
-        # Only a message waiting (or a writer waiting for room) needs zmq-anyio's
-        # dispatch: with none, the next message re-arms the FD by itself (libzmq
+        # Only a parked waiter needs zmq-anyio's dispatch: a receiver that is not parked
+        # drains the socket before it parks again, and zmq-anyio looks at EVENTS itself
+        # when a receive is armed. One dispatch per park is enough (it wakes the waiter);
+        # with no message waiting, the next message re-arms the FD by itself (libzmq
         # re-activates a pipe it found empty). Reading EVENTS raw is cheap; the
         # zmq-anyio path spawns tasks.
-        if self._raw.closed:
+        if self._writer_waiting:
+            if not self._raw.closed:
+                self._sock.get(zmq.EVENTS)  # type: ignore[no-untyped-call]
             return
-        if self._writer_waiting or cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN:
+        if not self._parked or self._rearmed or self._raw.closed:
+            return
+        if cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN:
+            self._rearmed = True
             self._sock.get(zmq.EVENTS)  # type: ignore[no-untyped-call]
 
     def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
         """Return the messages already waiting (up to ``max_messages``), maybe none."""
         batch, self._stash = self._stash, []
+        self._rearmed = False  # a drain may consume the edge a re-arm dispatched
         recv = self._raw.recv_multipart
         try:
             while len(batch) < max_messages:
@@ -222,13 +236,15 @@ class ZmqSocket:
         if batch:
             await anyio.lowlevel.checkpoint()
             return batch
-        # Yield once and look again before arming a zmq-anyio future (which costs
-        # task spawns): under load the next replies arrive meanwhile.
-        await anyio.lowlevel.checkpoint()
-        batch = self.receive_nowait(max_messages)
-        if batch:
-            return batch
+        # Yield and look again a few times before arming a zmq-anyio future (which
+        # costs task spawns): under load the next replies arrive meanwhile.
+        for _ in range(_POLLS_BEFORE_PARKING):
+            await anyio.lowlevel.checkpoint()
+            batch = self.receive_nowait(max_messages)
+            if batch:
+                return batch
         future = self._sock.arecv_multipart()
+        self._parked, self._rearmed = True, False
         try:
             first = await future
         except BaseException:
@@ -237,6 +253,8 @@ class ZmqSocket:
             else:
                 future.cancel()
             raise
+        finally:
+            self._parked = False
         self._stash.append(cast(Frames, first))
         return self.receive_nowait(max_messages)
 

@@ -1,0 +1,262 @@
+"""End to end (issue #14, target 1): the queue against a plain process pool.
+
+The same backtests - a demo-sized set of in-sample candidates (288 by default) on the
+first 70 % of EURUSD-H1 - run two ways, alternately, on a warm pool of the same size:
+
+* **plain pool**: a ``ProcessPoolExecutor(workers)`` whose workers load the dataset and
+  the engine once (initializer); the parent selects each request's bars as the service
+  does and submits every backtest at once (``submit`` of all, then their results);
+* **queue**: ``backtest-queue service --workers N`` in its own process and a dispatcher
+  in this one; every request is submitted at once (``submit_many``) and the outcomes read
+  from ``outcomes``.
+
+Each run is timed from the first submit to the last result; the ratio is the pool's
+time over the queue's, per round (>= 0.95 is the target). Run alone:
+``python -m benchmarks.endtoend [--rounds 3] [--n 288] [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import anyio
+import pandas as pd
+
+from backtest_queue import BacktestRequest, open_dispatcher
+from backtest_queue.evolution.records import RunSettings
+from backtest_queue.evolution.search_space import SearchSpace
+from backtest_queue.evolution.service_process import free_tcp_endpoint, open_service_process
+from backtest_queue.evolution.split import load_bars, split_bars
+from backtest_queue.protocol import Metrics
+
+__all__ = ["EndToEnd", "candidates_requests", "main", "run_end_to_end"]
+
+DATA_ID: Final = "EURUSD-H1"
+
+
+class _SeededTrial:
+    """A ``TrialLike`` drawing uniformly from a seeded generator (a random search)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def suggest_int(self, name: str, low: int, high: int, *, log: bool = False) -> int:
+        return self._rng.randint(low, high)
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None
+    ) -> float:
+        if step is None:
+            return self._rng.uniform(low, high)
+        return low + step * self._rng.randint(0, round((high - low) / step))
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._rng.choice(list(choices))
+
+
+def candidates_requests(n: int, seed: int = 14) -> list[BacktestRequest]:
+    """``n`` in-sample requests of distinct random candidates (the demo's search space)."""
+    bars = load_bars(DATA_ID)
+    split = split_bars(bars.index, DATA_ID)
+    settings = RunSettings(data_id=DATA_ID, start=split.in_sample[0], end=split.in_sample[1])
+    trial = _SeededTrial(random.Random(seed))
+    space = SearchSpace()
+    seen: dict[object, BacktestRequest] = {}
+    while len(seen) < n:
+        candidate = space.suggest(trial)
+        if candidate not in seen:
+            seen[candidate] = settings.request_for(candidate)
+    return list(seen.values())
+
+
+# -- the plain pool -------------------------------------------------------------------
+
+_BARS: dict[str, pd.DataFrame] = {}
+_ENGINE: list[Any] = []
+
+
+def _init() -> None:
+    from backtest_queue.service.engine import BacktestingPyEngine
+
+    _BARS[DATA_ID] = load_bars(DATA_ID)
+    engine = BacktestingPyEngine()
+    engine.prepare()
+    _ENGINE.append(engine)
+
+
+def _run(request: BacktestRequest, first: int, stop: int) -> Metrics:
+    with contextlib.redirect_stderr(io.StringIO()):  # backtesting.py's progress bar
+        metrics: Metrics = _ENGINE[0].run(request, _BARS[request.data_id].iloc[first:stop])
+    return metrics
+
+
+def _ready() -> bool:
+    return bool(_ENGINE)
+
+
+def _bounds(requests: Sequence[BacktestRequest]) -> list[tuple[int, int]]:
+    from backtest_queue.service.datasets import load_catalog
+    from backtest_queue.service.engine import BacktestingPyEngine
+
+    catalog, engine = load_catalog(None), BacktestingPyEngine()
+    return [
+        catalog.select(r.data_id, r.start, r.end, min_bars=engine.validate(r.strategy))
+        for r in requests
+    ]
+
+
+def _pool_run(
+    pool: ProcessPoolExecutor, requests: Sequence[BacktestRequest], bounds: list[tuple[int, int]]
+) -> float:
+    started = time.perf_counter()
+    futures = [pool.submit(_run, r, *b) for r, b in zip(requests, bounds, strict=True)]
+    for f in futures:
+        f.result()
+    return time.perf_counter() - started
+
+
+# -- the queue ----------------------------------------------------------------------------
+
+
+async def _queue_run(endpoint: str, requests: Sequence[BacktestRequest]) -> float:
+    async with open_dispatcher(
+        [endpoint], max_pending=None, rate=None, result_timeout=600.0, max_attempts=1
+    ) as d:
+        with anyio.fail_after(60):
+            await d.wait_connected()
+        started = time.perf_counter()
+        await d.submit_many(list(requests))
+        failed = 0
+        for _ in requests:
+            outcome = await d.outcomes.receive()
+            failed += not outcome.ok
+        elapsed = time.perf_counter() - started
+    if failed:
+        raise RuntimeError(f"{failed} of {len(requests)} backtests failed")
+    return elapsed
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a live process; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    return out
+
+
+@dataclass
+class _Cpu:
+    """CPU seconds spent during a run: the coordinating processes and the workers."""
+
+    here: float = 0.0  # this process (the pool's parent, or the requester)
+    service: float = 0.0  # the service's main process (queue only)
+    workers: float = 0.0
+
+    @classmethod
+    def sample(cls, service_pid: int | None, workers: Sequence[int]) -> _Cpu:
+        return cls(
+            time.process_time(),
+            0.0 if service_pid is None else _cpu_s(service_pid),
+            sum(_cpu_s(w) for w in workers),
+        )
+
+    def __sub__(self, other: _Cpu) -> _Cpu:
+        return _Cpu(
+            self.here - other.here, self.service - other.service, self.workers - other.workers
+        )
+
+
+@dataclass
+class EndToEnd:
+    """What :func:`run_end_to_end` measured (seconds per run, per round; CPU seconds)."""
+
+    n: int
+    workers: int
+    pool_s: list[float]
+    queue_s: list[float]
+    pool_cpu: list[dict[str, float]]
+    queue_cpu: list[dict[str, float]]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Per round: the queue's rate over the pool's (pool time / queue time)."""
+        return [p / q for p, q in zip(self.pool_s, self.queue_s, strict=True)]
+
+    def summary(self) -> dict[str, Any]:
+        """Medians and ratios, for JSON."""
+        return {
+            **asdict(self),
+            "pool_per_s": self.n / statistics.median(self.pool_s),
+            "queue_per_s": self.n / statistics.median(self.queue_s),
+            "ratios": self.ratios,
+            "ratio": statistics.median(self.ratios),
+        }
+
+
+def run_end_to_end(n: int = 288, workers: int = 2, rounds: int = 3) -> EndToEnd:
+    """Run both ways ``rounds`` times, alternating, each on a warm pool; see the module doc."""
+    requests = candidates_requests(n)
+    warm = candidates_requests(2 * workers, seed=1)
+    bounds = _bounds(requests)
+    result = EndToEnd(n, workers, [], [], [], [])
+    endpoint = free_tcp_endpoint()
+
+    async def queue_rounds() -> None:
+        async with open_service_process(endpoint, workers=workers) as service:
+            await _queue_run(endpoint, warm)
+            service_workers = _children(service.pid)
+            for _ in range(rounds):
+                with ProcessPoolExecutor(workers, initializer=_init) as pool:
+                    for f in [pool.submit(_ready) for _ in range(2 * workers)]:
+                        f.result()
+                    _pool_run(pool, warm, _bounds(warm))
+                    pids = list(getattr(pool, "_processes", {}) or {})
+                    before = _Cpu.sample(None, pids)
+                    result.pool_s.append(_pool_run(pool, requests, bounds))
+                    result.pool_cpu.append(asdict(_Cpu.sample(None, pids) - before))
+                before = _Cpu.sample(service.pid, service_workers)
+                result.queue_s.append(await _queue_run(endpoint, requests))
+                result.queue_cpu.append(asdict(_Cpu.sample(service.pid, service_workers) - before))
+
+    anyio.run(queue_rounds)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run and print one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.endtoend")
+    parser.add_argument("--n", type=int, default=288)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    result = run_end_to_end(args.n, args.workers, args.rounds)
+    json.dump(result.summary(), sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
