@@ -32,11 +32,11 @@ def test_evolve_serves_the_requesters_metrics(
 def test_evolve_with_a_busy_metrics_port_stops_with_1(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as squatter:
+    with socket.socket() as squatter, fake_in_thread() as fake:  # evolve asks it first
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        args = evolve_args("--connect", "tcp://127.0.0.1:1", "--out", str(tmp_path),
+        args = evolve_args("--connect", fake.endpoint, "--out", str(tmp_path),
                            "--metrics-port", str(port))  # fmt: skip
         assert command_evolve.run(args) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -48,9 +48,10 @@ def test_evolve_metrics_without_prometheus_client_name_the_extra(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    args = evolve_args("--connect", "tcp://127.0.0.1:1", "--out", str(tmp_path),
-                       "--metrics-port", "0")  # fmt: skip
-    assert command_evolve.run(args) == 1
+    with fake_in_thread() as fake:  # evolve asks the service for its datasets first
+        args = evolve_args("--connect", fake.endpoint, "--out", str(tmp_path),
+                           "--metrics-port", "0")  # fmt: skip
+        assert command_evolve.run(args) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("backtest-queue[metrics]" in m for m in errors), errors
 
