@@ -4,16 +4,14 @@ A request whose reply did not come by its deadline is put back and handed over a
 With several connections up, the attempt after a timeout should go to another one: the
 connection that stayed silent may be a half-open peer the heartbeat has not caught yet
 (``result_timeout`` shorter than ``3 * heartbeat_ivl``) or a service whose event loop is
-stuck while libzmq still answers heartbeats. The core routes every hand-over to the
-least-loaded connection, and the silent one, whose requests just expired, is exactly
-that: retries go back to it until ``max_attempts`` and fail with ``timeout``.
+stuck while libzmq still answers heartbeats. The core used to route every hand-over to
+the least-loaded connection, and the silent one, whose requests just expired, is exactly
+that: retries went back to it until ``max_attempts`` and failed with ``timeout``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import pytest
 
 from backtest_queue import BacktestQueue
 
@@ -23,11 +21,6 @@ class Req:
     request_id: str
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BacktestQueue.flush picks the least-loaded connection for a retry too, which "
-    "is the silent one whose requests just expired",
-)
 def test_a_retry_after_a_timeout_goes_to_another_connection() -> None:
     q: BacktestQueue[Req] = BacktestQueue(max_pending=None, result_timeout=3.0, max_attempts=3)
     q.on_connected(0.0, "silent")

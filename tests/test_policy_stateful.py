@@ -161,6 +161,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.queue: list[Req] = []  # front first
         self.pending: dict[str, Pending] = {}  # insertion order = send order
         self.attempts: dict[str, int] = {}  # hand-overs so far, for queued requests
+        self.last_conn: dict[str, str] = {}  # request id -> connection of its last hand-over
         self.live: dict[str, Req] = {}
         self.up: set[str] = set()
         self.credit: dict[str, int] = {}  # connection -> credit; absent: no limit
@@ -315,10 +316,17 @@ class QueueMachine(RuleBasedStateMachine):
             assert conn in self.up, "handed to a connection that is up"
             free = {c: self._free(c, load) for c in self.up}
             assert free[conn] > 0, "never to a connection that has used its credit"
-            most = max(free.values())
+            # A retry goes elsewhere when another connection has room (issue 13: the
+            # one that did not answer may be half-open).
+            last = self.last_conn.get(rid) if self.attempts[rid] and len(self.up) > 1 else None
+            room = [c for c in self.up if free[c] > 0]
+            candidates = [c for c in room if c != last] or room
+            assert conn in candidates, "a retry avoids its last connection when it can"
+            most = max(free[c] for c in candidates)
             assert free[conn] == most, "to the connection with the most free credit"
-            tied = [load[c] for c in self.up if free[c] == most]
+            tied = [load[c] for c in candidates if free[c] == most]
             assert load[conn] == min(tied), "ties: to the least loaded"
+            self.last_conn[rid] = conn
             load[conn] += 1
             self.queue.pop(0)
             attempt = self.attempts.pop(rid) + 1

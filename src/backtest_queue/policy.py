@@ -377,7 +377,9 @@ class BacktestQueue(Generic[R]):
         """Hand over requests: pop them FIFO while connected and not throttled.
 
         Each returned request is recorded as pending on a connection (the one that is up
-        with the most free credit, ties to the least loaded; see :meth:`set_credit` and
+        with the most free credit, ties to the least loaded; a retry goes to another
+        connection than its last one when another has room, since the one that did not
+        answer may be a half-open peer; see :meth:`set_credit` and
         :meth:`connection_of`) with the deadline
         ``now + result_timeout`` (times ``retry_backoff ** (attempt - 1)`` on a retry).
         The shell must send each one, and report any it could not send with
@@ -403,13 +405,17 @@ class BacktestQueue(Generic[R]):
         while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
                 break
+            # A retry goes elsewhere when it can: the connection whose reply did not come
+            # may be a half-open peer the heartbeat has not caught yet.
+            front = self._front()
+            avoid = front.connection if front.attempts and not single else None
             if credited:
-                picked = self._pick()
+                picked = self._pick(avoid)
                 if picked is None:
                     break  # every connection that is up has used its credit
                 conn = picked
             else:
-                conn = single or min(self._up, key=lambda c: len(pending[c]))
+                conn = single or min(self._up, key=lambda c: (c == avoid, len(pending[c])))
             if bucket is not None and not bucket.try_take(t):
                 break
             entry = self._pop_front()
@@ -685,19 +691,20 @@ class BacktestQueue(Generic[R]):
 
     # -- internals -------------------------------------------------------------------
 
-    def _pick(self) -> str | None:
+    def _pick(self, avoid: str | None = None) -> str | None:
         """The connection that is up with the most free credit (ties: the least loaded,
-        then the set's order, as without credits); ``None`` if none has any."""
+        then the set's order, as without credits), other than ``avoid`` if another has
+        free credit; ``None`` if none has any."""
         credit, pending = self._credit, self._pending
         best: str | None = None
-        best_key = (0.0, 0)
+        best_key = (True, 0.0, 0)
         for conn in self._up:
             limit = credit.get(conn)
             load = len(pending[conn])
             free = math.inf if limit is None else float(limit - load)
             if free <= 0:
                 continue
-            key = (-free, load)
+            key = (conn == avoid, -free, load)
             if best is None or key < best_key:
                 best, best_key = conn, key
         return best
@@ -723,6 +730,13 @@ class BacktestQueue(Generic[R]):
         ):
             heappop(deadlines)
         return deadlines[0][0] if deadlines else math.inf
+
+    def _front(self) -> _Entry[R]:
+        """The first queued entry, left in place (stale ones before it are dropped)."""
+        queue = self._queue
+        while queue[0].state != _QUEUED:
+            queue.popleft()
+        return queue[0]
 
     def _pop_front(self) -> _Entry[R]:
         queue = self._queue

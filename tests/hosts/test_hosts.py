@@ -199,14 +199,6 @@ def test_slow_lossy_link_still_one_result_each(network: Network) -> None:
         })  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="policy.flush routes a timed-out request to the least-loaded connection that "
-    "is up, and a silent host whose requests just expired is that one: its retries go "
-    "back to it until max_attempts, and they fail with 'timeout' although two healthy "
-    "hosts are up (fix in policy.py: prefer another connection for a retry)",
-)
 def test_retry_after_a_timeout_avoids_the_silent_host(network: Network) -> None:
     """A half-open host the heartbeat does not catch in time (heartbeat timeout 60 s,
     result_timeout 3 s): its requests time out and must be retried on the hosts that
