@@ -25,6 +25,7 @@ from distributed.worker import Worker
 from .. import __version__
 from ..protocol import BacktestRequest, Metrics
 from .engine import Engine, EngineError, ServiceUnavailable
+from .worker import run_engine
 
 __all__ = ["ServicePlugin", "run_backtest"]
 
@@ -132,12 +133,8 @@ def run_backtest(plugin_name: str, request: BacktestRequest, first: int, stop: i
         )
     try:
         engine, datasets = plugin.loaded()
-        bars = datasets[request.data_id].iloc[first:stop]
-        metrics = engine.run(request, bars)
     except EngineError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # the engine's prepare(), or the unpickling, failed
         raise EngineError(f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(metrics, Metrics):
-        raise EngineError(f"the engine returned {type(metrics).__name__}, not Metrics")
-    return metrics
+    return run_engine(engine, datasets, request, first, stop)

@@ -21,7 +21,7 @@ import pandas as pd
 from ..protocol import BacktestRequest, Metrics
 from .engine import Engine, EngineError
 
-__all__ = ["initialize", "ready", "run_backtest"]
+__all__ = ["initialize", "ready", "run_backtest", "run_engine"]
 
 _engine: Engine | None = None
 _bars: Mapping[str, pd.DataFrame] = {}
@@ -81,9 +81,27 @@ def run_backtest(request: BacktestRequest, first: int, stop: int) -> Metrics:
     """
     if _engine is None:
         raise EngineError("worker process was not initialised")
+    return run_engine(_engine, _bars, request, first, stop)
+
+
+def run_engine(
+    engine: Engine,
+    datasets: Mapping[str, pd.DataFrame],
+    request: BacktestRequest,
+    first: int,
+    stop: int,
+) -> Metrics:
+    """Run ``request`` with ``engine`` on bars ``[first, stop)`` of ``datasets[data_id]``,
+    wherever the worker is (a pool process, a Dask worker).
+
+    Raises:
+        EngineError: with a one-line message; every failure of the engine, and a result
+            that is not :class:`Metrics`, is turned into one, so that what crosses a
+            process boundary always pickles.
+    """
     try:
-        bars = _bars[request.data_id].iloc[first:stop]
-        metrics = _engine.run(request, bars)
+        bars = datasets[request.data_id].iloc[first:stop]
+        metrics = engine.run(request, bars)
     except EngineError:
         raise
     except Exception as exc:
