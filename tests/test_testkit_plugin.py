@@ -6,7 +6,17 @@ import pytest
 
 from proc_watch import wait_gone
 
-PLUGIN = ("-p", "backtest_queue.testing.plugin", "-p", "anyio")
+# The plugin comes in through the installed package's pytest11 entry point (named
+# "backtest_queue"), as in a user's project; "-p backtest_queue.testing.plugin" on top of
+# it would register the same module twice under two names.
+PLUGIN = ("-p", "anyio")
+
+
+def test_the_installed_package_registers_the_plugin() -> None:
+    from importlib.metadata import entry_points
+
+    found = [e.value for e in entry_points(group="pytest11", name="backtest_queue")]
+    assert found == ["backtest_queue.testing.plugin"]
 
 
 @pytest.fixture(autouse=True)
