@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backtest_queue.cli import build_parser
+from backtest_queue.cli import build_parser, main
 from backtest_queue.cli_types import endpoint, integer, number
 
 TEXT = st.one_of(
@@ -104,3 +104,33 @@ def test_a_malformed_endpoint_or_port_is_refused_by_the_parser(
 def test_endpoints_of_every_transport_pass() -> None:
     for text in ("tcp://127.0.0.1:5580", "tcp://[::1]:*", "ipc:///tmp/bq", "inproc://x"):
         assert endpoint(text) == text
+
+
+# A typo was reported by the top-level parser ("backtest-queue: error: unrecognized
+# arguments: --populaton 2", the top-level usage), naming neither the command nor the fix.
+TYPOS = [
+    (["demo", "--populaton", "2"], "demo", "--populaton: did you mean --population?"),
+    (["status", "tcp://x:1", "--jsn"], "status", "--jsn: did you mean --json?"),
+    (["demo", "--seeed=4"], "demo", "--seeed: did you mean --seed?"),
+    (["service", "--datas", "d"], "service", "--datas: did you mean --data?"),
+    (["demo", "extra"], "demo", "unrecognized arguments: extra"),
+]
+
+
+@pytest.mark.parametrize(("argv", "command", "fix"), TYPOS)
+def test_an_unknown_option_is_refused_by_its_command_with_the_nearest_option(
+    argv: list[str], command: str, fix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"usage: backtest-queue {command} " in err
+    assert f"backtest-queue {command}: error: unrecognized arguments: " in err
+    assert fix in err
+
+
+def test_an_unknown_option_far_from_any_gets_no_guess(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["demo", "--bogus"])
+    assert "did you mean" not in capsys.readouterr().err
