@@ -262,6 +262,10 @@ def test_a_closed_stdout_ends_the_other_commands_quietly(subcommand: str, tmp_pa
     _, err = process.communicate(timeout=60)
     assert process.returncode == 141, err
     assert err == ""
+    if subcommand == "keys":  # every pair written, not only the one before the first print
+        names = sorted(p.name for p in (tmp_path / "keys").iterdir())
+        assert names == ["requester.key", "requester.key_secret", "service.key",
+                         "service.key_secret"]  # fmt: skip
 
 
 @pytest.mark.slow

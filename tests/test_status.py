@@ -126,8 +126,9 @@ async def test_ping_service_says_a_peer_that_does_not_answer_is_silent() -> None
 
 
 async def test_ping_service_refuses_a_malformed_endpoint_with_one_error() -> None:
-    with anyio.fail_after(BOUND), pytest.raises(TransportError, match="nonsense"):
+    with anyio.fail_after(BOUND), pytest.raises(TransportError, match="nonsense") as caught:
         await ping_service("nonsense")
+    assert "cannot connect to 'nonsense'" in str(caught.value)  # not "connect nonsense to"
 
 
 # -- refused handshakes -------------------------------------------------------------------
@@ -176,6 +177,9 @@ async def test_ping_service_reports_a_refused_handshake_before_its_timeout(
             await ping_service(endpoint, timeout=60.0, curve=client_keys(keys, who))  # type: ignore[arg-type]
         assert anyio.current_time() - start < BOUND  # long before the 60 s timeout
     assert "--curve-keys DIR" in str(caught.value)
+    # A requester that gave no keys is told the service wants them, not that they "do not fit".
+    assert ("gave no keys" in str(caught.value)) == (who == "no keys")
+    assert ("do not fit" in str(caught.value)) == (who != "no keys")
 
 
 async def test_ping_service_with_the_right_keys_gets_the_pong(

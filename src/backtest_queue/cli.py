@@ -7,6 +7,7 @@ live next to what they run, so this module stays a table of contents.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -64,14 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             missing = exc.name
             p = sub.add_parser(name, help=f"{help_text} (needs: pip install 'backtest-queue[all]')")
-            p.set_defaults(_run=_missing_extra(name, str(missing)))
+            p.set_defaults(_run=_missing_extra(name, str(missing)), _parser=p)
             _add_verbosity(p, default=argparse.SUPPRESS)
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         _add_verbosity(p, default=argparse.SUPPRESS)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def _refuse_unknown(args: argparse.Namespace, extra: list[str]) -> None:
+    """Exit 2 naming the unknown options, in the subcommand's own usage, with the
+    nearest option it has (``--populaton``: did you mean --population?)."""
+    parser: argparse.ArgumentParser = args._parser
+    known = [o for action in parser._actions for o in action.option_strings]
+    hints = []
+    for word in extra:
+        option = word.split("=", 1)[0]
+        near = difflib.get_close_matches(option, known, n=1, cutoff=0.75)
+        if option.startswith("-") and near:
+            hints.append(f"{option}: did you mean {near[0]}?")
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    parser.error(message + (f" ({'; '.join(hints)})" if hints else ""))
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
@@ -119,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backtest-queue: {exc}", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "_parser"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        _refuse_unknown(args, extra)
     setup_logging(args.verbose, args.quiet)
     run: Callable[[argparse.Namespace], int] = args._run
     try:

@@ -1,4 +1,4 @@
-"""argparse types that check a number's range at parse time.
+"""argparse types that check a number's range (or an endpoint's form) at parse time.
 
 A bad value is refused by argparse itself (exit status 2, the usage line and
 ``argument --seed: must be an integer from 0 to 4294967295, got '-1'``), before
@@ -10,9 +10,34 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
-__all__ = ["integer", "number"]
+__all__ = ["endpoint", "integer", "number"]
+
+_HOST_PORT = re.compile(r"[\w.\-]+:(\d+|\*)|\[[0-9A-Fa-f:.]+\]:(\d+|\*)")
+
+
+def endpoint(text: str) -> str:
+    """An argparse ``type``: a ZeroMQ endpoint ``TRANSPORT://ADDRESS`` (``tcp://HOST:PORT``).
+
+    Only the form is checked (libzmq checks the rest when it binds or connects), so
+    ``localhost:5580`` is refused at once with the fix (``tcp://localhost:5580``) instead
+    of failing after the run has started.
+
+    Returns:
+        ``text`` unchanged.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` has no ``TRANSPORT://`` or nothing after it.
+    """
+    transport, separator, address = text.partition("://")
+    if separator and transport and address:
+        return text
+    hint = f" (did you mean tcp://{text}?)" if _HOST_PORT.fullmatch(text) else ""
+    raise argparse.ArgumentTypeError(
+        f"must be a ZeroMQ endpoint such as tcp://HOST:PORT, got {text!r}{hint}"
+    )
 
 
 def integer(

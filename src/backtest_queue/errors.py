@@ -138,14 +138,26 @@ class HandshakeRefused(TransportError):
         endpoint: the service's endpoint.
     """
 
-    def __init__(self, endpoint: str) -> None:
-        super().__init__(
-            f"the service at {endpoint} refused the handshake: the CURVE keys do not fit. "
-            "Give the requester its own *.key_secret and the service's public *.key "
-            "(--curve-keys DIR, or --curve-secret FILE --curve-server-key FILE); the service "
-            "must admit the requester's public key (its --allowed-keys DIR). A service "
-            "without --curve-secret refuses CURVE: then give no keys"
-        )
+    def __init__(self, endpoint: str, *, keys_given: bool | None = None) -> None:
+        """``keys_given``: whether this requester used CURVE keys (``False``: it gave
+        none, so the service must want them; ``None``: not known)."""
+        if keys_given is False:
+            why = (
+                "it encrypts with CURVE and this requester gave no keys. Give --curve-keys "
+                "DIR (this requester's requester.key_secret and the service's public "
+                "service.key, from 'backtest-queue keys DIR'), or --curve-secret FILE "
+                "--curve-server-key FILE; the service must admit the requester's public "
+                "key (its --allowed-keys DIR)"
+            )
+        else:
+            why = (
+                "the CURVE keys do not fit. Give the requester its own *.key_secret and the "
+                "service's public *.key (--curve-keys DIR, or --curve-secret FILE "
+                "--curve-server-key FILE); the service must admit the requester's public key "
+                "(its --allowed-keys DIR). A service without --curve-secret refuses CURVE: "
+                "then give no keys"
+            )
+        super().__init__(f"the service at {endpoint} refused the handshake: {why}")
         self.endpoint = endpoint
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from .cli_types import integer
 from .errors import TransportError, UsageError
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ def add_metrics_arguments(parser: argparse.ArgumentParser, *, what: str) -> None
     """Add ``--metrics-port`` and ``--metrics-addr`` to a command's options."""
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=integer(0, 65535),
         default=None,
         metavar="PORT",
         help=f"serve the {what}'s Prometheus metrics at http://ADDR:PORT/metrics (0: a free "

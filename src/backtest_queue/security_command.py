@@ -23,15 +23,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     names = args.name or ["service", "requester"]
+    made: list[tuple[str, Path, Path]] = []
     try:
         for name in names:
-            public, secret = generate_keys(args.directory, name)
-            print(f"{name}: public {public}  secret {secret}")
-    except BrokenPipeError:
-        raise  # stdout's reader went away: the CLI ends quietly (141)
+            public, secret = args.directory / f"{name}.key", args.directory / f"{name}.key_secret"
+            if public.exists() or secret.exists():  # before writing any: all pairs or none
+                raise UsageError(
+                    f"{public} or {secret} already exists; refusing to overwrite keys (give "
+                    "another directory, or delete the old keys first)"
+                )
+        for name in names:
+            made.append((name, *generate_keys(args.directory, name)))
     except (UsageError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"backtest-queue keys: {exc}", file=sys.stderr)
         return 2
+    # Printed only once every pair is written: a reader that goes away (141) loses nothing.
+    for name, public, secret in made:
+        print(f"{name}: public {public}  secret {secret}")
     print(
         "Give the service its *.key_secret and a directory holding the requesters' *.key;\n"
         "give each requester its own *.key_secret and the service's public *.key."

@@ -115,7 +115,7 @@ async def ping_service(
     if answer:
         return answer[0]
     if refused:
-        raise HandshakeRefused(endpoint)
+        raise HandshakeRefused(endpoint, keys_given=curve is not None)
     raise NoAnswer(endpoint, timeout, connected=connected)
 
 

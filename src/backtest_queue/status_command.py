@@ -18,6 +18,7 @@ import sys
 from functools import partial
 from typing import Any
 
+from .cli_types import endpoint
 from .curve_options import add_curve_arguments, curve_from_args
 from .errors import HandshakeRefused, NoAnswer, TransportError, UsageError
 from .protocol import Pong
@@ -38,7 +39,9 @@ def _timeout(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``status``."""
-    parser.add_argument("endpoint", metavar="ENDPOINT", help="e.g. tcp://127.0.0.1:5580")
+    parser.add_argument(
+        "endpoint", metavar="ENDPOINT", type=endpoint, help="e.g. tcp://127.0.0.1:5580"
+    )
     parser.add_argument(
         "--timeout",
         type=_timeout,

@@ -139,7 +139,8 @@ class ZmqSocket:
             _apply_options(self._raw, endpoint_options(endpoint))
             self._raw.connect(endpoint)
         except zmq.ZMQError as exc:
-            raise TransportError(f"cannot connect {self.name} to {endpoint!r}: {exc}") from exc
+            who = "" if self.name == endpoint else f" {self.name}"  # no "connect X to X"
+            raise TransportError(f"cannot connect{who} to {endpoint!r}: {exc}") from exc
 
     def try_send(self, frames: Sequence[bytes]) -> SendStatus:
         """Send one multipart message now, or say why not. Never blocks, never waits.

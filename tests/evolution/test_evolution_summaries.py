@@ -21,7 +21,7 @@ from backtest_queue.evolution import command_evolve
 from backtest_queue.evolution.command_report import counts_line, report_warnings
 from backtest_queue.evolution.records import Evaluation, Status
 from backtest_queue.evolution.report import leaderboard
-from backtest_queue.evolution.search import SearchConfig, SearchReport
+from backtest_queue.evolution.search import SearchConfig, SearchReport, write_outputs
 from backtest_queue.evolution.search_space import Candidate
 from backtest_queue.evolution.split import SampleSplit
 from backtest_queue.protocol import Metrics
@@ -112,3 +112,16 @@ def test_counts_say_what_ran_and_what_came_from_the_cache() -> None:
         "4 in-sample evaluations (2 run, 2 from the store's cache, 0 clones reused;"
     ), line
     assert report.counts()["cached"] == 2
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_a_partial_report_says_how_to_go_on_only_with_a_store_to_resume_from(
+    tmp_path: Path, resumable: bool
+) -> None:
+    """An interrupted run without --store was told to "rerun with the same --store"."""
+    partial = replace(report_with(30), out_of_sample=[], stopped="interrupted by SIGTERM")
+    files = write_outputs(partial, tmp_path, resumable=resumable)
+    readme = files["readme"].read_text()
+    assert "PARTIAL: interrupted by SIGTERM" in readme
+    assert ("with the same --store to resume" in readme) == resumable
+    assert ("kept no --store, so a rerun starts over: add --store PATH" in readme) != resumable

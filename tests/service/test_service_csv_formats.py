@@ -278,6 +278,15 @@ HEADER = "timestamp,open,high,low,close,volume"
                 "one decimal mark",
             ],
         ),
+        (  # thousands separators: was "'1.234,50' has a decimal comma, but '1.234,50' a point"
+            [
+                "Date;Open;High;Low;Close",
+                "2023-01-02;1.234,50;1.240,00;1.230,00;1.235,00",
+                "2023-01-03;1.235,00;1.241,00;1.231,00;1.236,00",
+            ],
+            2,
+            ["Open '1.234,50' has both '.' and ','", "thousands separator", "1234.50"],
+        ),
         (
             [HEADER, "2023-01-02 00:00,1,2,1,1.5,1", "2023-01-02 00:00,1,2,1,1.6,1"],
             3,

@@ -423,15 +423,16 @@ def _partial_report_on_stop(
         yield
     except BaseException as exc:
         from .command_report import partial_report
-        from .search import write_outputs
+        from .search import resume_hint, write_outputs
 
         partial = partial_report(finished, config, split, _stop_reason(exc))
         if partial is None:
             log.warning("stopped before a generation finished with a result: no report written")
         else:
-            files = write_outputs(partial, args.out)
-            log.warning("%s after %d of %d generations: partial report in %s (rerun with "
-                        "the same --store to resume)", partial.stopped,
-                        partial.generations_done, config.generations, args.out)  # fmt: skip
+            resumable = getattr(args, "store", None) is not None
+            files = write_outputs(partial, args.out, resumable=resumable)
+            log.warning("%s after %d of %d generations: partial report in %s (%s)",
+                        partial.stopped, partial.generations_done, config.generations,
+                        args.out, resume_hint(resumable))  # fmt: skip
             print_report(console, partial, files, None, as_json=args.json)
         raise

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cli_types import endpoint
 from ..curve_options import add_curve_arguments
 from ..errors import UsageError
 from .command_common import (
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect",
         default=None,
+        type=endpoint,
         metavar="ENDPOINT",
         help="use the service already running at ENDPOINT instead of starting one",
     )

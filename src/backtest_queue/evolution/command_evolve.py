@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from ..cli_types import number
+from ..cli_types import endpoint, number
 from ..curve_options import add_curve_arguments
 from .command_common import add_search_arguments, positive_int, run_command, search_and_report
 
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect",
         action="append",
+        type=endpoint,
         required=True,
         metavar="ENDPOINT",
         help="a backtest service's endpoint, e.g. tcp://127.0.0.1:5580 "

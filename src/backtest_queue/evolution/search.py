@@ -312,6 +312,7 @@ def write_outputs(
     *,
     bars: pd.DataFrame | None = None,
     assessment: Assessment | None = None,
+    resumable: bool = True,
 ) -> dict[str, Path]:
     """Write the results files and charts (see :mod:`.report`) into ``out_dir``.
 
@@ -321,6 +322,8 @@ def write_outputs(
         bars: the dataset's bars, to draw the winner's equity curve; ``None`` skips it.
         assessment: DSR and PBO (:func:`.robustness.assess`), written into
             ``results.json`` (``overfitting``) and the leaderboard files.
+        resumable: whether the run kept a ``--store`` (a partial report's README then
+            says to rerun with it; without one, that a rerun starts over).
 
     Returns:
         File role -> path, for the files written.
@@ -361,13 +364,26 @@ def write_outputs(
     }
     if bars is not None and report.leaderboard:
         files["equity_curve"] = _write_equity(report, out_dir, bars)
-    files["readme"] = _write_readme(out_dir / "README.txt", report, files)
+    files["readme"] = _write_readme(out_dir / "README.txt", report, files, resumable)
     return files
 
 
-def _write_readme(path: Path, report: SearchReport, files: dict[str, Path]) -> Path:
+def resume_hint(resumable: bool) -> str:
+    """How to go on after an interrupt: with a ``--store``, rerun; without, start over."""
+    if resumable:
+        return (
+            "rerun the same command with the same --store to resume: the finished "
+            "backtests come from its cache"
+        )
+    return "this run kept no --store, so a rerun starts over: add --store PATH to make it resumable"
+
+
+def _write_readme(
+    path: Path, report: SearchReport, files: dict[str, Path], resumable: bool = True
+) -> Path:
     """A few lines a person opening the directory reads first."""
     config = report.config
+    hint = resume_hint(resumable)
     if report.stopped is None:
         state = f"complete: {config.generations} generations of {config.population}"
     else:
@@ -376,8 +392,7 @@ def _write_readme(path: Path, report: SearchReport, files: dict[str, Path]) -> P
             f"{config.generations} generations of {config.population}; the leaderboard "
             "ranks the in-sample results of the generations done"
             + ("" if report.out_of_sample else ", without out-of-sample re-runs")
-            + ". Rerun the same command with the same --store to resume: the finished "
-            "backtests come from its cache."
+            + f". {hint[0].upper()}{hint[1:]}."
         )
     lines = [
         f"backtest-queue {__version__} search on {config.data_id} with {config.sampler}, "

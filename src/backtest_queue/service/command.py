@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import zmq
 
-from ..cli_types import integer, number
+from ..cli_types import endpoint, integer, number
 from ..errors import TransportError, UsageError
 from ..metrics import add_metrics_arguments, metrics_from_args
 from ..protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bind",
         default=DEFAULT_ENDPOINT,
+        type=endpoint,
         metavar="ENDPOINT",
         help=f"ZeroMQ endpoint to bind (default {DEFAULT_ENDPOINT}; 'tcp://127.0.0.1:*' picks "
         "a free port, logged in the ready line; IPv6 as 'tcp://[::1]:5580'; an ipc:// path "

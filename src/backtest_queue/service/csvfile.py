@@ -352,6 +352,14 @@ def _decimal_mark(
     if not comma.any():
         return "."
     point = cells.apply(lambda c: c.str.contains(".", regex=False)).to_numpy()
+    if (comma & point).any():  # '1.234,50': not two marks in two cells, but one number
+        row, col = np.argwhere(comma & point)[0]
+        raise _Refused(
+            f"{names[columns[col]]} {cells.iat[row, col]!r} has both '.' and ',' (a "
+            "thousands separator?); write numbers with one decimal mark and no thousands "
+            "separators, e.g. 1234.50",
+            int(body.index[row]),
+        )
     if point.any():
         (row_c, col_c), (row_p, col_p) = np.argwhere(comma)[0], np.argwhere(point)[0]
         raise _Refused(
