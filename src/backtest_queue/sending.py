@@ -216,6 +216,12 @@ class _Sending:
             log.info("%s takes %s requests in flight", endpoint,
                      "any number of" if credit is None else credit)  # fmt: skip
         self._queue.set_credit(endpoint, credit)
+        self._flush_now("credit")
+
+    def _flush_now(self, trigger: str) -> None:
+        """Hand over what a new credit allows at once, so that a caller woken by
+        ``wait_connected`` finds the connect flush done; then let the flusher re-plan."""
+        self._flush(anyio.current_time(), trigger)
         self._kick()
 
     async def _ready_anyway(self, endpoint: str, connect: int) -> None:
@@ -227,7 +233,7 @@ class _Sending:
                      "its requests in flight; its data fingerprints are learned from its "
                      "results", endpoint, _PONG_WAIT)  # fmt: skip
             self._queue.set_credit(endpoint, None)
-            self._kick()
+            self._flush_now("no PONG")
         if endpoint not in self._ready:
             self._set_ready(endpoint)
 
