@@ -293,11 +293,24 @@ async def exposing(
         registry.unregister(metrics)
 
 
+def _port(text: str) -> int:
+    """``--metrics-port``'s value: a TCP port, checked when the command line is read."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be a TCP port from 0 (a free one, logged) to 65535, got {text!r}"
+        )
+    return port
+
+
 def add_metrics_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
     """Add ``--metrics-port`` and ``--metrics-addr`` to a command's options."""
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=None,
         metavar="PORT",
         help=f"serve the {what}'s Prometheus metrics at http://ADDR:PORT/metrics (0: a free "
