@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from .cli_types import integer
 from .errors import TransportError, UsageError
 
 if TYPE_CHECKING:
@@ -293,24 +294,11 @@ async def exposing(
         registry.unregister(metrics)
 
 
-def _port(text: str) -> int:
-    """``--metrics-port``'s value: a TCP port, checked when the command line is read."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"must be a TCP port from 0 (a free one, logged) to 65535, got {text!r}"
-        )
-    return port
-
-
 def add_metrics_arguments(parser: argparse.ArgumentParser, *, what: str) -> None:
     """Add ``--metrics-port`` and ``--metrics-addr`` to a command's options."""
     parser.add_argument(
         "--metrics-port",
-        type=_port,
+        type=integer(0, 65535),
         default=None,
         metavar="PORT",
         help=f"serve the {what}'s Prometheus metrics at http://ADDR:PORT/metrics (0: a free "

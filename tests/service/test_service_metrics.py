@@ -4,7 +4,6 @@ dispatcher's metrics over real ZeroMQ next to it), CURVE refusals on both sides,
 
 from __future__ import annotations
 
-import argparse
 import re
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import pytest
 import zmq
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
-from backtest_queue.metrics import add_metrics_arguments
 from backtest_queue.security import (
     AllowedKeys,
     generate_keys,
@@ -230,19 +228,3 @@ def test_service_metrics_without_prometheus_client_exit_with_2() -> None:
     )
     assert done.returncode == 2, done
     assert "pip install 'backtest-queue[metrics]'" in done.stderr + done.stdout
-
-
-@pytest.mark.parametrize("port", ["70000", "-1", "http"])
-def test_a_bad_metrics_port_is_refused_by_the_command_line(
-    port: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    parser = argparse.ArgumentParser(prog="backtest-queue service")
-    add_metrics_arguments(parser, what="service")
-    with pytest.raises(SystemExit) as stopped:
-        parser.parse_args(["--metrics-port", port])
-    assert stopped.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --metrics-port: must be a TCP port from 0 (a free one, logged) " in err
-    assert "to 65535, " in err
-    assert f"got '{port}'" in err
-    assert parser.parse_args(["--metrics-port", "0"]).metrics_port == 0
