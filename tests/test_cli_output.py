@@ -71,6 +71,11 @@ BAD_OPTIONS = [
     ("service", "--max-message-bytes", "10"),
     ("service", "--reply-timeout", "-1"),
     ("service", "--shutdown-grace", "inf"),
+    ("service", "--credit", "0"),
+    ("service", "--scheduler-timeout", "0"),
+    ("service", "--metrics-port", "70000"),
+    ("demo", "--metrics-port", "-1"),
+    ("evolve", "--metrics-port", "http"),
 ]
 
 

@@ -29,6 +29,7 @@ from backtest_queue.security import (
     start_authenticator,
 )
 from backtest_queue.status import ping_service
+from backtest_queue.status_command import describe, status_document
 from backtest_queue.testing import MemoryNetwork
 
 from stubs import STUB_FINGERPRINT, echo, free_tcp_endpoint, stub_service
@@ -70,6 +71,13 @@ def test_status_fields_round_trip(
     span = DatasetRange(bars=bars, first=first.isoformat(), last=last.isoformat())
     pong = Pong(datasets=["X"], ranges={"X": span}, running=running, queued=0, uptime_s=uptime)
     assert decode_message(encode_message(pong)) == pong
+
+
+@pytest.mark.parametrize(("credit", "shown"), [(3, "credit 3"), (None, "credit ?")])
+def test_status_shows_the_advertised_credit(credit: int | None, shown: str) -> None:
+    pong = Pong(datasets=[], workers=1, credit=credit, running=0, queued=0)
+    assert status_document("tcp://h:1", pong)["credit"] == credit
+    assert f"workers 1, {shown}; backtests running 0, queued 0" in describe("tcp://h:1", pong)
 
 
 @pytest.mark.parametrize(

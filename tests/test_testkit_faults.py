@@ -14,7 +14,14 @@ from trio.testing import MockClock
 
 from backtest_queue import BacktestRequest, Outcome, Strategy, UsageError, open_dispatcher
 from backtest_queue.protocol import encode_message
-from backtest_queue.testing import Faults, MemoryNetwork, uniform
+from backtest_queue.testing import (
+    Faults,
+    Limits,
+    MemoryNetwork,
+    TraceRecorder,
+    check_trace,
+    uniform,
+)
 from backtest_queue.testing.network import _MemoryRequester
 
 pytestmark = pytest.mark.anyio
@@ -218,3 +225,29 @@ def test_faults_refuse_bad_settings_naming_the_field() -> None:
         Faults(disconnect_after=0)
     assert Faults().healthy
     assert not Faults(drop_reply=0.1).healthy
+
+
+async def test_a_fake_service_advertises_the_credit_it_is_given(t: Time) -> None:
+    """``net.credits`` goes out in the fake service's PONG, and the dispatcher keeps to it
+    (a user's loop can be checked against services with credit, as real ones have)."""
+    net = MemoryNetwork()
+    net.credits[EP] = 2
+    net.bind(EP, faults=Faults(latency=t(1)))
+    recorder = TraceRecorder(anyio.current_time)
+    net.observers.append(recorder)
+    async with open_dispatcher([EP], network=net, max_pending=8, rate=None,
+                               result_timeout=t(60), flush_interval=t(1000)) as d:  # fmt: skip
+        recorder.register(d)
+        batch = [request(i) for i in range(6)]
+        recorder.asked(batch)
+        for r in batch:
+            await d.submit(r)
+        d.maybe_flush()
+        with anyio.fail_after(t(60) + 10):
+            for r in batch:
+                outcome = await d.wait(r.request_id)
+                assert outcome.ok, outcome
+                recorder.told(outcome)
+        recorder.closing(d)
+    limits = Limits(max_pending=8, per_service={EP: 2}, clock_slack=t.slack)
+    assert check_trace(recorder.trace, limits) == []

@@ -1,7 +1,7 @@
 """``backtest-queue status ENDPOINT``: is the service there, and what does it have?
 
 One PING (:func:`~backtest_queue.status.ping_service`); prints the service's version,
-protocol, workers, backtests running and queued, uptime and datasets (bars, range,
+protocol, workers, credit, backtests running and queued, uptime and datasets (bars, range,
 fingerprint), for people or, with ``--json``, for scripts. Fields an older service does
 not report are shown as ``?`` (``null`` in JSON).
 
@@ -71,6 +71,7 @@ def status_document(endpoint: str, pong: Pong) -> dict[str, Any]:
         "version": pong.version,
         "protocol": pong.v,
         "workers": pong.workers,
+        "credit": pong.credit,
         "running": pong.running,
         "queued": pong.queued,
         "uptime_s": pong.uptime_s,
@@ -101,7 +102,8 @@ def describe(endpoint: str, pong: Pong) -> str:
     lines = [
         f"{endpoint}: backtest service {pong.version or '?'}, protocol v{pong.v}, "
         f"up {_uptime(pong.uptime_s)}",
-        f"workers {pong.workers}; backtests running {shown(pong.running)}, "
+        f"workers {pong.workers}, credit {shown(pong.credit)}; backtests running "
+        f"{shown(pong.running)}, "
         f"queued {shown(pong.queued)}",
         f"datasets ({len(pong.datasets)}):",
     ]

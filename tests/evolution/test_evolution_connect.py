@@ -224,7 +224,7 @@ def test_status_prints_what_the_service_has(own_data_service: str) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"{own_data_service}: backtest service ")
     assert "protocol v1" in lines[0]
-    assert lines[1] == "workers 1; backtests running 0, queued 0"
+    assert lines[1] == "workers 1, credit 2; backtests running 0, queued 0"
     mine = next(line for line in lines if line.strip().startswith(OWN_ID))
     assert f"{OWN_BARS} bars  2017-04-19T09:00:00 .. " in mine
     document = json.loads(run("-q", "status", own_data_service, "--json").stdout)

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--credit",
-        type=int,
+        type=integer(1),
         default=None,
         metavar="N",
         help="requests one requester may keep in flight here, running plus queued, "
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scheduler-timeout",
-        type=float,
+        type=number(0.0, exclusive=True, unit="seconds"),
         default=10.0,
         metavar="SECONDS",
         help="with --executor dask: how long to wait for the scheduler and a first "

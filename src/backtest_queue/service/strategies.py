@@ -78,7 +78,7 @@ class StrategyKind:
 
 
 def _invalid(field: str, problem: str) -> ProtocolError:
-    return ProtocolError("invalid_request", f"{field}: {problem}")
+    return ProtocolError("invalid_request", f"{field}: {problem}", field=field)
 
 
 def _period(params: Params, name: str, minimum: int) -> int:

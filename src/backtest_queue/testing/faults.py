@@ -8,8 +8,9 @@ so a run with the same requests in the same order misbehaves in the same way. Un
 they are real seconds (keep them small there).
 
 Every field is independent and they compose: a request may be delayed, its reply
-duplicated and one copy dropped. See :meth:`Faults.answers` for the order decisions are
-drawn in.
+duplicated and one copy dropped. Per request the decisions are drawn in a fixed order:
+``drop_request``, the replacement answer, latency, then per reply body ``drop_reply``,
+``duplicate_reply``, ``reorder``.
 """
 
 from __future__ import annotations

@@ -166,7 +166,8 @@ class _MemoryRequester:
             request = decode_message(frames[-1])
             sent += 1
             if isinstance(request, Ping):  # a dispatcher with a result cache asks at connect
-                pong = Pong(request_id=request.request_id, fingerprints=network.fingerprints)
+                pong = Pong(request_id=request.request_id, fingerprints=network.fingerprints,
+                            credit=network.credits.get(self.name))  # fmt: skip
                 self.inbox_send.send_nowait([b"", encode_message(pong)])
                 continue
             assert isinstance(request, BacktestRequest)
@@ -261,6 +262,10 @@ class MemoryNetwork:
         #: ``{"EURUSD-H1": ECHO_FINGERPRINT}``, for a dispatcher's result cache to serve
         #: hits before the first result of a run has taught it the fingerprint).
         self.fingerprints: dict[str, str] = {}
+        #: endpoint -> the credit its fake service advertises in PONG (requests one
+        #: requester may keep in flight there; the dispatcher keeps to it, as to a real
+        #: service's ``--credit``). Endpoints not named advertise none: no per-service limit.
+        self.credits: dict[str, int] = {}
         self._bound: dict[str, _Service] = {}
         # endpoint -> the requesters open on it, in opening order (a ROUTER serves many).
         self._requesters: dict[str, list[_MemoryRequester]] = {}

@@ -12,9 +12,11 @@ Valid input:
 Invalid input, by field:
 
 * :func:`invalid_requests` - an :class:`InvalidBody`: a BACKTEST body with one field
-  broken, the field's name, and where it is caught (``"protocol"``: decoding raises
-  ``InvalidRequest`` naming it; ``"service"``: it decodes, and the service's strategy
-  check refuses it naming it).
+  broken, the field's name, and where it is caught (``"protocol"``: ``decode_message``
+  raises ``ProtocolError`` naming it; ``"service"``: it decodes, and the service's
+  strategy check raises ``ProtocolError`` naming it). Either way the error's ``field`` is
+  the field's path and its message starts with it (except ``v``: the ``unsupported_version``
+  message says "protocol version ... is not supported").
 
 Hostile peers (from :mod:`backtest_queue.testing.hostile`): :func:`mutated_messages`,
 :func:`hostile_bodies`, :func:`hostile_replies`.
@@ -250,8 +252,9 @@ _BAD_VALUES: Final[list[_Bad]] = [
 def invalid_requests(draw: st.DrawFn, field: str | None = None) -> InvalidBody:
     """A BACKTEST body with exactly one field broken (``field``: that one; default any).
 
-    The message the refusal carries starts with the field's name (``"cash: ..."``,
-    ``"strategy.params.fast: ..."``).
+    The refusal is a ``ProtocolError`` whose ``field`` is ``field`` and whose message
+    starts with it (``"cash: ..."``, ``"strategy.params.fast: ..."``), except for ``v``
+    (code ``unsupported_version``, "protocol version 2 is not supported; ...").
     """
     choices = [b for b in _BAD_VALUES if field is None or b[0] == field]
     if not choices:
