@@ -223,15 +223,52 @@ class QueueMachine(RuleBasedStateMachine):
 
     def _pending_full(self) -> bool:
         """Whether a flush would stop for ``"pending"``: ``max_pending`` in flight, or
-        every connection that is up has used its credit."""
+        every connection the front request may go to has used its credit."""
         cap = self.config.max_pending
         if cap is not None and len(self.pending) >= cap:
             return True
+        if not (self.credit and self.up):
+            return False
         load = self._load()
-        return bool(self.up) and all(self._free(c, load) <= 0 for c in self.up)
+        if self.queue:  # the front may be a retry that waits for room elsewhere
+            return not self._choices(self.queue[0].request_id, load)
+        return all(self._free(c, load) <= 0 for c in self.up)
 
     def _load(self) -> Counter[str]:
         return Counter(p.connection for p in self.pending.values())
+
+    def _avoid(self, rid: str) -> str | None:
+        """Where a retry must not go back to while another connection is up (issue 13:
+        the one that did not answer may be half-open)."""
+        last = self.last_conn.get(rid)
+        if self.attempts[rid] and len(self.up) > 1 and last in self.up:
+            return last
+        return None
+
+    def _choices(self, rid: str, load: Counter[str]) -> list[str]:
+        """The connections the policy may hand ``rid`` to now (empty: it must wait)."""
+        avoid = self._avoid(rid)
+        free = {c: self._free(c, load) for c in self.up if c != avoid}
+        room = [c for c, f in free.items() if f > 0]
+        if not room:
+            return []
+        most = max(free[c] for c in room)
+        tied = [c for c in room if free[c] == most]
+        least = min(load[c] for c in tied)
+        return [c for c in tied if load[c] == least]
+
+    def _placeable(self) -> int:
+        """How many requests from the front a flush may hand over, the rate aside."""
+        cap = len(self.queue)
+        if self.config.max_pending is not None:
+            cap = min(cap, max(0, self.config.max_pending - len(self.pending)))
+        load = self._load()
+        for n, req in enumerate(self.queue[:cap]):
+            choices = self._choices(req.request_id, load)
+            if not choices:
+                return n
+            load[choices[0]] += 1  # which one of the ties does not change the count
+        return cap
 
     def _free(self, conn: str, load: Counter[str]) -> float:
         credit = self.credit.get(conn)
@@ -293,13 +330,8 @@ class QueueMachine(RuleBasedStateMachine):
             return
         n = len(out)
         assert out == self.queue[:n], "a flush returns the front of the queue, in order"
-        avail = len(self.queue)
-        if self.config.max_pending is not None:
-            avail = min(avail, max(0, self.config.max_pending - len(self.pending)))
+        avail = self._placeable()
         load = self._load()
-        room = sum(max(0.0, self._free(c, load)) for c in self.up)  # inf: a conn unlimited
-        if room < avail:
-            avail = int(room)
         assert n <= avail
         if self.config.rate is None or avail == 0:
             assert n == avail, "a flush stops only when throttled or empty"
@@ -314,18 +346,11 @@ class QueueMachine(RuleBasedStateMachine):
             rid = req.request_id
             conn = self.q.connection_of(rid)
             assert conn in self.up, "handed to a connection that is up"
-            free = {c: self._free(c, load) for c in self.up}
-            assert free[conn] > 0, "never to a connection that has used its credit"
-            # A retry goes elsewhere when another connection has room (issue 13: the
-            # one that did not answer may be half-open).
-            last = self.last_conn.get(rid) if self.attempts[rid] and len(self.up) > 1 else None
-            room = [c for c in self.up if free[c] > 0]
-            candidates = [c for c in room if c != last] or room
-            assert conn in candidates, "a retry avoids its last connection when it can"
-            most = max(free[c] for c in candidates)
-            assert free[conn] == most, "to the connection with the most free credit"
-            tied = [load[c] for c in candidates if free[c] == most]
-            assert load[conn] == min(tied), "ties: to the least loaded"
+            assert self._free(conn, load) > 0, "never to a connection that has used its credit"
+            assert conn != self._avoid(rid), "a retry never goes back while another is up"
+            assert conn in self._choices(rid, load), (
+                "to the connection with the most free credit; ties to the least loaded"
+            )
             self.last_conn[rid] = conn
             load[conn] += 1
             self.queue.pop(0)

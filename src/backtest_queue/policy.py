@@ -377,9 +377,9 @@ class BacktestQueue(Generic[R]):
         """Hand over requests: pop them FIFO while connected and not throttled.
 
         Each returned request is recorded as pending on a connection (the one that is up
-        with the most free credit, ties to the least loaded; a retry goes to another
-        connection than its last one when another has room, since the one that did not
-        answer may be a half-open peer; see :meth:`set_credit` and
+        with the most free credit, ties to the least loaded; a retry never goes back to
+        its last connection while another is up, since the one that did not answer may
+        be a half-open peer: it waits for room on the others; see :meth:`set_credit` and
         :meth:`connection_of`) with the deadline
         ``now + result_timeout`` (times ``retry_backoff ** (attempt - 1)`` on a retry).
         The shell must send each one, and report any it could not send with
@@ -405,17 +405,16 @@ class BacktestQueue(Generic[R]):
         while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
                 break
-            # A retry goes elsewhere when it can: the connection whose reply did not come
-            # may be a half-open peer the heartbeat has not caught yet.
-            front = self._front()
-            avoid = front.connection if front.attempts and not single else None
+            avoid = None if single else self._avoid()
             if credited:
                 picked = self._pick(avoid)
                 if picked is None:
-                    break  # every connection that is up has used its credit
+                    break  # every connection it may go to has used its credit
                 conn = picked
+            elif single:
+                conn = single
             else:
-                conn = single or min(self._up, key=lambda c: (c == avoid, len(pending[c])))
+                conn = min((c for c in self._up if c != avoid), key=lambda c: len(pending[c]))
             if bucket is not None and not bucket.try_take(t):
                 break
             entry = self._pop_front()
@@ -691,20 +690,32 @@ class BacktestQueue(Generic[R]):
 
     # -- internals -------------------------------------------------------------------
 
+    def _avoid(self) -> str | None:
+        """The connection the front request must not go back to: the last one of a
+        retry, while another connection is up (the one whose reply did not come may be
+        a half-open peer the heartbeat has not caught yet; the retry waits for room on
+        the others rather than go back). ``None``: any will do."""
+        if len(self._up) < 2:
+            return None
+        front = self._front()
+        return front.connection if front.attempts and front.connection in self._up else None
+
     def _pick(self, avoid: str | None = None) -> str | None:
-        """The connection that is up with the most free credit (ties: the least loaded,
-        then the set's order, as without credits), other than ``avoid`` if another has
-        free credit; ``None`` if none has any."""
+        """The connection that is up, other than ``avoid``, with the most free credit
+        (ties: the least loaded, then the set's order, as without credits); ``None`` if
+        none has any."""
         credit, pending = self._credit, self._pending
         best: str | None = None
-        best_key = (True, 0.0, 0)
+        best_key = (0.0, 0)
         for conn in self._up:
+            if conn == avoid:
+                continue
             limit = credit.get(conn)
             load = len(pending[conn])
             free = math.inf if limit is None else float(limit - load)
             if free <= 0:
                 continue
-            key = (conn == avoid, -free, load)
+            key = (-free, load)
             if best is None or key < best_key:
                 best, best_key = conn, key
         return best
@@ -714,7 +725,9 @@ class BacktestQueue(Generic[R]):
         (no connection up counts as room: the reason to wait is then not "pending")."""
         if self.max_pending is not None and self._pending_count >= self.max_pending:
             return False
-        return not (self._credit and self._up) or self._pick() is not None
+        if not (self._credit and self._up):
+            return True
+        return self._pick(self._avoid() if self._queued else None) is not None
 
     def _deadline_at(self, t: float, attempt: int) -> float:
         """The reply deadline of an attempt handed over at ``t`` (stored, compared as is)."""

@@ -245,4 +245,5 @@ def test_status_without_a_service_fails_in_bounded_time() -> None:
     assert "within 1 s" in done.stderr
     bad = run("-q", "status", "localhost:5580")
     assert bad.returncode == 2
-    assert "an endpoint looks like tcp://HOST:PORT" in bad.stderr
+    assert "must be a ZeroMQ endpoint such as tcp://HOST:PORT" in bad.stderr
+    assert "did you mean tcp://localhost:5580?" in bad.stderr
