@@ -6,13 +6,10 @@ scaled down onto the real clock (as in ``test_wiring.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import anyio
 import pytest
-from trio.testing import MockClock
 
-from backtest_queue import BacktestRequest, Outcome, Strategy, UsageError, open_dispatcher
+from backtest_queue import Outcome, UsageError, open_dispatcher
 from backtest_queue.protocol import encode_message
 from backtest_queue.testing import (
     Faults,
@@ -23,37 +20,16 @@ from backtest_queue.testing import (
     uniform,
 )
 from backtest_queue.testing.network import _MemoryRequester
+from story_time import Time, request, story_time
 
-pytestmark = pytest.mark.anyio
+# The kit's marker: trio under MockClock(autojump_threshold=0), asyncio on the real clock.
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 EP = "svc"
-
-
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    if request.param == "trio":
-        return ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return "asyncio"
-
-
-@dataclass(frozen=True)
-class Time:
-    scale: float
-    slack: float
-
-    def __call__(self, seconds: float) -> float:
-        return seconds * self.scale
 
 
 @pytest.fixture
 def t(anyio_backend: object) -> Time:
-    if anyio_backend == "asyncio":
-        return Time(scale=0.05, slack=0.05)
-    return Time(scale=1.0, slack=1e-9)
-
-
-def request(i: int) -> BacktestRequest:
-    strategy = Strategy(name=f"s{i}", kind="sma_cross", params={"fast": 5, "slow": 20 + i})
-    return BacktestRequest(strategy=strategy, data_id="EURUSD-H1", request_id=f"req-{i}")
+    return story_time(anyio_backend, asyncio_slack=0.05)
 
 
 async def run(

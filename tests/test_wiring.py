@@ -12,49 +12,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 import anyio
 import pytest
 import trio
 import trio.lowlevel
-from trio.testing import MockClock
 
-from backtest_queue import BacktestRequest, Strategy, UsageError, open_dispatcher
+from backtest_queue import BacktestRequest, UsageError, open_dispatcher
 from backtest_queue.testing import MemoryNetwork, echo_result
+from story_time import Time, request, story_time
 
-pytestmark = pytest.mark.anyio
+# The kit's marker: trio under MockClock(autojump_threshold=0), asyncio on the real clock.
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 EP = "tcp://fake:5580"
-
-
-@pytest.fixture(params=["trio", "asyncio"])
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    if request.param == "trio":
-        return ("trio", {"clock": MockClock(autojump_threshold=0)})
-    return "asyncio"
-
-
-@dataclass(frozen=True)
-class Time:
-    """Seconds of the test's story, scaled to the clock in use, and how exact it is."""
-
-    scale: float
-    slack: float
-
-    def __call__(self, seconds: float) -> float:
-        return seconds * self.scale
 
 
 @pytest.fixture
 def t(anyio_backend: object) -> Time:
-    if anyio_backend == "asyncio":  # the real clock: shorter story, some tolerance
-        return Time(scale=0.05, slack=0.02)
-    return Time(scale=1.0, slack=1e-9)
-
-
-def request(i: int) -> BacktestRequest:
-    strategy = Strategy(name=f"s{i}", kind="sma_cross", params={"fast": 5, "slow": 20 + i})
-    return BacktestRequest(strategy=strategy, data_id="EURUSD-H1", request_id=f"req-{i}")
+    return story_time(anyio_backend, asyncio_slack=0.02)
 
 
 def assert_times(got: list[float], expected: list[float], t: Time) -> None:
