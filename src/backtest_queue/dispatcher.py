@@ -26,6 +26,7 @@ import logging
 import math
 import threading
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -39,6 +40,7 @@ from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
+from .requester_socket import RequesterSocket
 from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
@@ -541,17 +543,38 @@ class Dispatcher(_Sending):
         unread outcomes fill the book (backpressure)."""
         sock = self._sockets[endpoint]
         book = self._book
+        if isinstance(sock, RequesterSocket):  # replies our own sends find: read in turn
+            sock.on_readable = partial(self._read_now, endpoint)
         task_status.started()
-        while True:
-            await book.wait_for_room()
-            room = book.room()
-            batch = await sock.receive_batch(_RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room))
-            now = anyio.current_time()
-            freed = False
-            for frames in batch:
-                freed |= self._handle_reply(endpoint, frames, now)
-            if freed and self._queue.queued:
-                self._kick()
+        try:
+            while True:
+                await book.wait_for_room()
+                room = book.room()
+                limit = _RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room)
+                self._apply_replies(endpoint, await sock.receive_batch(limit))
+        finally:
+            if isinstance(sock, RequesterSocket):
+                sock.on_readable = None
+
+    def _read_now(self, endpoint: str) -> None:
+        """Apply the replies already waiting on one socket, in the caller's turn (the
+        socket calls this when a send finds them while the receiver sleeps: one wake-up
+        of the receiver per reply would cost a scheduler pass each)."""
+        room = self._book.room()
+        if room <= 0 or self._closed:
+            return  # the receiver reads them once there is room
+        limit = _RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room)
+        self._apply_replies(endpoint, self._sockets[endpoint].receive_nowait(limit))
+
+    def _apply_replies(self, endpoint: str, batch: list[list[bytes]]) -> None:
+        if not batch:
+            return
+        now = anyio.current_time()
+        freed = False
+        for frames in batch:
+            freed |= self._handle_reply(endpoint, frames, now)
+        if freed and self._queue.queued:
+            self._kick()
 
     def _handle_reply(self, endpoint: str, frames: list[bytes], now: float) -> bool:
         """Apply one reply; return whether it released a pending slot."""

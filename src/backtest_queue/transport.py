@@ -33,7 +33,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -50,11 +50,13 @@ __all__ = [
     "CONNECT_LOG_INTERVAL",
     "ConnectionEvent",
     "CurveClient",
+    "MonitoredSocket",
     "Network",
     "Requester",
     "SendStatus",
     "ZmqNetwork",
     "ZmqSocket",
+    "apply_options",
     "open_socket",
     "requester_options",
     "run_monitor",
@@ -136,7 +138,7 @@ class ZmqSocket:
             TransportError: the endpoint is malformed or its transport unsupported.
         """
         try:
-            _apply_options(self._raw, endpoint_options(endpoint))
+            apply_options(self._raw, endpoint_options(endpoint))
             self._raw.connect(endpoint)
         except zmq.ZMQError as exc:
             who = "" if self.name == endpoint else f" {self.name}"  # no "connect X to X"
@@ -272,7 +274,8 @@ class ZmqSocket:
             self._writer_waiting = False
 
 
-def _apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
+def apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
+    """Set socket options in order (``{zmq.LINGER: 0, ...}``)."""
     for option, value in options.items():
         sock.setsockopt(option, value)
 
@@ -319,8 +322,8 @@ async def open_socket(
     try:
         for endpoint in (bind, connect):
             if endpoint is not None:
-                _apply_options(raw, endpoint_options(endpoint))
-        _apply_options(raw, options or {})
+                apply_options(raw, endpoint_options(endpoint))
+        apply_options(raw, options or {})
         if bind is not None:
             raw.bind(bind)
         if connect is not None:
@@ -359,9 +362,22 @@ class ConnectionEvent:
     definitive: bool = False
 
 
+@runtime_checkable
+class MonitoredSocket(Protocol):
+    """What :func:`run_monitor` needs of a socket (a :class:`ZmqSocket` or a
+    :class:`~backtest_queue.requester_socket.RequesterSocket`)."""
+
+    name: str
+
+    @property
+    def raw(self) -> zmq.Socket[bytes]: ...
+
+    def connect(self, endpoint: str) -> None: ...
+
+
 async def run_monitor(
     context: zmq.Context[Any],
-    sock: ZmqSocket,
+    sock: MonitoredSocket,
     events_out: MemoryObjectSendStream[ConnectionEvent],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -495,6 +511,8 @@ class Requester(Protocol):
 
     def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]: ...
 
+    def receive_nowait(self, max_messages: int = 1024) -> list[Frames]: ...
+
     async def receive_batch(self, max_messages: int = 1024) -> list[Frames]: ...
 
     async def wait_writable(self) -> None: ...
@@ -540,8 +558,10 @@ class ZmqNetwork:
         self.options = options
 
     def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
+        from .requester_socket import open_requester_socket  # it imports this module
+
         options = {**endpoint_options(endpoint), **self.options}
-        return open_socket(self.context, zmq.DEALER, name=endpoint, options=options)
+        return open_requester_socket(self.context, zmq.DEALER, name=endpoint, options=options)
 
     async def watch(
         self,
@@ -550,11 +570,11 @@ class ZmqNetwork:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        assert isinstance(requester, ZmqSocket)
+        assert isinstance(requester, MonitoredSocket)
         await run_monitor(self.context, requester, events_out, task_status=task_status)
 
     def connect(self, requester: Requester, endpoint: str) -> None:
-        assert isinstance(requester, ZmqSocket)
+        assert isinstance(requester, MonitoredSocket)
         requester.connect(endpoint)
 
 

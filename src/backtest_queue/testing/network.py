@@ -176,14 +176,18 @@ class _MemoryRequester:
         network._observe_send(self, handed, now)
         return sent, (SendStatus.SENT if sent == len(batch) else SendStatus.WOULD_BLOCK)
 
-    async def receive_batch(self, max_messages: int = 1024) -> list[list[bytes]]:
-        batch = [await self.inbox.receive()]
+    def receive_nowait(self, max_messages: int = 1024) -> list[list[bytes]]:
+        batch: list[list[bytes]] = []
         while len(batch) < max_messages:
             try:
                 batch.append(self.inbox.receive_nowait())
             except anyio.WouldBlock:
                 break
         return batch
+
+    async def receive_batch(self, max_messages: int = 1024) -> list[list[bytes]]:
+        batch = [await self.inbox.receive()]
+        return batch + self.receive_nowait(max_messages - 1)
 
     def can_send(self) -> bool:
         service = self.network._bound.get(self.name)

@@ -1,0 +1,192 @@
+"""The requester's DEALER waits on its ZeroMQ FD itself: no reply may be slept through.
+
+Real ZeroMQ sockets over TCP on 127.0.0.1; the peer is a plain blocking pyzmq ROUTER in
+a thread (a real echo: it answers each request with the same body), so the only
+event-loop code under test is :class:`RequesterSocket`. Each wait is bounded with
+``fail_after``: a missed wake-up shows as a timeout, never as a hang.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import zmq
+
+from backtest_queue.errors import TransportError
+from backtest_queue.requester_socket import RequesterSocket, open_requester_socket
+from backtest_queue.transport import SendStatus
+
+pytestmark = pytest.mark.anyio
+
+_DEALER_OPTIONS = {zmq.LINGER: 0, zmq.IMMEDIATE: 1}
+
+
+class _Echo:
+    """A blocking ROUTER in a thread that sends every message back to its sender."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self._router = ctx.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.RCVTIMEO, 50)
+        self._router.bind("tcp://127.0.0.1:*")
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._stop = threading.Event()
+        self.hold = threading.Event()  # set: read nothing (replies wait for it)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if self.hold.is_set():
+                self._stop.wait(0.01)
+                continue
+            try:
+                frames = self._router.recv_multipart()
+            except zmq.Again:
+                continue
+            self._router.send_multipart(frames)
+
+    def __enter__(self) -> _Echo:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._router.close(linger=0)
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+async def _connected(sock: RequesterSocket, endpoint: str) -> None:
+    """Connect and wait for the handshake: a ping comes back."""
+    sock.connect(endpoint)
+    with anyio.fail_after(10):
+        while sock.try_send([b"", b"ping"]) is not SendStatus.SENT:
+            await sock.wait_writable()
+        assert await sock.receive_batch() == [[b"", b"ping"]]
+
+
+async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
+    ctx: zmq.Context[Any],
+) -> None:
+    """Sends from another task read the FD's signal; the receiver must still wake.
+
+    Sends and replies interleave while the receiver is parked on the FD, with no
+    ``on_readable``: every reply must reach the receiver."""
+    n = 400
+    got: list[bytes] = []
+    with _Echo(ctx) as echo:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            await _connected(s, echo.endpoint)
+
+            async def receive() -> None:
+                while len(got) < n:
+                    got.extend(frames[1] for frames in await s.receive_batch())
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(receive)
+                    for i in range(n):
+                        assert s.try_send([b"", b"%d" % i]) is SendStatus.SENT
+                        if i % 7 == 0:  # let the receiver park now and then
+                            await anyio.sleep(0)
+    assert sorted(got, key=int) == [b"%d" % i for i in range(n)]
+
+
+async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_receiver(
+    ctx: zmq.Context[Any],
+) -> None:
+    """With ``on_readable``, replies a send finds are read in the sender's turn; what
+    it leaves (it takes at most one here) still wakes the receiver. None is lost or
+    read twice."""
+    n = 300
+    by_hook: list[bytes] = []
+    by_receiver: list[bytes] = []
+    with _Echo(ctx) as echo:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            await _connected(s, echo.endpoint)
+            s.on_readable = lambda: by_hook.extend(f[1] for f in s.receive_nowait(1))
+
+            async def receive() -> None:
+                while len(by_hook) + len(by_receiver) < n:
+                    by_receiver.extend(f[1] for f in await s.receive_batch())
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(receive)
+                    for i in range(n):
+                        assert s.try_send([b"", b"%d" % i]) is SendStatus.SENT
+                        await anyio.sleep(0)
+    assert sorted(by_hook + by_receiver, key=int) == [b"%d" % i for i in range(n)]
+
+
+async def test_a_cancelled_receive_loses_no_message(ctx: zmq.Context[Any]) -> None:
+    with _Echo(ctx) as echo:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            await _connected(s, echo.endpoint)
+            echo.hold.set()
+            with anyio.move_on_after(0.2) as scope:
+                await s.receive_batch()
+            assert scope.cancelled_caught
+            assert s.try_send([b"", b"after"]) is SendStatus.SENT
+            echo.hold.clear()
+            with anyio.fail_after(10):
+                assert await s.receive_batch() == [[b"", b"after"]]
+
+
+async def test_a_writer_and_a_receiver_wait_at_once(ctx: zmq.Context[Any]) -> None:
+    """Only one task may wait on an FD: the second waits for the first and looks again.
+
+    The writer waits for POLLOUT (``ZMQ_IMMEDIATE``: no peer yet), the receiver for a
+    message; connecting lets the writer send, whose echo wakes the receiver."""
+    with _Echo(ctx) as echo:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            assert s.try_send([b"", b"early"]) is SendStatus.WOULD_BLOCK
+            received: list[list[bytes]] = []
+
+            async def receive() -> None:
+                received.extend(await s.receive_batch())
+
+            async def write() -> None:
+                await s.wait_writable()
+                assert s.try_send([b"", b"late"]) is SendStatus.SENT
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(receive)
+                    tg.start_soon(write)
+                    await anyio.wait_all_tasks_blocked()  # both are waiting
+                    s.connect(echo.endpoint)
+            assert received == [[b"", b"late"]]
+
+
+async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any]) -> None:
+    with _Echo(ctx) as echo:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            await _connected(s, echo.endpoint)
+            assert s.send_batch([[b"", b"a", b"b"], [b"c"]]) == (2, SendStatus.SENT)
+            got: list[list[bytes]] = []
+            with anyio.fail_after(10):
+                while len(got) < 2:
+                    got.extend(await s.receive_batch())
+            assert got == [[b"", b"a", b"b"], [b"c"]]
+
+
+async def test_a_closed_socket_raises_transport_error(ctx: zmq.Context[Any]) -> None:
+    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        pass
+    with pytest.raises(TransportError, match="t"):
+        s.receive_nowait()
+    with pytest.raises(TransportError, match="t"):
+        await s.receive_batch()
+    with pytest.raises(TransportError, match="t"):
+        s.try_send([b"", b"x"])
