@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import zmq
 
@@ -98,7 +99,7 @@ async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
                     for i in range(n):
                         assert s.try_send([b"", b"%d" % i]) is SendStatus.SENT
                         if i % 7 == 0:  # let the receiver park now and then
-                            await anyio.sleep(0)
+                            await anyio.lowlevel.checkpoint()
     assert sorted(got, key=int) == [b"%d" % i for i in range(n)]
 
 
@@ -125,7 +126,7 @@ async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_rec
                     tg.start_soon(receive)
                     for i in range(n):
                         assert s.try_send([b"", b"%d" % i]) is SendStatus.SENT
-                        await anyio.sleep(0)
+                        await anyio.lowlevel.checkpoint()
     assert sorted(by_hook + by_receiver, key=int) == [b"%d" % i for i in range(n)]
 
 
