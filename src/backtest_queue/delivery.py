@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
 import anyio.lowlevel
+import trio.lowlevel
 from anyio.abc import ObjectReceiveStream
 
 from .errors import UsageError
@@ -255,6 +256,18 @@ class OutcomeBook:
         return OutcomeStreamStatistics(len(self._unread), self.bound, self._readers, self.ended)
 
 
+def backend_checkpoint() -> Callable[[], Awaitable[None]]:
+    """The running backend's checkpoint, looked up once.
+
+    The same schedule point and cancellation check as :func:`anyio.lowlevel.checkpoint`
+    (on trio anyio calls ``trio.lowlevel.checkpoint``), without anyio's backend lookup
+    on every call: the per-message calls (``submit``, ``outcomes.receive``) use it.
+    """
+    if trio.lowlevel.in_trio_run():
+        return trio.lowlevel.checkpoint
+    return anyio.lowlevel.checkpoint
+
+
 class OutcomeStream(ObjectReceiveStream[Outcome]):
     """The caller's side of the dispatcher's outcomes (:attr:`Dispatcher.outcomes`).
 
@@ -269,6 +282,7 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
     def __init__(self, book: OutcomeBook) -> None:
         self._book = book
         self._closed = False
+        self._checkpoint = backend_checkpoint()
 
     def __repr__(self) -> str:
         s = self._book.statistics()
@@ -294,7 +308,7 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
             anyio.ClosedResourceError: this stream was closed by its reader.
             anyio.EndOfStream: the dispatcher closed and every outcome was read.
         """
-        await anyio.lowlevel.checkpoint()
+        await self._checkpoint()
         while True:
             try:
                 return self.receive_nowait()

@@ -34,7 +34,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from ._ratelog import RateLimitedLog
-from .delivery import OutcomeBook, OutcomeStream
+from .delivery import OutcomeBook, OutcomeStream, backend_checkpoint
 from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
@@ -99,6 +99,7 @@ class Dispatcher(_Sending):
         self.endpoints: tuple[str, ...] = tuple(sockets)
         self._on_full = on_full
         self._max_message_bytes = max_message_bytes
+        self._checkpoint = backend_checkpoint()  # per-message calls: no backend lookup
         self._book = OutcomeBook(outcome_buffer, self._received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
@@ -204,7 +205,7 @@ class Dispatcher(_Sending):
         cached result computed on the data the services hold now is not sent: its
         outcome (``detail="cached result"``) follows at once.
         """
-        await anyio.lowlevel.checkpoint()
+        await self._checkpoint()
         if self._writer is None:  # the common case, without a list and a reservation
             self._check_caller()
             checked, body = validate_request_encoded(request)
