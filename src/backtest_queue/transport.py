@@ -1,4 +1,9 @@
-"""The one adapter over zmq-anyio: every ZeroMQ call of the package goes through here.
+"""The adapter over zmq-anyio, and the connection events and options of every socket.
+
+Every ZeroMQ call of the package goes through here or through
+:mod:`backtest_queue.requester_socket` (the requester's DEALER, which waits on its FD
+itself: zmq-anyio's task spawns per call and per FD wake-up were most of its cost per
+message) and its errors are translated here and there only.
 
 What it adds to a plain ``zmq_anyio.Socket``:
 
@@ -9,8 +14,9 @@ What it adds to a plain ``zmq_anyio.Socket``:
   message: the future is cancelled, and a message that did arrive is kept for the next
   call. (zmq-anyio leaves an abandoned ``arecv`` future queued, where it would later take
   a message nobody reads.)
-* **Error translation.** ``zmq.ZMQError`` becomes :class:`~backtest_queue.errors.TransportError`
-  here and nowhere else; ``EAGAIN`` and ``EHOSTUNREACH`` become :class:`SendStatus` values.
+* **Error translation.** ``zmq.ZMQError`` becomes
+  :class:`~backtest_queue.errors.TransportError`; ``EAGAIN`` and ``EHOSTUNREACH`` become
+  :class:`SendStatus` values.
 * **Connection events.** :func:`run_monitor` turns a socket monitor into
   :class:`ConnectionEvent` values; "up" means the ZMTP handshake succeeded, not that a TCP
   connection exists. A connect that keeps failing is logged (the first failure, then at
