@@ -367,6 +367,12 @@ class RequesterMetrics(Exposed):
         for request in requests:
             sent_at[request.request_id] = now
 
+    def not_sent(self, requests: Iterable[BacktestRequest]) -> None:
+        """Requests :meth:`sent` announced could not go after all (they stay queued)."""
+        sent_at = self._sent_at
+        for request in requests:
+            sent_at.pop(request.request_id, None)
+
     def delivered(self, outcome: Outcome) -> None:
         """An outcome was decided: count it by reason, and time it if a reply decided it."""
         sent_at = self._sent_at.pop(outcome.request_id, None)
