@@ -17,9 +17,12 @@ import anyio.lowlevel
 import pytest
 import zmq
 
+from backtest_queue import BacktestRequest, Strategy, open_dispatcher
 from backtest_queue.errors import TransportError
 from backtest_queue.requester_socket import RequesterSocket, open_requester_socket
 from backtest_queue.transport import SendStatus
+
+from stubs import echo, free_tcp_endpoint, stub_service
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +194,36 @@ async def test_a_closed_socket_raises_transport_error(ctx: zmq.Context[Any]) -> 
         await s.receive_batch()
     with pytest.raises(TransportError, match="t"):
         s.try_send([b"", b"x"])
+
+
+async def test_replies_read_in_the_submitters_turn_respect_outcome_buffer() -> None:
+    """Replies a submit finds are applied at once, and the receiver reads the rest: both
+    stop at ``outcome_buffer`` unread outcomes, then everything arrives exactly once."""
+    n, bound = 400, 20
+    endpoint = free_tcp_endpoint()
+    strategy = Strategy(name="s", kind="sma_cross", params={"fast": 5, "slow": 20})
+    requests = [
+        BacktestRequest(request_id=f"req-{i}", data_id="EURUSD-H1", strategy=strategy)
+        for i in range(n)
+    ]
+    most_unread = 0
+    async with (
+        stub_service(endpoint, echo),
+        open_dispatcher([endpoint], outcome_buffer=bound, max_pending=None, rate=None) as d,
+    ):
+        with anyio.fail_after(30):
+            await d.wait_connected()
+            for r in requests:
+                await d.submit(r)
+                most_unread = max(most_unread, d.stats().unread_outcomes)
+            # Nobody reads: the dispatcher holds at the bound (the replies wait unread).
+            await anyio.wait_all_tasks_blocked()
+            most_unread = max(most_unread, d.stats().unread_outcomes)
+            got = []
+            async for outcome in d.outcomes:
+                got.append(outcome.request_id)
+                most_unread = max(most_unread, d.stats().unread_outcomes)
+                if len(got) == n:
+                    break
+    assert most_unread <= bound
+    assert sorted(got) == sorted(r.request_id for r in requests)

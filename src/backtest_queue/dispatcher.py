@@ -550,6 +550,12 @@ class Dispatcher(_Sending):
         try:
             while True:
                 await book.wait_for_room()
+                if isinstance(sock, RequesterSocket):
+                    # Replies may be read in other tasks' turns while this one waits
+                    # (_read_now): the room is counted once it is awake.
+                    await sock.wait_readable()
+                    self._read_now(endpoint)
+                    continue
                 room = book.room()
                 limit = _RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room)
                 self._apply_replies(endpoint, await sock.receive_batch(limit))

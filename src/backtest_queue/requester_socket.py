@@ -215,15 +215,30 @@ class RequesterSocket:
         Raises:
             TransportError: the socket failed or was closed.
         """
-        batch = self.receive_nowait(max_messages)
-        if batch:
-            await anyio.lowlevel.checkpoint()
-            return batch
         while True:
-            await self._wait(_POLLIN)
+            await self.wait_readable()
             batch = self.receive_nowait(max_messages)
             if batch:
                 return batch
+
+    async def wait_readable(self) -> None:
+        """Wait until a message can be read, without reading it (so that the caller can
+        decide how many to read once it is awake). A checkpoint.
+
+        Another task may read the message first: :meth:`receive_nowait` may then return
+        nothing.
+
+        Raises:
+            TransportError: the socket failed or was closed.
+        """
+        try:
+            ready = cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN
+        except zmq.ZMQError as exc:
+            raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        if ready:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await self._wait(_POLLIN)
 
     async def wait_writable(self) -> None:
         """Wait until a send could succeed (a peer is up and below its high-water mark).
