@@ -14,7 +14,6 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -139,7 +138,7 @@ async def test_in_a_cancelled_scope_every_call_raises_and_changes_nothing() -> N
 
 
 class FailingNetwork(MemoryNetwork):
-    """A MemoryNetwork whose requesters raise ``error`` from ``receive_batch`` once a
+    """A MemoryNetwork whose requesters raise ``error`` from ``wait_readable`` once a
     reply has arrived: an internal task (a receiver) fails."""
 
     def __init__(self, error: BaseException) -> None:
@@ -154,13 +153,13 @@ class FailingNetwork(MemoryNetwork):
         self, opened: AbstractAsyncContextManager[Requester]
     ) -> AsyncIterator[Requester]:
         async with opened as requester:
-            receive_batch = requester.receive_batch
+            wait_readable = requester.wait_readable
 
-            async def failing_receive_batch(*args: Any, **kwargs: Any) -> list[list[bytes]]:
-                await receive_batch(*args, **kwargs)
+            async def failing_wait_readable() -> None:
+                await wait_readable()
                 raise self.error
 
-            requester.receive_batch = failing_receive_batch  # type: ignore[method-assign]
+            requester.wait_readable = failing_wait_readable  # type: ignore[method-assign]
             yield requester
 
 

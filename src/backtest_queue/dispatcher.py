@@ -40,11 +40,10 @@ from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
-from .requester_socket import RequesterSocket
 from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
-from .transport import ConnectionEvent, CurveClient, Requester
+from .transport import ConnectionEvent, CurveClient, Requester, ZmqSocket
 
 if TYPE_CHECKING:
     from .lifecycle import open_dispatcher
@@ -544,29 +543,26 @@ class Dispatcher(_Sending):
         unread outcomes fill the book (backpressure)."""
         sock = self._sockets[endpoint]
         book = self._book
-        if isinstance(sock, RequesterSocket):  # replies our own sends find: read in turn
+        if isinstance(sock, ZmqSocket):  # replies our own sends find: read in that turn
             sock.on_readable = partial(self._read_now, endpoint)
         task_status.started()
         try:
             while True:
                 await book.wait_for_room()
-                if isinstance(sock, RequesterSocket):
-                    # Replies may be read in other tasks' turns while this one waits
-                    # (_read_now): the room is counted once it is awake.
-                    await sock.wait_readable()
-                    self._read_now(endpoint)
-                    continue
-                room = book.room()
-                limit = _RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room)
-                self._apply_replies(endpoint, await sock.receive_batch(limit))
+                # Replies may be read in other tasks' turns while this one waits
+                # (_read_now), so the room is counted once it is awake.
+                await sock.wait_readable()
+                self._read_now(endpoint)
         finally:
-            if isinstance(sock, RequesterSocket):
+            if isinstance(sock, ZmqSocket):
                 sock.on_readable = None
 
     def _read_now(self, endpoint: str) -> None:
-        """Apply the replies already waiting on one socket, in the caller's turn (the
-        socket calls this when a send finds them while the receiver sleeps: one wake-up
-        of the receiver per reply would cost a scheduler pass each)."""
+        """Apply the replies already waiting on one socket, as many as the outcome
+        buffer has room for. The receiver calls it once awake; the socket calls it
+        (:attr:`ZmqSocket.on_readable`) when a send of ours finds replies while the
+        receiver waits, so they are applied in the sender's turn: a wake-up of the
+        receiver per reply would cost a scheduler pass and zmq-anyio's task spawns."""
         room = self._book.room()
         if room <= 0 or self._closed:
             return  # the receiver reads them once there is room

@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import UsageError
@@ -149,6 +150,7 @@ class _MemoryRequester:
     writable: anyio.Event = field(default_factory=anyio.Event)
     schedule: list[_Scheduled] = field(default_factory=list)
     woken: anyio.Event = field(default_factory=anyio.Event)
+    stash: list[list[bytes]] = field(default_factory=list)  # received, not yet read
 
     def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]:
         network = self.network
@@ -177,7 +179,8 @@ class _MemoryRequester:
         return sent, (SendStatus.SENT if sent == len(batch) else SendStatus.WOULD_BLOCK)
 
     def receive_nowait(self, max_messages: int = 1024) -> list[list[bytes]]:
-        batch: list[list[bytes]] = []
+        batch = self.stash[:max_messages]
+        del self.stash[:max_messages]
         while len(batch) < max_messages:
             try:
                 batch.append(self.inbox.receive_nowait())
@@ -185,9 +188,11 @@ class _MemoryRequester:
                 break
         return batch
 
-    async def receive_batch(self, max_messages: int = 1024) -> list[list[bytes]]:
-        batch = [await self.inbox.receive()]
-        return batch + self.receive_nowait(max_messages - 1)
+    async def wait_readable(self) -> None:
+        if self.stash:
+            await anyio.lowlevel.checkpoint()
+            return
+        self.stash.append(await self.inbox.receive())  # a checkpoint, cancel-safe
 
     def can_send(self) -> bool:
         service = self.network._bound.get(self.name)
