@@ -285,7 +285,10 @@ class OptunaProposer:
     def iter_ask(self, count: int) -> Iterator[Proposal]:
         """See :meth:`StreamingProposer.iter_ask`: :meth:`ask`'s proposals, each yielded
         as soon as Optuna has sampled it (TPE samples every trial from the completed
-        ones, tens of milliseconds each); repeats are re-asked before they are yielded."""
+        ones, tens of milliseconds each); repeats are re-asked before they are yielded.
+
+        The evolution cycle calls this, not :meth:`ask` (which is ``list(iter_ask(count))``):
+        a subclass that changes what is proposed overrides this method."""
         from optuna.trial import TrialState
 
         reasks_left = self.max_reasks * count
