@@ -5,7 +5,10 @@ against it (default settings otherwise: 12 generations x 24, TPE, seed 7), while
 samples each worker process's scheduler state in ``/proc`` every ``--interval`` seconds:
 ``R`` (running or runnable: computing a backtest) counts as busy, anything else (sleeping
 on the pool's call queue) as idle. Sampling the state rather than CPU time keeps the
-figure right on a loaded machine, where a busy worker gets less than a core.
+figure right on a loaded machine, where a busy worker gets less than a core. The demo
+starts once no worker has been running for ``--settle`` seconds: a worker still finishing
+its start-up when the sampling began once opened the window with a second of idle time
+that had nothing to do with the demo.
 
 Prints one JSON line: per worker ``busy`` (busy samples / samples over the demo's
 search phase, from the first busy sample to the last), the share of samples where both
@@ -14,7 +17,8 @@ both workers idle between two busy stretches is where the generation barrier (te
 ask, submit) stops the pool; one idle worker is the barrier's tail (the last backtests
 of a generation) or an uneven split.
 
-``python -m benchmarks.utilisation [--workers 2] [--interval 0.01] [-- demo args]``
+``python -m benchmarks.utilisation [--workers 2] [--interval 0.01] [--settle 0.3] [-- demo
+args]``
 """
 
 from __future__ import annotations
@@ -83,7 +87,22 @@ def _wait_ready(endpoint: str, timeout: float) -> None:
         ctx.destroy(0)
 
 
-def measure(workers: int, interval: float, demo_args: Sequence[str]) -> dict[str, Any]:
+def _settle(pids: Sequence[int], interval: float, quiet: float, timeout: float) -> float:
+    """Wait until no worker in ``pids`` has been running for ``quiet`` seconds (bounded by
+    ``timeout``); return how long it took, in seconds."""
+    started = quiet_since = time.monotonic()
+    while (now := time.monotonic()) - started < timeout:
+        if any(_state(p) == "R" for p in pids):
+            quiet_since = now
+        elif now - quiet_since >= quiet:
+            break
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def measure(
+    workers: int, interval: float, demo_args: Sequence[str], settle: float = 0.3
+) -> dict[str, Any]:
     """Run one demo against a fresh service and sample its workers (see the module doc)."""
     from backtest_queue.evolution.service_process import free_tcp_endpoint, service_command
 
@@ -101,6 +120,7 @@ def measure(workers: int, interval: float, demo_args: Sequence[str]) -> dict[str
             pids = [p for p in _children(service.pid) if _state(p) != "X"]
             time.sleep(0.05)
         pids = pids[:workers]
+        settled_s = _settle(pids, interval, settle, 30.0)
         samples: list[tuple[float, tuple[bool, ...]]] = []
         stop = threading.Event()
 
@@ -139,6 +159,7 @@ def measure(workers: int, interval: float, demo_args: Sequence[str]) -> dict[str
         "workers": workers,
         "demo_args": list(demo_args),
         "demo_wall_s": wall,
+        "settled_s": settled_s,
         "window_s": window[-1][0] - window[0][0] if window else 0.0,
         "samples": len(window),
         "busy": [sum(b[i] for _, b in window) / n for i in range(len(pids))],
@@ -154,9 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.utilisation")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between samples")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="start the demo once no worker ran for this many seconds")  # fmt: skip
     parser.add_argument("demo_args", nargs="*", help="more arguments for backtest-queue demo")
     args = parser.parse_args(argv)
-    json.dump(measure(args.workers, args.interval, args.demo_args), sys.stdout)
+    json.dump(measure(args.workers, args.interval, args.demo_args, args.settle), sys.stdout)
     print()
     return 0
 

@@ -2,9 +2,10 @@
 
 * :func:`run_evolution` - the evolution cycle and its outcome collector, run as sibling
   tasks inside an open dispatcher (see :mod:`.cycle`).
-* :class:`Proposer` - the ask/tell interface optimizers plug into;
-  :class:`OptunaProposer` is Optuna's TPE, NSGA-II or random sampler
-  (``NSGAIIProposer``, its old name), :class:`ListProposer` a fixed list.
+* :class:`Proposer` - the ask/tell interface optimizers plug into
+  (:class:`StreamingProposer`: one that also hands out a generation one candidate at a
+  time, each submitted as it comes); :class:`OptunaProposer` is Optuna's TPE, NSGA-II or
+  random sampler (``NSGAIIProposer``, its old name), :class:`ListProposer` a fixed list.
 * :class:`SearchSpace` and :class:`Candidate` - what may be proposed.
 * :func:`run_search` - the whole job behind ``backtest-queue demo`` and ``evolve``:
   evolve in-sample, re-run the best out-of-sample, report.
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .proposer import OptunaProposer as OptunaProposer
     from .proposer import Proposal as Proposal
     from .proposer import Proposer as Proposer
+    from .proposer import StreamingProposer as StreamingProposer
     from .search import SearchConfig as SearchConfig
     from .search import SearchFailed as SearchFailed
     from .search import SearchReport as SearchReport
@@ -56,6 +58,7 @@ _LAZY = {
     "OptunaProposer": "proposer",
     "Proposal": "proposer",
     "Proposer": "proposer",
+    "StreamingProposer": "proposer",
     "SearchConfig": "search",
     "SearchFailed": "search",
     "SearchReport": "search",
@@ -96,6 +99,7 @@ __all__ = [
     "SearchFailed",
     "SearchReport",
     "SearchSpace",
+    "StreamingProposer",
     "run_evolution",
     "run_search",
     "split_bars",

@@ -3,7 +3,10 @@
 A proposer is asked for a batch of candidates and later told how each one did. The
 evolution cycle calls it once per generation each way, from a worker thread (so a slow
 optimizer never blocks the event loop, and with it the dispatcher's flusher), never
-from two threads at once.
+from two threads at once. A proposer that also has ``iter_ask`` (a
+:class:`StreamingProposer`) hands the candidates of a generation out one at a time, and
+the cycle submits each as soon as it comes, so the services start on the first while
+the optimizer works out the next.
 
 * :class:`OptunaProposer` - Optuna's ask/tell interface with the TPE, NSGA-II (a
   genetic algorithm) or random sampler, two objectives: Sharpe ratio (maximised) and
@@ -16,7 +19,7 @@ from two threads at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
@@ -35,6 +38,7 @@ __all__ = [
     "SamplerName",
     "Proposal",
     "Proposer",
+    "StreamingProposer",
     "feasible",
     "objectives",
     "told_values",
@@ -57,7 +61,12 @@ class Proposal:
 
 
 class Proposer(Protocol):
-    """Proposes candidates and learns from their results (an optimizer's ask/tell)."""
+    """Proposes candidates and learns from their results (an optimizer's ask/tell).
+
+    Only :meth:`ask` and :meth:`tell` are needed. A proposer that can hand out a
+    generation's candidates one at a time may also have ``iter_ask`` (see
+    :class:`StreamingProposer`): the evolution cycle then uses it instead of :meth:`ask`.
+    """
 
     def ask(self, count: int) -> list[Proposal]:
         """Return ``count`` new proposals (numbers increasing)."""
@@ -70,6 +79,33 @@ class Proposer(Protocol):
             results: ``(proposal, metrics)`` pairs; ``metrics`` is ``None`` when the
                 evaluation failed (timeout, service error, ...): a failed trial, not a
                 score.
+        """
+        ...
+
+
+class StreamingProposer(Proposer, Protocol):
+    """A :class:`Proposer` that also hands out a generation's candidates one at a time.
+
+    The evolution cycle (:func:`~.cycle.run_evolution`) uses :meth:`iter_ask` instead of
+    :meth:`ask` when a proposer has it: it takes each proposal from the iterator in a
+    worker thread and submits it at once, so the services run the first candidates
+    while the optimizer is still working out the rest of the generation (with TPE that
+    work is tens of milliseconds per candidate). What the optimizer sees does not
+    change: every proposal of a generation is still asked after the whole previous
+    generation was told, and told in ask order.
+    """
+
+    def iter_ask(self, count: int) -> Iterator[Proposal]:
+        """Yield ``count`` new proposals (numbers increasing), one at a time.
+
+        The same proposals, in the same order, as :meth:`ask` with the same ``count``
+        would return in the same state: ``list(iter_ask(count))`` may stand for
+        ``ask(count)``. The cycle reads the iterator to its end, each step from a worker
+        thread (one step at a time, never two threads at once), before it calls
+        :meth:`tell`; a generator function is the natural way to write it.
+
+        Args:
+            count: how many proposals to yield, >= 1.
         """
         ...
 
@@ -244,11 +280,20 @@ class OptunaProposer:
 
     def ask(self, count: int) -> list[Proposal]:
         """See :meth:`Proposer.ask`; repeats are re-asked (see the class docstring)."""
+        return list(self.iter_ask(count))
+
+    def iter_ask(self, count: int) -> Iterator[Proposal]:
+        """See :meth:`StreamingProposer.iter_ask`: :meth:`ask`'s proposals, each yielded
+        as soon as Optuna has sampled it (TPE samples every trial from the completed
+        ones, tens of milliseconds each); repeats are re-asked before they are yielded.
+
+        The evolution cycle calls this, not :meth:`ask` (which is ``list(iter_ask(count))``):
+        a subclass that changes what is proposed overrides this method."""
         from optuna.trial import TrialState
 
-        proposals: list[Proposal] = []
         reasks_left = self.max_reasks * count
-        while len(proposals) < count:
+        asked = 0
+        while asked < count:
             trial = self.study.ask()
             candidate = self.space.suggest(trial)
             first = self._proposed.get(candidate)
@@ -260,8 +305,8 @@ class OptunaProposer:
                 continue
             self._proposed.setdefault(candidate, trial.number)
             self._trials[trial.number] = trial
-            proposals.append(Proposal(trial.number, candidate))
-        return proposals
+            asked += 1
+            yield Proposal(trial.number, candidate)
 
     def tell(self, results: Sequence[tuple[Proposal, Metrics | None]]) -> None:
         """See :meth:`Proposer.tell`.
