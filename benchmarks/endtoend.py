@@ -3,15 +3,20 @@
 The same backtests - a demo-sized set of in-sample candidates (288 by default) on the
 first 70 % of EURUSD-H1 - run two ways, alternately, on a warm pool of the same size:
 
-* **plain pool**: a ``ProcessPoolExecutor(workers)`` whose workers load the dataset and
-  the engine once (initializer); the parent selects each request's bars as the service
-  does and submits every backtest at once (``submit`` of all, then their results);
+* **plain pool**: a ``ProcessPoolExecutor(workers)`` running the service's own worker code
+  (spawned processes, :func:`backtest_queue.service.worker.initialize` with the engine
+  and the datasets file, then :func:`~backtest_queue.service.worker.run_backtest`), so
+  both sides do the same work per backtest (progress bars off, same data); the parent
+  selects each request's bars as the service does and submits every backtest at once
+  (``submit`` of all, then their results);
 * **queue**: ``backtest-queue service --workers N`` in its own process and a dispatcher
   in this one; every request is submitted at once (``submit_many``) and the outcomes read
   from ``outcomes``.
 
 Each run is timed from the first submit to the last result; the ratio is the pool's
-time over the queue's, per round (>= 0.95 is the target). Run alone:
+time over the queue's, per round (>= 0.95 is the target). Worker utilisation per run is
+the workers' CPU time over ``workers x`` the run's wall time: the idle time between two
+backtests shows there (on a loaded machine, time waiting for a CPU lowers both sides). Run alone:
 ``python -m benchmarks.endtoend [--rounds 3] [--n 288] [--workers 2]``.
 """
 
@@ -19,27 +24,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import multiprocessing
 import os
+import pickle
 import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import anyio
-import pandas as pd
 
 from backtest_queue import BacktestRequest, open_dispatcher
 from backtest_queue.evolution.records import RunSettings
 from backtest_queue.evolution.search_space import SearchSpace
 from backtest_queue.evolution.service_process import free_tcp_endpoint, open_service_process
 from backtest_queue.evolution.split import load_bars, split_bars
-from backtest_queue.protocol import Metrics
 
 __all__ = ["EndToEnd", "candidates_requests", "main", "run_end_to_end"]
 
@@ -83,27 +87,30 @@ def candidates_requests(n: int, seed: int = 14) -> list[BacktestRequest]:
 
 # -- the plain pool -------------------------------------------------------------------
 
-_BARS: dict[str, pd.DataFrame] = {}
-_ENGINE: list[Any] = []
-
-
-def _init() -> None:
-    from backtest_queue.service.engine import BacktestingPyEngine
-
-    _BARS[DATA_ID] = load_bars(DATA_ID)
-    engine = BacktestingPyEngine()
-    engine.prepare()
-    _ENGINE.append(engine)
-
-
-def _run(request: BacktestRequest, first: int, stop: int) -> Metrics:
-    with contextlib.redirect_stderr(io.StringIO()):  # backtesting.py's progress bar
-        metrics: Metrics = _ENGINE[0].run(request, _BARS[request.data_id].iloc[first:stop])
-    return metrics
-
 
 def _ready() -> bool:
-    return bool(_ENGINE)
+    return True
+
+
+@contextlib.contextmanager
+def _plain_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A plain ``ProcessPoolExecutor`` running the service's worker code (see the module doc)."""
+    from backtest_queue.service import worker
+    from backtest_queue.service.datasets import load_catalog
+    from backtest_queue.service.datasets_file import write_datasets_file
+    from backtest_queue.service.engine import BacktestingPyEngine
+
+    datasets_file = write_datasets_file(load_catalog(None).bars())
+    try:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=worker.initialize,
+            initargs=(pickle.dumps(BacktestingPyEngine()), datasets_file.path),
+        ) as pool:
+            yield pool
+    finally:
+        datasets_file.close()
 
 
 def _bounds(requests: Sequence[BacktestRequest]) -> list[tuple[int, int]]:
@@ -120,8 +127,12 @@ def _bounds(requests: Sequence[BacktestRequest]) -> list[tuple[int, int]]:
 def _pool_run(
     pool: ProcessPoolExecutor, requests: Sequence[BacktestRequest], bounds: list[tuple[int, int]]
 ) -> float:
+    from backtest_queue.service import worker
+
     started = time.perf_counter()
-    futures = [pool.submit(_run, r, *b) for r, b in zip(requests, bounds, strict=True)]
+    futures = [
+        pool.submit(worker.run_backtest, r, *b) for r, b in zip(requests, bounds, strict=True)
+    ]
     for f in futures:
         f.result()
     return time.perf_counter() - started
@@ -201,6 +212,22 @@ class EndToEnd:
     queue_cpu: list[dict[str, float]]
 
     @property
+    def pool_busy(self) -> list[float]:
+        """Per round: the plain pool's workers' CPU time over ``workers x`` wall time."""
+        return [
+            c["workers"] / (self.workers * t)
+            for c, t in zip(self.pool_cpu, self.pool_s, strict=True)
+        ]
+
+    @property
+    def queue_busy(self) -> list[float]:
+        """Per round: the service's workers' CPU time over ``workers x`` wall time."""
+        return [
+            c["workers"] / (self.workers * t)
+            for c, t in zip(self.queue_cpu, self.queue_s, strict=True)
+        ]
+
+    @property
     def ratios(self) -> list[float]:
         """Per round: the queue's rate over the pool's (pool time / queue time)."""
         return [p / q for p, q in zip(self.pool_s, self.queue_s, strict=True)]
@@ -212,6 +239,8 @@ class EndToEnd:
             "pool_per_s": self.n / statistics.median(self.pool_s),
             "queue_per_s": self.n / statistics.median(self.queue_s),
             "ratios": self.ratios,
+            "pool_busy": self.pool_busy,
+            "queue_busy": self.queue_busy,
             "ratio": statistics.median(self.ratios),
         }
 
@@ -229,7 +258,7 @@ def run_end_to_end(n: int = 288, workers: int = 2, rounds: int = 3) -> EndToEnd:
             await _queue_run(endpoint, warm)
             service_workers = _children(service.pid)
             for _ in range(rounds):
-                with ProcessPoolExecutor(workers, initializer=_init) as pool:
+                with _plain_pool(workers) as pool:
                     for f in [pool.submit(_ready) for _ in range(2 * workers)]:
                         f.result()
                     _pool_run(pool, warm, _bounds(warm))
