@@ -25,6 +25,8 @@ from service_helpers import (
     free_tcp_endpoint,
     open_async_client,
     scripted,
+    started_fifo,
+    wait_started,
 )
 
 pytestmark = pytest.mark.anyio
@@ -176,9 +178,11 @@ async def test_stopping_answers_running_and_queued_backtests(
             async with open_service(
                 bind=endpoint, workers=1, engine=ScriptedEngine(tmp_path), shutdown_grace=0.3
             ) as service:
+                started = started_fifo(tmp_path, "never")
                 await client.send(scripted("running", "gate:never"))
-                await client.send(scripted("prefetched", "gate:never"))
+                await client.send(scripted("prefetched", "gate:later"))
                 await client.send(scripted("queued", "fine"))
+                await wait_started(started)  # the worker runs "running"
                 await service.wait_statistics(
                     lambda s: s.running == 1 and s.queued == 2 and s.prefetched == 1
                 )
