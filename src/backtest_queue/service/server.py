@@ -287,7 +287,7 @@ class Service:
             prefetched=self._handed - running,
             running=running,
             workers=self.workers,
-            busy_seconds=self._busy + running * (anyio.current_time() - self._busy_at),
+            busy_seconds=self._busy,  # no clock read: the metrics thread calls this too
             pool_restarts=self._pool.restarts,
             replies_waiting=len(self._outbox),
         )

@@ -36,9 +36,10 @@ class ServiceStatistics:
             ``workers`` (the service cannot see the moment a worker takes its prefetched
             backtest; it is counted running from when the previous one's outcome is in).
         workers: size of the process pool.
-        busy_seconds: worker-seconds busy so far, the time integral of ``running``;
-            utilisation over a span of ``wall`` seconds is the difference of two
-            snapshots over ``workers * wall``.
+        busy_seconds: worker-seconds busy, the time integral of ``running`` up to its
+            last change (a backtest handed to the pool, or an outcome); utilisation over
+            a span of ``wall`` seconds is the difference of two snapshots over
+            ``workers * wall``.
         pool_restarts: times the pool was replaced after a worker died.
 
     Replies:
