@@ -35,7 +35,8 @@ class BacktestExecutor(Protocol):
     @property
     def slots(self) -> int:
         """How many backtests the service hands over at once (one runner task each):
-        ``workers``, plus the ones the executor keeps ready for a worker (prefetch)."""
+        ``workers``, plus the ones the executor keeps ready for a worker (prefetch). An
+        executor without it gets ``workers``."""
         ...
 
     @property
@@ -58,7 +59,8 @@ class BacktestExecutor(Protocol):
     def withdraw_unstarted(self) -> int:
         """At a graceful stop: withdraw the handed-over backtests that can still be
         withdrawn (not started), whose :meth:`run` then raises ``ServiceUnavailable``;
-        submit no more. Returns how many were withdrawn."""
+        submit no more. Returns how many were withdrawn. An executor without it
+        withdraws nothing."""
         ...
 
 

@@ -501,7 +501,9 @@ class Service:
         try:
             with self._runners_scope, self._jobs_receive:
                 async with anyio.create_task_group() as tg:
-                    for _ in range(self._pool.slots):
+                    # getattr: an executor written before slots existed runs one per worker
+                    slots: int = getattr(self._pool, "slots", self.workers)
+                    for _ in range(slots):
                         tg.start_soon(self._run_jobs, self._jobs_receive.clone())
                     task_status.started()
         finally:
@@ -672,7 +674,8 @@ class Service:
             except (anyio.EndOfStream, anyio.WouldBlock):
                 break
             self._finish(job, _NOT_RUN, "unavailable")
-        withdrawn = self._pool.withdraw_unstarted()  # their runners answer unavailable
+        withdraw = getattr(self._pool, "withdraw_unstarted", None)  # an older executor: none
+        withdrawn = withdraw() if withdraw is not None else 0  # runners answer unavailable
         if withdrawn:
             log.info("withdrew %d prefetched backtest(s) that had not started", withdrawn)
         with anyio.move_on_at(deadline):
