@@ -286,6 +286,7 @@ async def test_a_worker_crash_answers_the_prefetched_backtests_too(
         ({"max_message_bytes": 10}, "max_message_bytes"),
         ({"socket_options": {zmq.ROUTER_MANDATORY: 0}}, "ROUTER_MANDATORY"),
         ({"data_dir": "/nonexistent/data"}, "not a directory"),
+        ({"executor": LocalPool(prefetch=-1)}, "prefetch must be an int >= 0"),
     ],
 )
 async def test_bad_settings_are_usage_errors(settings: dict[str, Any], words: str) -> None:
