@@ -3,15 +3,23 @@
 The same backtests - a demo-sized set of in-sample candidates (288 by default) on the
 first 70 % of EURUSD-H1 - run two ways, alternately, on a warm pool of the same size:
 
-* **plain pool**: a ``ProcessPoolExecutor(workers)`` whose workers load the dataset and
-  the engine once (initializer); the parent selects each request's bars as the service
-  does and submits every backtest at once (``submit`` of all, then their results);
+* **plain pool**: a ``ProcessPoolExecutor(workers)`` running the service's own worker code
+  (spawned processes, :func:`backtest_queue.service.worker.initialize` with the engine
+  and the datasets file, then :func:`~backtest_queue.service.worker.run_backtest`), so
+  both sides do the same work per backtest (progress bars off, same data); the parent
+  selects each request's bars as the service does and submits every backtest at once
+  (``submit`` of all, then their results);
 * **queue**: ``backtest-queue service --workers N`` in its own process and a dispatcher
   in this one; every request is submitted at once (``submit_many``) and the outcomes read
   from ``outcomes``.
 
 Each run is timed from the first submit to the last result; the ratio is the pool's
-time over the queue's, per round (>= 0.95 is the target). Run alone:
+time over the queue's, per round (>= 0.95 is the target). Worker utilisation per run is
+the workers' CPU time over ``workers x`` the run's wall time: the idle time between two
+backtests shows there (on a loaded machine, time waiting for a CPU lowers both sides);
+so does worker idle time, the share of 10 ms samples of each worker's scheduler state in
+``/proc`` that were not ``R`` (running or runnable), which a loaded machine does not
+lower: it is the time a worker waited for its next backtest. Run alone:
 ``python -m benchmarks.endtoend [--rounds 3] [--n 288] [--workers 2]``.
 """
 
@@ -19,27 +27,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import multiprocessing
 import os
+import pickle
 import random
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import anyio
-import pandas as pd
 
 from backtest_queue import BacktestRequest, open_dispatcher
 from backtest_queue.evolution.records import RunSettings
 from backtest_queue.evolution.search_space import SearchSpace
 from backtest_queue.evolution.service_process import free_tcp_endpoint, open_service_process
 from backtest_queue.evolution.split import load_bars, split_bars
-from backtest_queue.protocol import Metrics
+
+from .utilisation import _children as _workers_of
+from .utilisation import _state
 
 __all__ = ["EndToEnd", "candidates_requests", "main", "run_end_to_end"]
 
@@ -83,27 +94,30 @@ def candidates_requests(n: int, seed: int = 14) -> list[BacktestRequest]:
 
 # -- the plain pool -------------------------------------------------------------------
 
-_BARS: dict[str, pd.DataFrame] = {}
-_ENGINE: list[Any] = []
-
-
-def _init() -> None:
-    from backtest_queue.service.engine import BacktestingPyEngine
-
-    _BARS[DATA_ID] = load_bars(DATA_ID)
-    engine = BacktestingPyEngine()
-    engine.prepare()
-    _ENGINE.append(engine)
-
-
-def _run(request: BacktestRequest, first: int, stop: int) -> Metrics:
-    with contextlib.redirect_stderr(io.StringIO()):  # backtesting.py's progress bar
-        metrics: Metrics = _ENGINE[0].run(request, _BARS[request.data_id].iloc[first:stop])
-    return metrics
-
 
 def _ready() -> bool:
-    return bool(_ENGINE)
+    return True
+
+
+@contextlib.contextmanager
+def _plain_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A plain ``ProcessPoolExecutor`` running the service's worker code (see the module doc)."""
+    from backtest_queue.service import worker
+    from backtest_queue.service.datasets import load_catalog
+    from backtest_queue.service.datasets_file import write_datasets_file
+    from backtest_queue.service.engine import BacktestingPyEngine
+
+    datasets_file = write_datasets_file(load_catalog(None).bars())
+    try:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=worker.initialize,
+            initargs=(pickle.dumps(BacktestingPyEngine()), datasets_file.path),
+        ) as pool:
+            yield pool
+    finally:
+        datasets_file.close()
 
 
 def _bounds(requests: Sequence[BacktestRequest]) -> list[tuple[int, int]]:
@@ -120,8 +134,12 @@ def _bounds(requests: Sequence[BacktestRequest]) -> list[tuple[int, int]]:
 def _pool_run(
     pool: ProcessPoolExecutor, requests: Sequence[BacktestRequest], bounds: list[tuple[int, int]]
 ) -> float:
+    from backtest_queue.service import worker
+
     started = time.perf_counter()
-    futures = [pool.submit(_run, r, *b) for r, b in zip(requests, bounds, strict=True)]
+    futures = [
+        pool.submit(worker.run_backtest, r, *b) for r, b in zip(requests, bounds, strict=True)
+    ]
     for f in futures:
         f.result()
     return time.perf_counter() - started
@@ -167,6 +185,41 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+class _IdleSampler:
+    """Samples the workers' scheduler state in ``/proc`` every ``interval`` seconds in a
+    thread: ``R`` (computing, or runnable and waiting for a CPU) is busy, anything else
+    (waiting for work) idle. Unlike CPU time, it is not lowered by a loaded machine."""
+
+    def __init__(self, pids: Sequence[int], *, on: bool = True, interval: float = 0.01) -> None:
+        self._on = on
+        self._pids = list(pids)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._busy = 0
+        self._samples = 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._busy += sum(_state(p) == "R" for p in self._pids)
+            self._samples += len(self._pids)
+
+    def __enter__(self) -> _IdleSampler:
+        if self._on:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._on:
+            self._thread.join()
+
+    @property
+    def idle(self) -> float:
+        """The share of worker samples that were not ``R``."""
+        return 1.0 - self._busy / self._samples if self._samples else float("nan")
+
+
 @dataclass
 class _Cpu:
     """CPU seconds spent during a run: the coordinating processes and the workers."""
@@ -199,6 +252,24 @@ class EndToEnd:
     queue_s: list[float]
     pool_cpu: list[dict[str, float]]
     queue_cpu: list[dict[str, float]]
+    pool_idle: list[float] = field(default_factory=list)
+    queue_idle: list[float] = field(default_factory=list)
+
+    @property
+    def pool_busy(self) -> list[float]:
+        """Per round: the plain pool's workers' CPU time over ``workers x`` wall time."""
+        return [
+            c["workers"] / (self.workers * t)
+            for c, t in zip(self.pool_cpu, self.pool_s, strict=True)
+        ]
+
+    @property
+    def queue_busy(self) -> list[float]:
+        """Per round: the service's workers' CPU time over ``workers x`` wall time."""
+        return [
+            c["workers"] / (self.workers * t)
+            for c, t in zip(self.queue_cpu, self.queue_s, strict=True)
+        ]
 
     @property
     def ratios(self) -> list[float]:
@@ -212,12 +283,25 @@ class EndToEnd:
             "pool_per_s": self.n / statistics.median(self.pool_s),
             "queue_per_s": self.n / statistics.median(self.queue_s),
             "ratios": self.ratios,
+            "pool_busy": self.pool_busy,
+            "queue_busy": self.queue_busy,
             "ratio": statistics.median(self.ratios),
         }
 
 
-def run_end_to_end(n: int = 288, workers: int = 2, rounds: int = 3) -> EndToEnd:
-    """Run both ways ``rounds`` times, alternating, each on a warm pool; see the module doc."""
+def run_end_to_end(
+    n: int = 288,
+    workers: int = 2,
+    rounds: int = 3,
+    service_args: Sequence[str] = (),
+    idle: bool = False,
+) -> EndToEnd:
+    """Run both ways ``rounds`` times, alternating, each on a warm pool; see the module doc.
+
+    ``service_args``: more ``backtest-queue service`` arguments (e.g. ``--credit 6``).
+    ``idle``: also sample the workers' idle time (a thread in this process, which then
+    spends a little more CPU: keep it off for the rates).
+    """
     requests = candidates_requests(n)
     warm = candidates_requests(2 * workers, seed=1)
     bounds = _bounds(requests)
@@ -225,21 +309,30 @@ def run_end_to_end(n: int = 288, workers: int = 2, rounds: int = 3) -> EndToEnd:
     endpoint = free_tcp_endpoint()
 
     async def queue_rounds() -> None:
-        async with open_service_process(endpoint, workers=workers) as service:
+        async with open_service_process(
+            endpoint, workers=workers, extra_args=service_args
+        ) as service:
             await _queue_run(endpoint, warm)
             service_workers = _children(service.pid)
+            pool_workers = _workers_of(service.pid)
             for _ in range(rounds):
-                with ProcessPoolExecutor(workers, initializer=_init) as pool:
+                with _plain_pool(workers) as pool:
                     for f in [pool.submit(_ready) for _ in range(2 * workers)]:
                         f.result()
                     _pool_run(pool, warm, _bounds(warm))
                     pids = list(getattr(pool, "_processes", {}) or {})
                     before = _Cpu.sample(None, pids)
-                    result.pool_s.append(_pool_run(pool, requests, bounds))
+                    with _IdleSampler(pids, on=idle) as sampler:
+                        result.pool_s.append(_pool_run(pool, requests, bounds))
                     result.pool_cpu.append(asdict(_Cpu.sample(None, pids) - before))
+                    if idle:
+                        result.pool_idle.append(sampler.idle)
                 before = _Cpu.sample(service.pid, service_workers)
-                result.queue_s.append(await _queue_run(endpoint, requests))
+                with _IdleSampler(pool_workers, on=idle) as sampler:
+                    result.queue_s.append(await _queue_run(endpoint, requests))
                 result.queue_cpu.append(asdict(_Cpu.sample(service.pid, service_workers) - before))
+                if idle:
+                    result.queue_idle.append(sampler.idle)
 
     anyio.run(queue_rounds)
     return result
@@ -251,8 +344,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=288)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--service-args", default="", help="more service arguments, e.g. '--credit 6'"
+    )
+    parser.add_argument(
+        "--idle", action="store_true", help="also sample the workers' idle time (/proc state)"
+    )
     args = parser.parse_args(argv)
-    result = run_end_to_end(args.n, args.workers, args.rounds)
+    result = run_end_to_end(
+        args.n, args.workers, args.rounds, args.service_args.split(), idle=args.idle
+    )
     json.dump(result.summary(), sys.stdout)
     print()
     return 0

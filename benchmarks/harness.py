@@ -461,7 +461,8 @@ def _run_endtoend(settings: Settings, report: Report, log: Callable[[str], None]
             f"{summary['pool_per_s']:.1f} backtests/s",
             pool_spread,
             f"workers {per_backtest_ms(result.pool_cpu, 'workers'):.1f} ms CPU/backtest; "
-            f"parent {per_backtest_ms(result.pool_cpu, 'here'):.2f} ms",
+            f"parent {per_backtest_ms(result.pool_cpu, 'here'):.2f} ms; "
+            f"workers busy {_median(result.pool_busy):.0%} (CPU over wall)",
         )
     )
     report.rows.append(
@@ -473,7 +474,8 @@ def _run_endtoend(settings: Settings, report: Report, log: Callable[[str], None]
             f"{ratio:.2f}x the pool (per round {', '.join(f'{r:.2f}' for r in result.ratios)}); "
             f"workers {per_backtest_ms(result.queue_cpu, 'workers'):.1f} ms CPU/backtest; "
             f"service {per_backtest_ms(result.queue_cpu, 'service'):.2f} ms, "
-            f"requester {per_backtest_ms(result.queue_cpu, 'here'):.2f} ms",
+            f"requester {per_backtest_ms(result.queue_cpu, 'here'):.2f} ms; "
+            f"workers busy {_median(result.queue_busy):.0%} (CPU over wall)",
             f">= {END_TO_END_TARGET:.2f}x the pool",
             met,
         )

@@ -303,8 +303,10 @@ class ScriptedEngine:
     """A test engine whose behaviour the strategy name picks.
 
     ``"crash"`` kills the worker process, ``"fail"`` raises ``ValueError("boom")``,
-    ``"gate:<name>"`` waits (up to 30 s) until the file ``<gate_dir>/<name>`` exists;
-    anything else returns at once. Every strategy is valid and needs 2 bars.
+    ``"gate:<name>"`` waits (up to 30 s) until the file ``<gate_dir>/<name>`` exists,
+    after writing a byte to ``<gate_dir>/<name>.started`` if that is there (a FIFO the
+    test reads: see :func:`wait_started`); anything else returns at once. Every strategy
+    is valid and needs 2 bars.
     """
 
     def __init__(self, gate_dir: Path) -> None:
@@ -324,10 +326,32 @@ class ScriptedEngine:
             raise ValueError("boom")
         if name.startswith("gate:"):
             gate = self.gate_dir / name.removeprefix("gate:")
+            started = gate.with_name(gate.name + ".started")
+            if started.exists():
+                with open(started, "wb") as fifo:  # waits for the test's reader
+                    fifo.write(b"s")
             deadline = time.monotonic() + 30.0
             while not gate.exists() and time.monotonic() < deadline:
                 time.sleep(0.005)  # a worker process waiting on the test, not a settle-sleep
         return Metrics(strategy_name=name, bars=len(bars), trades=0, elapsed_ms=1.0)
+
+
+def started_fifo(gate_dir: Path, name: str) -> Path:
+    """Make the FIFO through which :class:`ScriptedEngine` says ``"gate:<name>"`` started."""
+    path = gate_dir / f"{name}.started"
+    os.mkfifo(path)
+    return path
+
+
+async def wait_started(fifo: Path) -> None:
+    """Wait until a worker started the backtest of ``fifo`` (:func:`started_fifo`); bound
+    it with ``anyio.fail_after``."""
+
+    def read() -> None:
+        with open(fifo, "rb") as stream:  # blocks until the worker opens it for writing
+            stream.read(1)
+
+    await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
 
 
 def scripted(request_id: str, name: str) -> dict[str, Any]:

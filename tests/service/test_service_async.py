@@ -15,6 +15,7 @@ import zmq
 
 from backtest_queue.errors import TransportError, UsageError
 from backtest_queue.service import EngineError, Service, open_service
+from backtest_queue.service.executor import LocalPool
 from backtest_queue.service.server import is_loopback
 
 from service_helpers import (
@@ -24,6 +25,8 @@ from service_helpers import (
     free_tcp_endpoint,
     open_async_client,
     scripted,
+    started_fifo,
+    wait_started,
 )
 
 pytestmark = pytest.mark.anyio
@@ -163,6 +166,11 @@ async def test_stopping_does_not_wait_for_a_gone_requester(
 async def test_stopping_answers_running_and_queued_backtests(
     tmp_path: Path, context: zmq.Context[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """One worker, the pool's default prefetch of 1: a running backtest, a prefetched one
+    (handed to the pool, waiting for the worker) and a queued one. The queued one is not
+    run; the running one is cut short at the end of the grace period; the prefetched one
+    is withdrawn if it had not reached the executor's call queue (not run), else it is
+    cut short too. Every request gets exactly one reply, all ``unavailable``."""
     endpoint = free_tcp_endpoint(context)
     others = set(multiprocessing.active_children())
     with anyio.fail_after(40):
@@ -170,23 +178,103 @@ async def test_stopping_answers_running_and_queued_backtests(
             async with open_service(
                 bind=endpoint, workers=1, engine=ScriptedEngine(tmp_path), shutdown_grace=0.3
             ) as service:
-                await client.send(scripted("running", "gate:never"))
+                # The two runners submit to the executor in either order: the worker runs
+                # whichever came first (it says so through the FIFO), the other waits.
+                started = started_fifo(tmp_path, "never")
+                await client.send(scripted("a", "gate:never"))
+                await client.send(scripted("b", "gate:never"))
                 await client.send(scripted("queued", "fine"))
-                await service.wait_statistics(lambda s: s.running == 1 and s.queued == 1)
+                await wait_started(started)  # the worker runs "a" or "b"
+                await service.wait_statistics(
+                    lambda s: s.running == 1 and s.queued == 2 and s.prefetched == 1
+                )
                 workers = set(multiprocessing.active_children()) - others
             assert workers
             assert not any(worker.is_alive() for worker in workers)  # terminated, reaped
-            # Stopped; both replies were handed over before the socket closed (linger).
-            replies = {r["request_id"]: r for r in [await client.receive() for _ in "ab"]}
+            # Stopped; all replies were handed over before the socket closed (linger).
+            replies = [await client.receive() for _ in range(3)]
+    by_id = {r["request_id"]: r for r in replies}
+    assert sorted(by_id) == ["a", "b", "queued"]  # one reply each
     # unavailable: not run (or cut short), send it again - unlike a final engine_error
-    assert replies["queued"]["code"] == "unavailable"
-    assert "not run" in replies["queued"]["message"]
-    assert replies["running"]["code"] == "unavailable"
-    assert "stopped before the backtest finished" in replies["running"]["message"]
+    assert {r["code"] for r in replies} == {"unavailable"}
+    assert "not run" in by_id["queued"]["message"]
+    cut_short = [i for i in "ab" if "stopped before the backtest finished" in by_id[i]["message"]]
+    not_run = [i for i in "ab" if "not run" in by_id[i]["message"]]
+    assert cut_short  # the running one, at the end of the grace period
+    assert sorted(cut_short + not_run) == ["a", "b"]
     assert "still running after the 0.3 s grace period" in caplog.text
     stats = service.statistics()
-    assert (stats.unavailable, stats.engine_errors, stats.replies_dropped) == (2, 0, 0)
-    assert stats.running == 0
+    assert (stats.unavailable, stats.engine_errors, stats.replies_dropped) == (3, 0, 0)
+    assert stats.running == stats.queued == stats.prefetched == 0
+
+
+async def test_stopping_withdraws_prefetched_backtests_that_have_not_started(
+    tmp_path: Path, context: zmq.Context[Any]
+) -> None:
+    """One worker with 3 prefetched: of the 4 backtests handed to the pool, at most 3 are
+    in the worker or the executor's call queue (it holds workers + 1), so at least one
+    can be withdrawn at a graceful stop and is answered "not run" at once, like a queued
+    one; the others are cut short at the end of the grace period."""
+    endpoint = free_tcp_endpoint(context)
+    handed = [f"g{i}" for i in range(4)]
+    with anyio.fail_after(40):
+        async with open_async_client(context, endpoint) as client:
+            async with open_service(
+                bind=endpoint,
+                workers=1,
+                engine=ScriptedEngine(tmp_path),
+                executor=LocalPool(prefetch=3),
+                shutdown_grace=0.3,
+            ) as service:
+                assert service.credit == 2  # the default credit does not follow prefetch
+                for request_id in handed:
+                    await client.send(scripted(request_id, "gate:never"))
+                await client.send(scripted("queued", "fine"))
+                await service.wait_statistics(
+                    lambda s: s.running == 1 and s.prefetched == 3 and s.queued == 4
+                )
+            replies = [await client.receive() for _ in range(5)]
+    by_id = {r["request_id"]: r for r in replies}
+    assert sorted(by_id) == [*handed, "queued"]  # one reply each
+    assert {r["code"] for r in replies} == {"unavailable"}
+    assert "not run" in by_id["queued"]["message"]
+    not_run = [i for i in handed if "not run" in by_id[i]["message"]]
+    cut_short = [i for i in handed if "stopped before the backtest finished" in by_id[i]["message"]]
+    assert len(not_run) >= 1
+    assert len(not_run) + len(cut_short) == 4
+    stats = service.statistics()
+    assert (stats.unavailable, stats.engine_errors, stats.replies_dropped) == (5, 0, 0)
+
+
+async def test_a_worker_crash_answers_the_prefetched_backtests_too(
+    tmp_path: Path, context: zmq.Context[Any]
+) -> None:
+    """A crash breaks the executor with a prefetched backtest in it: every request still
+    gets exactly one reply (the crash and what the broken executor held: engine_error;
+    the rest: results), the pool is restarted once, and serves on."""
+    with anyio.fail_after(40):
+        async with (
+            open_service(bind=LOCAL, workers=1, engine=ScriptedEngine(tmp_path)) as service,
+            open_async_client(context, service.endpoint) as client,
+        ):
+            ids = ["crash", "next", "third", "fourth"]
+            await client.send(scripted("crash", "crash"))
+            for request_id in ids[1:]:
+                await client.send(scripted(request_id, "fine"))
+            replies = [await client.receive() for _ in ids]
+            by_id = {r["request_id"]: r for r in replies}
+            assert sorted(by_id) == sorted(ids)  # one reply each
+            assert by_id["crash"]["code"] == "engine_error"
+            assert "died" in by_id["crash"]["message"]
+            for request_id in ids[1:]:
+                reply = by_id[request_id]
+                assert reply["type"] == "BACKTEST_RESULT" or "died" in reply["message"]
+            reply = await client.request(scripted("after", "fine"))
+            assert reply["type"] == "BACKTEST_RESULT"
+            stats = await service.wait_statistics(lambda s: s.replies_waiting == 0)
+            assert stats.pool_restarts == 1
+            assert stats.running == stats.queued == stats.prefetched == 0
+            assert stats.backtests_completed + stats.engine_errors == 5
 
 
 @pytest.mark.parametrize(
@@ -198,6 +286,7 @@ async def test_stopping_answers_running_and_queued_backtests(
         ({"max_message_bytes": 10}, "max_message_bytes"),
         ({"socket_options": {zmq.ROUTER_MANDATORY: 0}}, "ROUTER_MANDATORY"),
         ({"data_dir": "/nonexistent/data"}, "not a directory"),
+        ({"executor": LocalPool(prefetch=-1)}, "prefetch must be an int >= 0"),
     ],
 )
 async def test_bad_settings_are_usage_errors(settings: dict[str, Any], words: str) -> None:

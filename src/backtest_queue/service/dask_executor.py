@@ -153,8 +153,19 @@ class DaskPool:
         return self._workers
 
     @property
+    def slots(self) -> int:
+        """Backtests handed to the cluster at once: ``workers`` (no prefetch here: the
+        scheduler already queues tasks next to its workers)."""
+        return self._workers
+
+    @property
     def restarts(self) -> int:
         """Always 0: the Dask scheduler replaces lost workers' work itself."""
+        return 0
+
+    def withdraw_unstarted(self) -> int:
+        """Withdraw nothing (returns 0): every backtest handed over may be running, as
+        :attr:`slots` is ``workers``; the service hands over no more once stopping."""
         return 0
 
     @property

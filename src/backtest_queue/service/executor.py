@@ -33,6 +33,13 @@ class BacktestExecutor(Protocol):
         ...
 
     @property
+    def slots(self) -> int:
+        """How many backtests the service hands over at once (one runner task each):
+        ``workers``, plus the ones the executor keeps ready for a worker (prefetch). An
+        executor without it gets ``workers``."""
+        ...
+
+    @property
     def restarts(self) -> int:
         """How many times the executor replaced broken workers (``pool_restarts``)."""
         ...
@@ -47,6 +54,13 @@ class BacktestExecutor(Protocol):
                 (answered with ``unavailable``).
             EngineError: it failed (answered with ``engine_error``).
         """
+        ...
+
+    def withdraw_unstarted(self) -> int:
+        """At a graceful stop: withdraw the handed-over backtests that can still be
+        withdrawn (not started), whose :meth:`run` then raises ``ServiceUnavailable``;
+        submit no more. Returns how many were withdrawn. An executor without it
+        withdraws nothing."""
         ...
 
 
@@ -79,7 +93,15 @@ class Executor(Protocol):
 @dataclass(frozen=True, slots=True)
 class LocalPool:
     """The default executor: spawned worker processes on this machine (:mod:`.pool`);
-    ``workers=None`` means one per CPU."""
+    ``workers=None`` means one per CPU.
+
+    Args:
+        prefetch: backtests per worker handed to the process pool beyond the one it
+            runs, so a worker that finishes one starts the next at once (>= 0; default
+            1; see :mod:`.pool`).
+    """
+
+    prefetch: int = 1
 
     def open(
         self,
@@ -91,4 +113,4 @@ class LocalPool:
     ) -> AbstractAsyncContextManager[BacktestExecutor]:
         """See :meth:`Executor.open`."""
         count = (os.cpu_count() or 1) if workers is None else workers
-        return open_pool(engine, bars, workers=count, warm_up=warm_up)
+        return open_pool(engine, bars, workers=count, warm_up=warm_up, prefetch=self.prefetch)

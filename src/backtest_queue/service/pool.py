@@ -8,6 +8,16 @@ reads them, and nothing that can block is done on the event loop. For the same r
 jobs are submitted (which may spawn a worker) from a thread, which then waits for the
 result.
 
+**Prefetch.** The pool takes ``workers * (1 + prefetch)`` backtests at once
+(:attr:`WorkerPool.slots`; ``prefetch`` 1 by default): besides the one each worker runs,
+``prefetch`` more per worker wait inside the ``ProcessPoolExecutor``, normally already in
+its call queue, so a worker that finishes a backtest starts the next one at once instead
+of idling while the result travels back through the executor's thread, the waiting
+thread and the event loop and the next backtest travels the other way. A prefetched
+backtest that the executor has not moved to its call queue yet can be withdrawn
+(:meth:`WorkerPool.withdraw_unstarted`, at a graceful stop); one in the call queue
+cannot: it runs like a running one.
+
 A worker that dies (segfault, ``os._exit``, out of memory) breaks a
 ``ProcessPoolExecutor`` for good; the pool then answers the affected backtests with
 :class:`EngineError` and replaces the executor, so the service lives on. Workers exit by
@@ -19,8 +29,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import pickle
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import asynccontextmanager
 from functools import partial
@@ -41,6 +52,8 @@ log = logging.getLogger("backtest_queue.service")
 
 T = TypeVar("T")
 
+_NOT_RUN = "the service is stopping; the backtest was not run"
+
 
 class _Job:
     """One submission: the thread fills in ``future`` so a cancelled caller can withdraw it."""
@@ -54,27 +67,45 @@ class _Job:
 class WorkerPool:
     """Runs backtests in worker processes; use :func:`open_pool`.
 
-    At most ``workers`` backtests should be awaited at once (the service has one runner
-    task per worker); each submits and waits in a thread of its own.
+    At most :attr:`slots` backtests should be awaited at once (the service has one runner
+    task per slot): ``workers`` running and ``workers * prefetch`` waiting in the
+    executor, next in line. Each submits and waits in a thread of its own.
+
+    Attributes:
+        workers: worker processes.
+        prefetch: backtests per worker handed to the executor beyond the one it runs.
+        slots: ``workers * (1 + prefetch)``, backtests awaited at once.
     """
 
-    def __init__(self, engine: Engine, datasets_path: str, *, workers: int) -> None:
+    def __init__(
+        self, engine: Engine, datasets_path: str, *, workers: int, prefetch: int = 1
+    ) -> None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise UsageError(
+                f"prefetch must be an int >= 0 (backtests per worker), got {prefetch!r}"
+            )
         try:
             self._engine_pickle = pickle.dumps(engine)
         except Exception as exc:
             raise UsageError(f"the engine {engine!r} cannot be pickled: {exc}") from exc
         self._datasets_path = datasets_path
         self.workers = workers
+        self.prefetch = prefetch
+        self.slots = workers * (1 + prefetch)
         self._context = multiprocessing.get_context("spawn")
         self._executor = self._new_executor()
         self._generation = 0
         self._closed = False
         # Futures submitted and not done yet (a done-callback removes them).
         self._unfinished: set[Future[Any]] = set()
+        # Set by withdraw_unstarted(): no more submits. The lock makes "check, submit,
+        # record" in a thread atomic against "set, withdraw" on the event loop.
+        self._withdrawn = False
+        self._submit_lock = threading.Lock()
         #: How many times a broken executor was replaced.
         self.restarts = 0
         # The threads that submit and wait, apart from anyio's default limiter.
-        self._limiter = anyio.CapacityLimiter(workers)
+        self._limiter = anyio.CapacityLimiter(self.slots)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"restarts={self.restarts}"
@@ -82,8 +113,24 @@ class WorkerPool:
 
     @property
     def running(self) -> int:
-        """Backtests handed to the workers and not finished (including abandoned ones)."""
+        """Backtests handed to the executor and not finished (including abandoned ones and
+        prefetched ones that wait for a worker)."""
         return len(self._unfinished)
+
+    def withdraw_unstarted(self) -> int:
+        """Withdraw the backtests the executor has not moved to its call queue; submit no more.
+
+        For a graceful stop: each withdrawn backtest's :meth:`run` raises
+        :class:`ServiceUnavailable` (not run), as does every later :meth:`run`. A
+        prefetched backtest already in the call queue cannot be withdrawn (the executor
+        has marked its future running); it runs to its end like a running one.
+
+        Returns:
+            How many backtests were withdrawn.
+        """
+        with self._submit_lock:
+            self._withdrawn = True
+            return sum(future.cancel() for future in list(self._unfinished))
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -96,12 +143,22 @@ class WorkerPool:
     def _submit_and_wait(
         self, executor: ProcessPoolExecutor, job: _Job, fn: Callable[..., T], *args: Any
     ) -> T:
-        """In a thread: submit (which may spawn a worker) and wait for the result."""
-        future = executor.submit(fn, *args)
-        job.future = future
-        self._unfinished.add(future)
+        """In a thread: submit (which may spawn a worker) and wait for the result.
+
+        Raises:
+            ServiceUnavailable: withdrawn (:meth:`withdraw_unstarted`) before it started.
+        """
+        with self._submit_lock:
+            if self._withdrawn:
+                raise ServiceUnavailable(_NOT_RUN)
+            future = executor.submit(fn, *args)
+            job.future = future
+            self._unfinished.add(future)
         future.add_done_callback(self._unfinished.discard)
-        return future.result()
+        try:
+            return future.result()
+        except CancelledError:
+            raise ServiceUnavailable(_NOT_RUN) from None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker; a cancelled call withdraws it if not started."""
@@ -144,15 +201,19 @@ class WorkerPool:
     async def run(self, request: BacktestRequest, first: int, stop: int) -> Metrics:
         """Run one backtest on bars ``[first, stop)`` of its dataset in a worker.
 
-        Cancel-safe: a cancelled call withdraws the backtest when it has not started; one
-        that has started runs to its end in the worker and its result is discarded.
+        Cancel-safe: a cancelled call withdraws the backtest when the executor has not
+        moved it to its call queue; otherwise it runs to its end in a worker and its result
+        is discarded.
 
         Raises:
-            ServiceUnavailable: the pool is closed (the service is stopping).
-            EngineError: the engine failed, or the worker died (the pool is restarted).
+            ServiceUnavailable: the pool is closed, or the backtest was withdrawn
+                (:meth:`withdraw_unstarted`): the service is stopping.
+            EngineError: the engine failed, or a worker died: every backtest the broken
+                executor held fails so, prefetched ones that had not started included
+                (the pool is restarted).
         """
         if self._closed:
-            raise ServiceUnavailable("the service is stopping; the backtest was not run")
+            raise ServiceUnavailable(_NOT_RUN)
         generation = self._generation
         try:
             return await self._call(worker.run_backtest, request, first, stop)
@@ -215,7 +276,12 @@ def _terminate_workers(executor: ProcessPoolExecutor) -> None:
 
 @asynccontextmanager
 async def open_pool(
-    engine: Engine, bars: Mapping[str, pd.DataFrame], *, workers: int, warm_up: bool = True
+    engine: Engine,
+    bars: Mapping[str, pd.DataFrame],
+    *,
+    workers: int,
+    warm_up: bool = True,
+    prefetch: int = 1,
 ) -> AsyncIterator[WorkerPool]:
     """Open a :class:`WorkerPool` for the block; its workers are stopped on exit.
 
@@ -226,14 +292,16 @@ async def open_pool(
             see :mod:`.datasets_file`).
         workers: number of worker processes (>= 1).
         warm_up: start every worker and wait for its initialisation before returning.
+        prefetch: backtests per worker handed to the executor beyond the one it runs
+            (>= 0; see the module doc).
 
     Raises:
-        UsageError: the engine cannot be pickled.
+        UsageError: the engine cannot be pickled, or ``prefetch`` is not an int >= 0.
         EngineError: ``warm_up`` and a worker failed to start.
     """
     datasets_file = await anyio.to_thread.run_sync(write_datasets_file, bars)
     try:
-        pool = WorkerPool(engine, datasets_file.path, workers=workers)
+        pool = WorkerPool(engine, datasets_file.path, workers=workers, prefetch=prefetch)
         try:
             if warm_up:
                 await pool.warm_up()

@@ -5,8 +5,9 @@ Tasks, all in one task group owned by :func:`open_service`:
 * **receiver** - reads batches of messages, answers PINGs and bad input at once,
   validates backtest requests and queues them (a bounded queue: when it is full the
   receiver stops reading, and ZeroMQ's high-water marks push back on requesters);
-* **runners** - one per worker process; each takes a queued request, runs it in the pool
-  and turns the outcome into a reply;
+* **runners** - one per slot of the pool (``workers`` plus the backtests it keeps ready
+  for its workers, ``prefetch`` per worker: see :mod:`.pool`); each takes a queued
+  request, runs it in the pool and turns the outcome into a reply;
 * **outbox** - hands replies to ZeroMQ without blocking; a reply the ROUTER refuses
   (requester's pipe full, requester gone: ``ZMQ_ROUTER_MANDATORY``) is held and retried
   until ``reply_timeout``, then dropped, counted and logged (see :mod:`.outbox`);
@@ -237,8 +238,9 @@ class Service:
         self._max_message_bytes = max_message_bytes
         self._shutdown_grace = shutdown_grace
         self._counts: dict[CounterName, int] = dict.fromkeys(get_args(CounterName), 0)
-        self._running = 0
-        self._busy = 0.0  # worker-seconds spent in finished backtests
+        self._handed = 0  # backtests handed to the pool: running, or prefetched there
+        self._busy = 0.0  # worker-seconds busy up to _busy_at
+        self._busy_at = anyio.current_time()
         self._stopping = False
         self._changed_event: anyio.Event | None = None
         self._outbox = Outbox(reply_timeout=reply_timeout)
@@ -278,16 +280,37 @@ class Service:
 
     def statistics(self) -> ServiceStatistics:
         """Return a snapshot of the counters (see :class:`ServiceStatistics`)."""
-        jobs = self._jobs_send.statistics()
+        running, queued = self._running_and_queued()
         return ServiceStatistics(
             **self._counts,
-            queued=jobs.current_buffer_used + jobs.tasks_waiting_send,
-            running=self._running,
+            queued=queued,
+            prefetched=self._handed - running,
+            running=running,
             workers=self.workers,
-            busy_seconds=self._busy,
+            busy_seconds=self._busy,  # no clock read: the metrics thread calls this too
             pool_restarts=self._pool.restarts,
             replies_waiting=len(self._outbox),
         )
+
+    def _running_and_queued(self) -> tuple[int, int]:
+        """``running`` and ``queued`` as reported (statistics, PONG, metrics).
+
+        Of the backtests handed to the pool, at most ``workers`` run; the others
+        (prefetched) wait there for a worker and are counted as queued, with those
+        waiting in the service's own queue.
+        """
+        jobs = self._jobs_send.statistics()
+        running = min(self._handed, self.workers)
+        waiting = jobs.current_buffer_used + jobs.tasks_waiting_send
+        return running, waiting + self._handed - running
+
+    def _hand_over(self, change: int) -> None:
+        """Count ``change`` (+1/-1) backtests handed to the pool, integrating busy time."""
+        now = anyio.current_time()
+        self._busy += min(self._handed, self.workers) * (now - self._busy_at)
+        self._busy_at = now
+        self._handed += change
+        self._changed()
 
     async def wait_statistics(
         self, predicate: Callable[[ServiceStatistics], bool]
@@ -478,7 +501,9 @@ class Service:
         try:
             with self._runners_scope, self._jobs_receive:
                 async with anyio.create_task_group() as tg:
-                    for _ in range(self.workers):
+                    # getattr: an executor written before slots existed runs one per worker
+                    slots: int = getattr(self._pool, "slots", self.workers)
+                    for _ in range(slots):
                         tg.start_soon(self._run_jobs, self._jobs_receive.clone())
                     task_status.started()
         finally:
@@ -490,9 +515,7 @@ class Service:
                 if self._stopping:
                     self._finish(job, _NOT_RUN, "unavailable")
                     continue
-                self._running += 1
-                self._changed()
-                started = anyio.current_time()
+                self._hand_over(+1)
                 try:
                     metrics = await self._pool.run(job.request, job.first, job.stop)
                 except ServiceUnavailable as exc:
@@ -505,9 +528,7 @@ class Service:
                 else:
                     self._finish(job, metrics)
                 finally:
-                    self._running -= 1
-                    self._busy += anyio.current_time() - started
-                    self._changed()
+                    self._hand_over(-1)
 
     # -- messages ---------------------------------------------------------------------
 
@@ -560,12 +581,12 @@ class Service:
         return None
 
     def _pong_for(self, ping: Ping) -> Pong:
-        jobs = self._jobs_send.statistics()
+        running, queued = self._running_and_queued()
         return msgspec.structs.replace(
             self._pong,
             request_id=ping.request_id,
-            running=self._running,
-            queued=jobs.current_buffer_used + jobs.tasks_waiting_send,
+            running=running,
+            queued=queued,
             uptime_s=round(max(0.0, anyio.current_time() - self._ready_at), 3),
         )
 
@@ -626,8 +647,10 @@ class Service:
         """Stop gracefully, within ``shutdown_grace`` seconds (plus a short final flush).
 
         Reading stops (messages already received are answered, backtests with
-        ``unavailable``); queued requests are answered with ``unavailable``; running
-        backtests may finish until the grace period ends, then they are answered with
+        ``unavailable``); queued requests are answered with ``unavailable``, and so are
+        prefetched ones the pool can still withdraw (not yet in its executor's call
+        queue); running backtests, and prefetched ones that could not be withdrawn, may
+        finish until the grace period ends, then they are answered with
         ``unavailable``; replies get until then (at least 0.5 s) to be handed to
         ZeroMQ, except those to requesters that are gone; what is still held is dropped
         (counted, logged). ``unavailable`` tells a requester to send the request again.
@@ -651,13 +674,17 @@ class Service:
             except (anyio.EndOfStream, anyio.WouldBlock):
                 break
             self._finish(job, _NOT_RUN, "unavailable")
+        withdraw = getattr(self._pool, "withdraw_unstarted", None)  # an older executor: none
+        withdrawn = withdraw() if withdraw is not None else 0  # runners answer unavailable
+        if withdrawn:
+            log.info("withdrew %d prefetched backtest(s) that had not started", withdrawn)
         with anyio.move_on_at(deadline):
             await self._runners_done.wait()
         if not self._runners_done.is_set():
             log.warning(
-                "%d backtest(s) still running after the %g s grace period; answering them "
-                "with unavailable",
-                self._running,
+                "%d backtest(s) still running after the %g s grace period (prefetched ones "
+                "waiting for a worker included); answering them with unavailable",
+                self._handed,
                 self._shutdown_grace,
             )
             self._runners_scope.cancel()
@@ -927,7 +954,13 @@ async def _serve(
 
 def default_credit(workers: int, max_queued: int) -> int:
     """The credit a service advertises unless told otherwise: ``workers`` running plus
-    one waiting per worker, the waiting ones at most ``max_queued``."""
+    one waiting per worker, the waiting ones at most ``max_queued``.
+
+    With the local pool's default ``prefetch`` of 1, the waiting one is the backtest the
+    pool keeps ready for each worker: a requester that stays within this credit has
+    every worker busy and its next backtest already in the pool, while its result and
+    the request that replaces it are on the wire.
+    """
     return workers + min(workers, max_queued)
 
 

@@ -26,12 +26,20 @@ class ServiceStatistics:
 
     Work:
         backtests_completed: backtests that produced a result.
-        queued: accepted requests waiting for a worker (gauge).
-        running: backtests in the workers (gauge).
+        queued: accepted requests waiting for a worker (gauge): in the service's queue,
+            or already handed to the pool and waiting there for a worker (prefetched:
+            up to ``prefetch`` per worker, see :mod:`.pool`). Unlike the others, a
+            prefetched one that the pool's executor has moved to its call queue cannot be
+            withdrawn: a graceful stop lets it run like a running one.
+        prefetched: of ``queued``, those handed to the pool (gauge).
+        running: backtests in the workers (gauge): those handed to the pool, at most
+            ``workers`` (the service cannot see the moment a worker takes its prefetched
+            backtest; it is counted running from when the previous one's outcome is in).
         workers: size of the process pool.
-        busy_seconds: worker-seconds spent on backtests that have ended (each run from
-            hand-over to its worker to its outcome, summed over workers); utilisation
-            over a span of ``wall`` seconds is ``busy_seconds / (workers * wall)``.
+        busy_seconds: worker-seconds busy, the time integral of ``running`` up to its
+            last change (a backtest handed to the pool, or an outcome); utilisation over
+            a span of ``wall`` seconds is the difference of two snapshots over
+            ``workers * wall``.
         pool_restarts: times the pool was replaced after a worker died.
 
     Replies:
@@ -67,6 +75,7 @@ class ServiceStatistics:
     unavailable: int = 0
     backtests_completed: int = 0
     queued: int = 0
+    prefetched: int = 0
     running: int = 0
     workers: int = 0
     busy_seconds: float = 0.0
