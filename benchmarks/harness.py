@@ -32,8 +32,9 @@ from .throughput import Target, Timing, Variant, store_available, variants
 
 __all__ = ["Settings", "main"]
 
-SECTIONS: Final = ("throughput", "flush", "memory", "durable", "endtoend")
-#: What runs without ``--only``: the end-to-end comparison takes minutes (real backtests).
+SECTIONS: Final = ("throughput", "flush", "memory", "durable", "endtoend", "utilisation")
+#: What runs without ``--only``: the end-to-end comparison and the utilisation demos take
+#: minutes (real backtests).
 DEFAULT_SECTIONS: Final = ("throughput", "flush", "memory", "durable")
 #: Issue 14's throughput targets, as ratios to zmq.asyncio measured in the same rounds.
 PER_MESSAGE_TARGET: Final = 0.5  # one ``await submit`` per message (row 4)
@@ -58,6 +59,7 @@ class Settings:
         tracemalloc_n: queued requests for the tracemalloc cross-check (slow: ~10x).
         e2e_n: backtests per end-to-end run (the demo's in-sample candidates: 288).
         e2e_rounds: end-to-end rounds (the pool and the queue alternate).
+        util_rounds: default demos in the utilisation section.
     """
 
     messages: int = 20_000
@@ -69,10 +71,17 @@ class Settings:
     tracemalloc_n: int = 200_000
     e2e_n: int = 288
     e2e_rounds: int = 3
+    util_rounds: int = 3
 
 
 QUICK: Final = Settings(
-    messages=3_000, rounds=3, flush_runs=3, tracemalloc_n=20_000, e2e_n=96, e2e_rounds=2
+    messages=3_000,
+    rounds=3,
+    flush_runs=3,
+    tracemalloc_n=20_000,
+    e2e_n=96,
+    e2e_rounds=2,
+    util_rounds=1,
 )
 
 
@@ -100,6 +109,7 @@ class Report:
     memory: dict[str, Any] = field(default_factory=dict)
     durable: dict[str, Any] = field(default_factory=dict)
     endtoend: dict[str, Any] = field(default_factory=dict)
+    utilisation: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
 
@@ -482,6 +492,12 @@ def _run_endtoend(settings: Settings, report: Report, log: Callable[[str], None]
     )
 
 
+def _run_utilisation(settings: Settings, report: Report, log: Callable[[str], None]) -> None:
+    from .utilisation import run_section
+
+    run_section(settings.util_rounds, report, log)
+
+
 def settings_sections(report: Report) -> list[str]:
     """The sections this run measures."""
     sections: list[str] = report.settings["sections"]
@@ -528,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS),
-        help="sections to run (default: all but endtoend, which takes minutes)",
+        help="sections to run (default: all but endtoend and utilisation, which take minutes)",
     )  # fmt: skip
     parser.add_argument("--messages", type=int, help="round trips per throughput run")
     parser.add_argument("--rounds", type=int, help="throughput rounds")
@@ -544,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--e2e-n", type=int, help="backtests per end-to-end run")
     parser.add_argument("--e2e-rounds", type=int, help="end-to-end rounds")
+    parser.add_argument("--util-rounds", type=int, help="default demos for utilisation")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else Settings()
     overrides = {
@@ -556,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tracemalloc_n": args.tracemalloc_n,
         "e2e_n": args.e2e_n,
         "e2e_rounds": args.e2e_rounds,
+        "util_rounds": args.util_rounds,
     }
     settings = Settings(**{**asdict(base), **{k: v for k, v in overrides.items() if v}})
     console = Console(stderr=True)
@@ -575,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "memory": _run_memory,
         "durable": _run_durable,
         "endtoend": _run_endtoend,
+        "utilisation": _run_utilisation,
     }
     for section in SECTIONS:
         if section in args.only:
