@@ -40,10 +40,11 @@ from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
+from .requester_socket import RequesterSocket
 from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
-from .transport import ConnectionEvent, CurveClient, Requester, ZmqSocket
+from .transport import ConnectionEvent, CurveClient, Requester
 
 if TYPE_CHECKING:
     from .lifecycle import open_dispatcher
@@ -543,7 +544,7 @@ class Dispatcher(_Sending):
         unread outcomes fill the book (backpressure)."""
         sock = self._sockets[endpoint]
         book = self._book
-        if isinstance(sock, ZmqSocket):  # replies our own sends find: read in that turn
+        if isinstance(sock, RequesterSocket):  # replies our own sends find: read in turn
             sock.on_readable = partial(self._read_now, endpoint)
         task_status.started()
         try:
@@ -554,15 +555,15 @@ class Dispatcher(_Sending):
                 await sock.wait_readable()
                 self._read_now(endpoint)
         finally:
-            if isinstance(sock, ZmqSocket):
+            if isinstance(sock, RequesterSocket):
                 sock.on_readable = None
 
     def _read_now(self, endpoint: str) -> None:
         """Apply the replies already waiting on one socket, as many as the outcome
         buffer has room for. The receiver calls it once awake; the socket calls it
-        (:attr:`ZmqSocket.on_readable`) when a send of ours finds replies while the
+        (:attr:`RequesterSocket.on_readable`) when a send of ours finds replies while the
         receiver waits, so they are applied in the sender's turn: a wake-up of the
-        receiver per reply would cost a scheduler pass and zmq-anyio's task spawns."""
+        receiver per reply would cost a scheduler pass each."""
         room = self._book.room()
         if room <= 0 or self._closed:
             return  # the receiver reads them once there is room

@@ -1,17 +1,15 @@
-"""The one adapter over zmq-anyio: every ZeroMQ call of the package goes through here.
+"""The adapter over zmq-anyio, and the connection events and options of every socket.
+
+Every ZeroMQ call of the package goes through here or through
+:mod:`backtest_queue.requester_socket` (the requester's DEALER, which waits on its FD
+itself: zmq-anyio's task spawns per call and per FD wake-up were most of its cost per
+message) and its errors are translated here and there only.
 
 What it adds to a plain ``zmq_anyio.Socket``:
 
 * **Batches.** :meth:`ZmqSocket.receive_batch` waits (through zmq-anyio) for one
   message and then drains the socket without blocking until ``EAGAIN`` or a cap, so one
   wake-up handles many messages; :meth:`ZmqSocket.try_send` never blocks.
-* **Few zmq-anyio calls.** zmq-anyio spawns tasks for every awaited call and opens a
-  task group on every wake-up of the ZeroMQ FD; on the requester, which sends and
-  receives one small message per backtest, those were most of the cost per message. So
-  a receive arms one zmq-anyio future per wait, only when nothing is ready, and replies
-  that a send of our own finds while the receiver waits are handed to
-  :attr:`ZmqSocket.on_readable` (the dispatcher applies them in the sender's turn): the
-  receiver is not woken, zmq-anyio is not asked, per reply.
 * **Cancellation safety.** A receive abandoned by a cancel scope does not swallow a
   message: the future is cancelled, and a message that did arrive is kept for the next
   call. (zmq-anyio leaves an abandoned ``arecv`` future queued, where it would later take
@@ -38,10 +36,10 @@ import enum
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -58,6 +56,7 @@ __all__ = [
     "CONNECT_LOG_INTERVAL",
     "ConnectionEvent",
     "CurveClient",
+    "MonitoredSocket",
     "Network",
     "Requester",
     "SendStatus",
@@ -91,8 +90,9 @@ _MECHANISM_MISMATCH: Final = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
 _SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+#: Empty looks (one per scheduler pass) before a receive arms a zmq-anyio future.
+_POLLS_BEFORE_PARKING: Final = 2
 
 
 class SendStatus(enum.Enum):
@@ -126,11 +126,6 @@ class ZmqSocket:
         self._parked = False
         self._rearmed = False
         self.name = name
-        #: Called (synchronously) when a call of this socket's own finds messages
-        #: waiting while a receive is parked, to read them in this turn; what it leaves
-        #: wakes the parked receive. ``None``: the receive is woken.
-        self.on_readable: Callable[[], None] | None = None
-        self._offering = False  # inside on_readable (its reads must not call it again)
 
     def __repr__(self) -> str:
         return f"<ZmqSocket {self.name} {self._raw.socket_type!r}>"
@@ -216,41 +211,18 @@ class ZmqSocket:
             return
         if not self._parked or self._rearmed or self._raw.closed:
             return
-        if not cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN:
-            return
-        if self.on_readable is not None and not self._offering:
-            # Read them in this turn rather than wake the receiver for them (a wake-up
-            # per reply costs a scheduler pass and zmq-anyio's task spawns).
-            self._offering = True
-            try:
-                self.on_readable()
-            finally:
-                self._offering = False
-            if self._rearmed or not cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN:
-                return  # all read (or re-armed meanwhile): nothing to wake the receiver for
-        self._rearmed = True
-        self._sock.get(zmq.EVENTS)  # type: ignore[no-untyped-call]
+        if cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN:
+            self._rearmed = True
+            self._sock.get(zmq.EVENTS)  # type: ignore[no-untyped-call]
 
     def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
-        """Return the messages already waiting (up to ``max_messages``), maybe none.
-
-        Raises:
-            TransportError: the socket failed or was closed, and no message was read
-                (messages read before a failure are returned; it repeats next call).
-        """
-        batch = self._stash[:max_messages]
-        del self._stash[:max_messages]
+        """Return the messages already waiting (up to ``max_messages``), maybe none."""
+        batch, self._stash = self._stash, []
         self._rearmed = False  # a drain may consume the edge a re-arm dispatched
-        recv = self._raw.recv
-        more = self._raw.getsockopt
+        recv = self._raw.recv_multipart
         try:
             while len(batch) < max_messages:
-                # Frame by frame with int flags (pyzmq's recv_multipart does enum
-                # arithmetic per frame).
-                frames = [recv(_NOBLOCK)]
-                while more(_RCVMORE):
-                    frames.append(recv(_NOBLOCK))
-                batch.append(frames)
+                batch.append(recv(_NOBLOCK))
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:
@@ -263,33 +235,23 @@ class ZmqSocket:
     async def receive_batch(self, max_messages: int = 1024) -> list[Frames]:
         """Wait for at least one message, then return all that are ready (up to a cap).
 
-        A checkpoint. Cancel-safe: when cancelled, no message is lost; one that arrived
-        during the cancellation is returned by the next call.
+        Cancel-safe: when cancelled, no message is lost; one that arrived during the
+        cancellation is returned by the next call.
 
         Raises:
             TransportError: the socket failed or was closed.
         """
-        while True:
-            await self.wait_readable()
+        batch = self.receive_nowait(max_messages)
+        if batch:
+            await anyio.lowlevel.checkpoint()
+            return batch
+        # Yield and look again a few times before arming a zmq-anyio future (which
+        # costs task spawns): under load the next replies arrive meanwhile.
+        for _ in range(_POLLS_BEFORE_PARKING):
+            await anyio.lowlevel.checkpoint()
             batch = self.receive_nowait(max_messages)
             if batch:
                 return batch
-
-    async def wait_readable(self) -> None:
-        """Wait until a message can be read, and leave it to :meth:`receive_nowait` (so
-        that the caller decides how many to read once it is awake). A checkpoint.
-
-        One zmq-anyio receive is armed per wait, only when nothing is ready. Another
-        reader (:attr:`on_readable`) may take the messages first: :meth:`receive_nowait`
-        may then return nothing. Cancel-safe: a message the armed receive took is kept
-        for the next :meth:`receive_nowait`.
-
-        Raises:
-            TransportError: the socket failed or was closed.
-        """
-        if self._stash or self._readable():
-            await anyio.lowlevel.checkpoint()
-            return
         future = self._sock.arecv_multipart()
         self._parked, self._rearmed = True, False
         try:
@@ -303,12 +265,7 @@ class ZmqSocket:
         finally:
             self._parked = False
         self._stash.append(cast(Frames, first))
-
-    def _readable(self) -> bool:
-        try:
-            return bool(cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN)
-        except zmq.ZMQError as exc:
-            raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        return self.receive_nowait(max_messages)
 
     async def wait_writable(self) -> None:
         """Wait until a send could succeed (a peer is up and below its high-water mark)."""
@@ -411,9 +368,22 @@ class ConnectionEvent:
     definitive: bool = False
 
 
+@runtime_checkable
+class MonitoredSocket(Protocol):
+    """What :func:`run_monitor` needs of a socket (a :class:`ZmqSocket` or a
+    :class:`~backtest_queue.requester_socket.RequesterSocket`)."""
+
+    name: str
+
+    @property
+    def raw(self) -> zmq.Socket[bytes]: ...
+
+    def connect(self, endpoint: str) -> None: ...
+
+
 async def run_monitor(
     context: zmq.Context[Any],
-    sock: ZmqSocket,
+    sock: MonitoredSocket,
     events_out: MemoryObjectSendStream[ConnectionEvent],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -594,8 +564,10 @@ class ZmqNetwork:
         self.options = options
 
     def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
+        from .requester_socket import open_requester_socket  # it imports this module
+
         options = {**endpoint_options(endpoint), **self.options}
-        return open_socket(self.context, zmq.DEALER, name=endpoint, options=options)
+        return open_requester_socket(self.context, zmq.DEALER, name=endpoint, options=options)
 
     async def watch(
         self,
@@ -604,11 +576,11 @@ class ZmqNetwork:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        assert isinstance(requester, ZmqSocket)
+        assert isinstance(requester, MonitoredSocket)
         await run_monitor(self.context, requester, events_out, task_status=task_status)
 
     def connect(self, requester: Requester, endpoint: str) -> None:
-        assert isinstance(requester, ZmqSocket)
+        assert isinstance(requester, MonitoredSocket)
         requester.connect(endpoint)
 
 

@@ -1,11 +1,11 @@
-"""The requester's socket: few zmq-anyio calls, and no reply slept through.
+"""The requester's DEALER waits on its ZeroMQ FD itself: no reply may be slept through.
 
-:class:`ZmqSocket` arms one zmq-anyio receive per wait and hands replies that our own
-sends find to ``on_readable``; the ZeroMQ FD is edge-triggered and our calls can
-consume its signal, so these check that every reply still arrives exactly once. Real
-ZeroMQ sockets over TCP on 127.0.0.1; the peer is a plain blocking pyzmq ROUTER in a
-thread (an echo: it answers each message with the same frames). Each wait is bounded
-with ``fail_after``: a missed wake-up shows as a timeout, never as a hang.
+:class:`RequesterSocket` waits on the FD once per batch and hands replies that our own
+sends find to ``on_readable``; the FD is edge-triggered and our calls can consume its
+signal, so these check that every reply still arrives exactly once. Real ZeroMQ sockets
+over TCP on 127.0.0.1; the peer is a plain blocking pyzmq ROUTER in a thread (an echo:
+it answers each message with the same frames). Each wait is bounded with
+``fail_after``: a missed wake-up shows as a timeout, never as a hang.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import zmq
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
 from backtest_queue.errors import TransportError
-from backtest_queue.transport import SendStatus, ZmqSocket, open_socket
+from backtest_queue.requester_socket import RequesterSocket, open_requester_socket
+from backtest_queue.transport import SendStatus
 
 from stubs import echo, free_tcp_endpoint, stub_service
 
@@ -71,7 +72,7 @@ def ctx() -> Iterator[zmq.Context[Any]]:
     context.destroy(linger=0)
 
 
-async def _connected(sock: ZmqSocket, endpoint: str) -> None:
+async def _connected(sock: RequesterSocket, endpoint: str) -> None:
     """Connect and wait for the handshake: a ping comes back."""
     sock.connect(endpoint)
     with anyio.fail_after(10):
@@ -90,7 +91,7 @@ async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
     n = 400
     got: list[bytes] = []
     with _Echo(ctx) as echo:
-        async with open_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
 
             async def receive() -> None:
@@ -124,7 +125,7 @@ async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_rec
             all_in.set()
 
     with _Echo(ctx) as echo:
-        async with open_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
             s.on_readable = lambda: count(by_hook, s.receive_nowait(1))
 
@@ -145,7 +146,7 @@ async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_rec
 
 async def test_a_cancelled_receive_loses_no_message(ctx: zmq.Context[Any]) -> None:
     with _Echo(ctx) as echo:
-        async with open_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
             echo.hold.set()
             with anyio.move_on_after(0.2) as scope:
@@ -158,12 +159,12 @@ async def test_a_cancelled_receive_loses_no_message(ctx: zmq.Context[Any]) -> No
 
 
 async def test_a_writer_and_a_receiver_wait_at_once(ctx: zmq.Context[Any]) -> None:
-    """A receive and a wait for room are armed at once on one socket.
+    """Only one task may wait on an FD: the second waits for the first and looks again.
 
     The writer waits for POLLOUT (``ZMQ_IMMEDIATE``: no peer yet), the receiver for a
     message; connecting lets the writer send, whose echo wakes the receiver."""
     with _Echo(ctx) as echo:
-        async with open_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             assert s.try_send([b"", b"early"]) is SendStatus.WOULD_BLOCK
             received: list[list[bytes]] = []
 
@@ -185,7 +186,7 @@ async def test_a_writer_and_a_receiver_wait_at_once(ctx: zmq.Context[Any]) -> No
 
 async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any]) -> None:
     with _Echo(ctx) as echo:
-        async with open_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
             assert s.send_batch([[b"", b"a", b"b"], [b"c"]]) == (2, SendStatus.SENT)
             got: list[list[bytes]] = []
@@ -196,7 +197,7 @@ async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any]) -> Non
 
 
 async def test_a_closed_socket_raises_transport_error(ctx: zmq.Context[Any]) -> None:
-    async with open_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
         pass
     with pytest.raises(TransportError, match="t"):
         s.receive_nowait()

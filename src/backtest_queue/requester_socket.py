@@ -1,0 +1,281 @@
+"""The requester's DEALER: a pyzmq socket that waits on its ZeroMQ FD through anyio.
+
+Every other socket of the package is a zmq-anyio socket (:mod:`.transport`). zmq-anyio
+runs a task per socket that waits on the ZeroMQ FD and, on every wake-up of that FD,
+opens a task group and spawns a task, and spawns tasks per awaited call; on the
+requester, which sends and receives one small message per backtest, those spawns were
+the largest cost after the sends themselves (issue 14: row 4 of the benchmarks went from
+0.22x to 0.3x-0.4x of a zmq.asyncio client on trio when this replaced it). Here the
+receiving task waits on the FD itself, once per batch (:func:`anyio.wait_readable`), and
+nothing is spawned.
+
+The ZeroMQ FD is not a plain readable socket (`zmq_getsockopt(3)`, ``ZMQ_FD``): it
+signals that the socket's state *may* have changed, edge-triggered, and any call on the
+socket (a send included) may consume that signal. So:
+
+* before it waits on the FD, a task reads ``ZMQ_EVENTS`` (which also re-arms the FD) and
+  waits only if what it waits for is not ready;
+* after a call of its own while a task waits on the FD (a send, a non-blocking read), the
+  socket reads ``ZMQ_EVENTS`` and wakes that task if what it waits for is ready: the
+  call may have consumed the edge that would have woken it;
+* one task at a time waits on the FD (anyio allows one reader per FD); another task that
+  needs to wait (a receiver and a writer waiting for ``POLLOUT``) waits for that one to
+  wake and looks again.
+
+Before it wakes a receiver for messages a call of its own found waiting, the socket
+offers them to :attr:`RequesterSocket.on_readable` (the dispatcher reads them in the
+same turn: no wake-up, no scheduler pass per message); the receiver is woken only for
+what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final, cast
+
+import anyio
+import anyio.lowlevel
+import zmq
+
+from .endpoints import endpoint_options
+from .errors import TransportError
+from .transport import SendStatus, apply_options
+
+__all__ = ["RequesterSocket", "open_requester_socket"]
+
+Frames = list[bytes]
+
+_EVENTS: Final = int(zmq.EVENTS)
+_RCVMORE: Final = int(zmq.RCVMORE)
+_POLLIN: Final = int(zmq.POLLIN)
+_POLLOUT: Final = int(zmq.POLLOUT)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+
+
+class RequesterSocket:
+    """A DEALER (or any pyzmq socket) used by one receiving task and non-blocking senders.
+
+    Create it with :func:`open_requester_socket`. The same methods as
+    :class:`~backtest_queue.transport.ZmqSocket`, with the same guarantees: sends never
+    block; :meth:`receive_batch` waits for one message and returns all that are ready;
+    a cancelled wait loses no message; ``zmq.ZMQError`` becomes
+    :class:`~backtest_queue.errors.TransportError`.
+
+    Attributes:
+        name: a label for logs and ``repr`` (the dispatcher uses the endpoint).
+        on_readable: called (synchronously) when a call of this socket's own finds
+            messages waiting while a task waits on the FD, to read them in this turn;
+            what it leaves wakes the waiting task. ``None``: the task is woken.
+    """
+
+    def __init__(self, raw: zmq.Socket[bytes], *, name: str) -> None:
+        self._raw = raw
+        self._fd = cast(int, raw.getsockopt(zmq.FD))
+        self.name = name
+        self.on_readable: Callable[[], None] | None = None
+        self._wanted = 0  # POLLIN | POLLOUT: what the tasks that wait are waiting for
+        self._waker: anyio.CancelScope | None = None  # the task waiting on the FD
+        self._fd_free: anyio.Event | None = None  # set when that task stops waiting
+        self._offering = False  # inside on_readable (its reads must not call it again)
+
+    def __repr__(self) -> str:
+        return f"<RequesterSocket {self.name} {self._raw.socket_type!r}>"
+
+    @property
+    def raw(self) -> zmq.Socket[bytes]:
+        """The underlying pyzmq socket, for setting options and monitors."""
+        return self._raw
+
+    def connect(self, endpoint: str) -> None:
+        """Connect to ``endpoint`` (libzmq connects and reconnects in the background).
+
+        Raises:
+            TransportError: the endpoint is malformed or its transport unsupported.
+        """
+        try:
+            apply_options(self._raw, endpoint_options(endpoint))
+            self._raw.connect(endpoint)
+        except zmq.ZMQError as exc:
+            who = "" if self.name == endpoint else f" {self.name}"  # no "connect X to X"
+            raise TransportError(f"cannot connect{who} to {endpoint!r}: {exc}") from exc
+
+    def try_send(self, frames: Sequence[bytes]) -> SendStatus:
+        """Send one multipart message now, or say why not. Never blocks, never waits.
+
+        Raises:
+            TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
+        """
+        return self.send_batch((frames,))[1]
+
+    def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]:
+        """Send multipart messages in order until one cannot go. Never blocks.
+
+        Returns:
+            How many were sent, and :attr:`SendStatus.SENT` if all were, else why the
+            next one was not (it and the rest were not sent).
+
+        Raises:
+            TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
+        """
+        send = self._raw.send
+        sent = 0
+        status = SendStatus.SENT
+        try:
+            for frames in messages:
+                # Frame by frame with int flags (pyzmq's send_multipart checks types and
+                # does enum arithmetic per frame). A multipart message is atomic: EAGAIN
+                # can only come on its first frame.
+                *head, last = frames
+                for frame in head:
+                    send(frame, _SNDMORE_NOBLOCK)
+                send(last, _NOBLOCK)
+                sent += 1
+        except zmq.Again:
+            status = SendStatus.WOULD_BLOCK
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise TransportError(f"send on {self.name} failed: {exc}") from exc
+            status = SendStatus.UNREACHABLE
+        finally:
+            if self._wanted:
+                self._after_own_call()
+        return sent, status
+
+    def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
+        """Return the messages already waiting (up to ``max_messages``), maybe none.
+
+        Raises:
+            TransportError: the socket failed or was closed, and no message was read
+                (messages read before a failure are returned; it repeats next call).
+        """
+        batch: list[Frames] = []
+        recv = self._raw.recv
+        more = self._raw.getsockopt
+        try:
+            while len(batch) < max_messages:
+                frames = [recv(_NOBLOCK)]
+                while more(_RCVMORE):
+                    frames.append(recv(_NOBLOCK))
+                batch.append(frames)
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            if not batch:
+                raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        if self._wanted and not self._offering:
+            self._after_own_call()
+        return batch
+
+    def _after_own_call(self) -> None:
+        """A call of ours may have consumed the FD's signal: give what is ready to
+        :attr:`on_readable`, then wake the task waiting on the FD if it is ready for it."""
+        if self._raw.closed:
+            return
+        events = cast(int, self._raw.getsockopt(_EVENTS))
+        if (events & _POLLIN and self._wanted & _POLLIN and self.on_readable is not None
+                and not self._offering):  # fmt: skip
+            self._offering = True
+            try:
+                self.on_readable()
+            finally:
+                self._offering = False
+            events = cast(int, self._raw.getsockopt(_EVENTS))
+        if events & self._wanted and self._waker is not None:
+            self._waker.cancel()
+
+    async def _wait(self, wanted: int) -> None:
+        """Wait until ``ZMQ_EVENTS`` has ``wanted`` (``POLLIN`` or ``POLLOUT``)."""
+        try:
+            while not cast(int, self._raw.getsockopt(_EVENTS)) & wanted:
+                self._wanted |= wanted
+                if self._fd_free is not None:  # another task waits on the FD
+                    await self._fd_free.wait()
+                    continue
+                self._fd_free = free = anyio.Event()
+                try:
+                    with anyio.CancelScope() as self._waker:
+                        await anyio.wait_readable(self._fd)
+                finally:
+                    self._waker = self._fd_free = None
+                    self._wanted = 0  # whoever still waits says so again
+                    free.set()
+        except zmq.ZMQError as exc:
+            raise TransportError(f"{self.name} failed: {exc}") from exc
+        except anyio.ClosedResourceError:
+            raise TransportError(f"{self.name} was closed while a task waited on it") from None
+
+    async def receive_batch(self, max_messages: int = 1024) -> list[Frames]:
+        """Wait for at least one message, then return all that are ready (up to a cap).
+
+        A checkpoint. Cancel-safe: messages are only read when returned.
+
+        Raises:
+            TransportError: the socket failed or was closed.
+        """
+        while True:
+            await self.wait_readable()
+            batch = self.receive_nowait(max_messages)
+            if batch:
+                return batch
+
+    async def wait_readable(self) -> None:
+        """Wait until a message can be read, without reading it (so that the caller can
+        decide how many to read once it is awake). A checkpoint.
+
+        Another task may read the message first: :meth:`receive_nowait` may then return
+        nothing.
+
+        Raises:
+            TransportError: the socket failed or was closed.
+        """
+        try:
+            ready = cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN
+        except zmq.ZMQError as exc:
+            raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        if ready:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await self._wait(_POLLIN)
+
+    async def wait_writable(self) -> None:
+        """Wait until a send could succeed (a peer is up and below its high-water mark).
+
+        Raises:
+            TransportError: the socket failed or was closed.
+        """
+        await self._wait(_POLLOUT)
+
+
+@asynccontextmanager
+async def open_requester_socket(
+    context: zmq.Context[Any], socket_type: int, *, name: str, options: dict[int, Any]
+) -> AsyncIterator[RequesterSocket]:
+    """Open a :class:`RequesterSocket` for the duration of the block (not connected).
+
+    Args:
+        context: the pyzmq context.
+        socket_type: ``zmq.DEALER`` (any type works).
+        name: a label for logs and ``repr``.
+        options: socket options, set before anything else (``{zmq.LINGER: 0, ...}``);
+            closed with its ``ZMQ_LINGER``.
+
+    Raises:
+        TransportError: an option is refused.
+    """
+    raw: zmq.Socket[bytes] = context.socket(socket_type)
+    try:
+        apply_options(raw, options)
+    except zmq.ZMQError as exc:
+        raw.close(linger=0)
+        raise TransportError(f"cannot open {name}: {exc}") from exc
+    sock = RequesterSocket(raw, name=name)
+    try:
+        yield sock
+    finally:
+        # A task still waiting on the FD gets ClosedResourceError, never a closed FD.
+        with contextlib.suppress(Exception):
+            anyio.notify_closing(sock._fd)
+        raw.close()
