@@ -3,11 +3,13 @@
 Every other socket of the package is a zmq-anyio socket (:mod:`.transport`). zmq-anyio
 runs a task per socket that waits on the ZeroMQ FD and, on every wake-up of that FD,
 opens a task group and spawns a task, and spawns tasks per awaited call; on the
-requester, which sends and receives one small message per backtest, those spawns were
-the largest cost after the sends themselves (issue 14: row 4 of the benchmarks went from
-0.22x to 0.3x-0.4x of a zmq.asyncio client on trio when this replaced it). Here the
-receiving task waits on the FD itself, once per batch (:func:`anyio.wait_readable`), and
-nothing is spawned.
+requester, which sends and receives one small message per backtest, its FD task woke
+0.6 times per message and cost about a third of the requester's CPU (issue 14, row 4 of
+the benchmarks on a quiet machine: 3 700-3 800 messages/s through zmq-anyio, 4 850-5 350
+with this socket, the dispatcher otherwise the same). Here the receiving task waits on
+the FD itself, once per batch (:func:`anyio.wait_readable`), and nothing is spawned.
+zmq-anyio is not forked or copied; the shared sending and connecting code is
+:class:`~backtest_queue.transport.SocketBase`.
 
 The ZeroMQ FD is not a plain readable socket (`zmq_getsockopt(3)`, ``ZMQ_FD``): it
 signals that the socket's state *may* have changed, edge-triggered, and any call on the
@@ -31,7 +33,7 @@ what is left.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 
@@ -39,9 +41,8 @@ import anyio
 import anyio.lowlevel
 import zmq
 
-from .endpoints import endpoint_options
 from .errors import TransportError
-from .transport import SendStatus, apply_options
+from .transport import SocketBase, apply_options
 
 __all__ = ["RequesterSocket", "open_requester_socket"]
 
@@ -52,10 +53,9 @@ _RCVMORE: Final = int(zmq.RCVMORE)
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-_SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 
 
-class RequesterSocket:
+class RequesterSocket(SocketBase):
     """A DEALER (or any pyzmq socket) used by one receiving task and non-blocking senders.
 
     Create it with :func:`open_requester_socket`. The same methods as
@@ -84,65 +84,9 @@ class RequesterSocket:
     def __repr__(self) -> str:
         return f"<RequesterSocket {self.name} {self._raw.socket_type!r}>"
 
-    @property
-    def raw(self) -> zmq.Socket[bytes]:
-        """The underlying pyzmq socket, for setting options and monitors."""
-        return self._raw
-
-    def connect(self, endpoint: str) -> None:
-        """Connect to ``endpoint`` (libzmq connects and reconnects in the background).
-
-        Raises:
-            TransportError: the endpoint is malformed or its transport unsupported.
-        """
-        try:
-            apply_options(self._raw, endpoint_options(endpoint))
-            self._raw.connect(endpoint)
-        except zmq.ZMQError as exc:
-            who = "" if self.name == endpoint else f" {self.name}"  # no "connect X to X"
-            raise TransportError(f"cannot connect{who} to {endpoint!r}: {exc}") from exc
-
-    def try_send(self, frames: Sequence[bytes]) -> SendStatus:
-        """Send one multipart message now, or say why not. Never blocks, never waits.
-
-        Raises:
-            TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
-        """
-        return self.send_batch((frames,))[1]
-
-    def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]:
-        """Send multipart messages in order until one cannot go. Never blocks.
-
-        Returns:
-            How many were sent, and :attr:`SendStatus.SENT` if all were, else why the
-            next one was not (it and the rest were not sent).
-
-        Raises:
-            TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
-        """
-        send = self._raw.send
-        sent = 0
-        status = SendStatus.SENT
-        try:
-            for frames in messages:
-                # Frame by frame with int flags (pyzmq's send_multipart checks types and
-                # does enum arithmetic per frame). A multipart message is atomic: EAGAIN
-                # can only come on its first frame.
-                *head, last = frames
-                for frame in head:
-                    send(frame, _SNDMORE_NOBLOCK)
-                send(last, _NOBLOCK)
-                sent += 1
-        except zmq.Again:
-            status = SendStatus.WOULD_BLOCK
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise TransportError(f"send on {self.name} failed: {exc}") from exc
-            status = SendStatus.UNREACHABLE
-        finally:
-            if self._wanted:
-                self._after_own_call()
-        return sent, status
+    def _after_send(self) -> None:
+        if self._wanted:
+            self._after_own_call()
 
     def receive_nowait(self, max_messages: int = 1024) -> list[Frames]:
         """Return the messages already waiting (up to ``max_messages``), maybe none.

@@ -60,6 +60,7 @@ __all__ = [
     "Network",
     "Requester",
     "SendStatus",
+    "SocketBase",
     "ZmqNetwork",
     "ZmqSocket",
     "apply_options",
@@ -107,28 +108,15 @@ class SendStatus(enum.Enum):
     UNREACHABLE = "unreachable"
 
 
-class ZmqSocket:
-    """One ZeroMQ socket, driven by zmq-anyio, with batch receive and non-blocking send.
+class SocketBase:
+    """What every socket of the package does alike: connect, non-blocking sends, errors.
 
-    Create it with :func:`open_socket`. Use it from one task per direction: one receiver
-    (:meth:`receive_batch`) and any number of non-blocking senders (:meth:`try_send`).
+    Subclasses set ``_raw`` (the pyzmq socket) and ``name``, and say in
+    :meth:`_after_send` how a waiting receiver learns of what a send may have hidden.
     """
 
-    def __init__(self, sock: zmq_anyio.Socket, *, name: str) -> None:
-        self._sock = sock
-        # A plain pyzmq shadow of the same libzmq socket, for calls that must not go
-        # through zmq-anyio's futures (its send() schedules a task and cannot fail).
-        self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        self._stash: list[Frames] = []
-        self._writer_waiting = False
-        # A receive parked on a zmq-anyio future, and whether it was re-armed since:
-        # only a parked waiter needs a re-arm, and one re-arm per park wakes it.
-        self._parked = False
-        self._rearmed = False
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<ZmqSocket {self.name} {self._raw.socket_type!r}>"
+    _raw: zmq.Socket[bytes]
+    name: str
 
     @property
     def raw(self) -> zmq.Socket[bytes]:
@@ -188,8 +176,38 @@ class ZmqSocket:
                 raise TransportError(f"send on {self.name} failed: {exc}") from exc
             status = SendStatus.UNREACHABLE
         finally:
-            self._rearm()
+            self._after_send()
         return sent, status
+
+    def _after_send(self) -> None:
+        """Called after every send: the send may have consumed the FD's signal."""
+
+
+class ZmqSocket(SocketBase):
+    """One ZeroMQ socket, driven by zmq-anyio, with batch receive and non-blocking send.
+
+    Create it with :func:`open_socket`. Use it from one task per direction: one receiver
+    (:meth:`receive_batch`) and any number of non-blocking senders (:meth:`try_send`).
+    """
+
+    def __init__(self, sock: zmq_anyio.Socket, *, name: str) -> None:
+        self._sock = sock
+        # A plain pyzmq shadow of the same libzmq socket, for calls that must not go
+        # through zmq-anyio's futures (its send() schedules a task and cannot fail).
+        self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        self._stash: list[Frames] = []
+        self._writer_waiting = False
+        # A receive parked on a zmq-anyio future, and whether it was re-armed since:
+        # only a parked waiter needs a re-arm, and one re-arm per park wakes it.
+        self._parked = False
+        self._rearmed = False
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<ZmqSocket {self.name} {self._raw.socket_type!r}>"
+
+    def _after_send(self) -> None:
+        self._rearm()
 
     def _rearm(self) -> None:
         """Let zmq-anyio see events our own calls consumed.
