@@ -10,6 +10,7 @@ it answers each message with the same frames). Each wait is bounded with
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -238,3 +239,87 @@ async def test_replies_read_in_the_submitters_turn_respect_outcome_buffer() -> N
                     break
     assert most_unread <= bound
     assert sorted(got) == sorted(r.request_id for r in requests)
+
+
+def _fill(sock: RequesterSocket) -> int:
+    """Send until the high-water mark stops it; return how many went."""
+    n = 0
+    while sock.send_batch([[b"", b"x"]])[0]:
+        n += 1
+    return n
+
+
+def _drain(router: zmq.Socket[bytes]) -> list[list[bytes]]:
+    got: list[list[bytes]] = []
+    with contextlib.suppress(zmq.Again):
+        while True:
+            got.append(router.recv_multipart(zmq.NOBLOCK))
+    return got
+
+
+@pytest.fixture
+def tight_pair(ctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    """A ROUTER on inproc that holds one message: a DEALER with SNDHWM=1 fills at once."""
+    router: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVHWM, 1)
+    endpoint = f"inproc://tight-{id(router):x}"
+    router.bind(endpoint)
+    yield router, endpoint
+    router.close(linger=0)
+
+
+_TIGHT = {zmq.LINGER: 0, zmq.SNDHWM: 1}
+
+
+async def test_a_receivers_look_does_not_hide_room_from_the_waiting_writer(
+    ctx: zmq.Context[Any], tight_pair: tuple[zmq.Socket[bytes], str]
+) -> None:
+    """The writer waits on the FD for room; the peer makes room (libzmq signals the FD);
+    the receiver then looks for messages, and that ZMQ_EVENTS read clears the signal:
+    the writer must be woken all the same (it was not: found in review)."""
+    router, endpoint = tight_pair
+    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
+        s.connect(endpoint)
+        assert _fill(s) >= 1
+        writable = anyio.Event()
+
+        async def write() -> None:
+            await s.wait_writable()
+            writable.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()  # the writer waits on the FD
+            assert _drain(router)  # room again: the DEALER's FD is signalled
+            with anyio.move_on_after(0.2):
+                await s.wait_readable()  # no reply comes: it only looks, then waits
+            with anyio.fail_after(5):
+                await writable.wait()
+
+
+async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
+    ctx: zmq.Context[Any], tight_pair: tuple[zmq.Socket[bytes], str]
+) -> None:
+    """The receiver waits on the FD; a reply arrives (libzmq signals the FD); a writer
+    then looks for room, and that ZMQ_EVENTS read clears the signal: the receiver must be
+    woken all the same (it was not: found in review)."""
+    router, endpoint = tight_pair
+    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
+        s.connect(endpoint)
+        _fill(s)
+        identity = _drain(router)[0][0]
+        received = anyio.Event()
+
+        async def receive() -> None:
+            await s.wait_readable()
+            received.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()  # the receiver waits on the FD
+            router.send_multipart([identity, b"", b"reply"])
+            with anyio.fail_after(5):
+                await s.wait_writable()  # room is there: it looks and returns
+                await received.wait()
+        assert s.receive_nowait() == [[b"", b"reply"]]

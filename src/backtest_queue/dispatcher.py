@@ -118,6 +118,7 @@ class Dispatcher(_Sending):
         self._accepting: set[str] = set()  # ids of submits under way (not yet accepted)
         self._reserved = 0  # queue room held by submits under way
         self._closed = False
+        self._applying = False  # inside _read_now (replies are applied one batch at a time)
         self._thread = threading.get_ident()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._invalid_replies = 0
@@ -565,10 +566,18 @@ class Dispatcher(_Sending):
         receiver waits, so they are applied in the sender's turn: a wake-up of the
         receiver per reply would cost a scheduler pass each."""
         room = self._book.room()
-        if room <= 0 or self._closed:
-            return  # the receiver reads them once there is room
+        if room <= 0 or self._closed or self._applying:
+            # No room: the receiver reads them once there is. Applying: a reply being
+            # applied sent something (a PONG's flush) that found these; read now, they
+            # would be counted against a room the replies still being applied will
+            # take. The socket wakes the receiver for them.
+            return
         limit = _RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room)
-        self._apply_replies(endpoint, self._sockets[endpoint].receive_nowait(limit))
+        self._applying = True
+        try:
+            self._apply_replies(endpoint, self._sockets[endpoint].receive_nowait(limit))
+        finally:
+            self._applying = False
 
     def _apply_replies(self, endpoint: str, batch: list[list[bytes]]) -> None:
         if not batch:

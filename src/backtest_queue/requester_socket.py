@@ -22,7 +22,8 @@ socket (a send included) may consume that signal. So:
   call may have consumed the edge that would have woken it;
 * one task at a time waits on the FD (anyio allows one reader per FD); another task that
   needs to wait (a receiver and a writer waiting for ``POLLOUT``) waits for that one to
-  wake and looks again.
+  wake and looks again. Its look reads ``ZMQ_EVENTS`` too, and so may clear the signal
+  the first one waits for: when it finds what that one waits for, it wakes it.
 
 Before it wakes a receiver for messages a call of its own found waiting, the socket
 offers them to :attr:`RequesterSocket.on_readable` (the dispatcher reads them in the
@@ -79,6 +80,7 @@ class RequesterSocket(SocketBase):
         self._wanted = 0  # POLLIN | POLLOUT: what the tasks that wait are waiting for
         self._waker: anyio.CancelScope | None = None  # the task waiting on the FD
         self._fd_free: anyio.Event | None = None  # set when that task stops waiting
+        self._holder_wants = 0  # what the task waiting on the FD waits for
         self._offering = False  # inside on_readable (its reads must not call it again)
 
     def __repr__(self) -> str:
@@ -130,21 +132,35 @@ class RequesterSocket(SocketBase):
         if events & self._wanted and self._waker is not None:
             self._waker.cancel()
 
+    def _events(self) -> int:
+        """Read ``ZMQ_EVENTS`` for a task that is not waiting on the FD.
+
+        The read handles libzmq's pending commands and so clears the FD's signal: if it
+        finds what the task waiting on the FD waits for, that task is woken (it would
+        sleep through it). Only then: two waiters waking each other for nothing would
+        never sleep.
+        """
+        events = cast(int, self._raw.getsockopt(_EVENTS))
+        if events & self._holder_wants and self._waker is not None:
+            self._waker.cancel()
+        return events
+
     async def _wait(self, wanted: int) -> None:
         """Wait until ``ZMQ_EVENTS`` has ``wanted`` (``POLLIN`` or ``POLLOUT``)."""
         try:
-            while not cast(int, self._raw.getsockopt(_EVENTS)) & wanted:
+            while not self._events() & wanted:
                 self._wanted |= wanted
                 if self._fd_free is not None:  # another task waits on the FD
                     await self._fd_free.wait()
                     continue
                 self._fd_free = free = anyio.Event()
+                self._holder_wants = wanted
                 try:
                     with anyio.CancelScope() as self._waker:
                         await anyio.wait_readable(self._fd)
                 finally:
                     self._waker = self._fd_free = None
-                    self._wanted = 0  # whoever still waits says so again
+                    self._wanted = self._holder_wants = 0  # who still waits says so again
                     free.set()
         except zmq.ZMQError as exc:
             raise TransportError(f"{self.name} failed: {exc}") from exc
@@ -176,7 +192,7 @@ class RequesterSocket(SocketBase):
             TransportError: the socket failed or was closed.
         """
         try:
-            ready = cast(int, self._raw.getsockopt(_EVENTS)) & _POLLIN
+            ready = self._events() & _POLLIN
         except zmq.ZMQError as exc:
             raise TransportError(f"receive on {self.name} failed: {exc}") from exc
         if ready:

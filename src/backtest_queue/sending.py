@@ -105,7 +105,9 @@ class _Sending:
             by_connection.setdefault(conn, []).append(request)
         unsent: list[str] = []
         sent = 0
-        for conn, requests in by_connection.items():
+        for index, (conn, requests) in enumerate(by_connection.items()):
+            if index:  # a send before may have applied replies that resolved some of these
+                requests = self._still_pending(requests, conn)
             count, status = (0, SendStatus.WOULD_BLOCK)
             if conn not in self._blocked:
                 bodies = self._bodies  # kept from validation: no second encoding
@@ -128,6 +130,16 @@ class _Sending:
             self._room_freed()
             log.debug("sent %d requests (%s)", sent, trigger)
         return sent
+
+    def _still_pending(self, requests: list[BacktestRequest], conn: str) -> list[BacktestRequest]:
+        """The requests still pending on ``conn``; the others' kept bodies are dropped."""
+        queue = self._queue
+        kept = [r for r in requests if queue.connection_of(r.request_id) == conn]
+        if len(kept) < len(requests):
+            for request in requests:
+                if queue.connection_of(request.request_id) != conn:
+                    self._bodies.pop(request.request_id, None)
+        return kept
 
     def _room_freed(self) -> None:
         if self._room_waiters:  # no Event churn per send
