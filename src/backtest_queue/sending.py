@@ -134,11 +134,12 @@ class _Sending:
     def _still_pending(self, requests: list[BacktestRequest], conn: str) -> list[BacktestRequest]:
         """The requests still pending on ``conn``; the others' kept bodies are dropped."""
         queue = self._queue
-        kept = [r for r in requests if queue.connection_of(r.request_id) == conn]
-        if len(kept) < len(requests):
-            for request in requests:
-                if queue.connection_of(request.request_id) != conn:
-                    self._bodies.pop(request.request_id, None)
+        kept: list[BacktestRequest] = []
+        for request in requests:
+            if queue.connection_of(request.request_id) == conn:
+                kept.append(request)
+            else:
+                self._bodies.pop(request.request_id, None)
         return kept
 
     def _room_freed(self) -> None:

@@ -39,7 +39,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Final, Literal, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -56,7 +56,6 @@ __all__ = [
     "CONNECT_LOG_INTERVAL",
     "ConnectionEvent",
     "CurveClient",
-    "MonitoredSocket",
     "Network",
     "Requester",
     "SendStatus",
@@ -386,22 +385,9 @@ class ConnectionEvent:
     definitive: bool = False
 
 
-@runtime_checkable
-class MonitoredSocket(Protocol):
-    """What :func:`run_monitor` needs of a socket (a :class:`ZmqSocket` or a
-    :class:`~backtest_queue.requester_socket.RequesterSocket`)."""
-
-    name: str
-
-    @property
-    def raw(self) -> zmq.Socket[bytes]: ...
-
-    def connect(self, endpoint: str) -> None: ...
-
-
 async def run_monitor(
     context: zmq.Context[Any],
-    sock: MonitoredSocket,
+    sock: SocketBase,
     events_out: MemoryObjectSendStream[ConnectionEvent],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -594,11 +580,11 @@ class ZmqNetwork:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        assert isinstance(requester, MonitoredSocket)
+        assert isinstance(requester, SocketBase)
         await run_monitor(self.context, requester, events_out, task_status=task_status)
 
     def connect(self, requester: Requester, endpoint: str) -> None:
-        assert isinstance(requester, MonitoredSocket)
+        assert isinstance(requester, SocketBase)
         requester.connect(endpoint)
 
 
