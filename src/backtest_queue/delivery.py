@@ -25,15 +25,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
 import anyio.lowlevel
-import trio.lowlevel
 from anyio.abc import ObjectReceiveStream
 
+from .backend import backend_checkpoint
 from .errors import UsageError
 from .outcome import Outcome
 
@@ -254,18 +254,6 @@ class OutcomeBook:
 
     def statistics(self) -> OutcomeStreamStatistics:
         return OutcomeStreamStatistics(len(self._unread), self.bound, self._readers, self.ended)
-
-
-def backend_checkpoint() -> Callable[[], Awaitable[None]]:
-    """The running backend's checkpoint, looked up once.
-
-    The same schedule point and cancellation check as :func:`anyio.lowlevel.checkpoint`
-    (on trio anyio calls ``trio.lowlevel.checkpoint``), without anyio's backend lookup
-    on every call: the per-message calls (``submit``, ``outcomes.receive``) use it.
-    """
-    if trio.lowlevel.in_trio_run():
-        return trio.lowlevel.checkpoint
-    return anyio.lowlevel.checkpoint
 
 
 class OutcomeStream(ObjectReceiveStream[Outcome]):

@@ -34,7 +34,8 @@ import anyio.abc
 import anyio.lowlevel
 
 from ._ratelog import RateLimitedLog
-from .delivery import OutcomeBook, OutcomeStream, backend_checkpoint
+from .backend import backend_checkpoint, backend_clock
+from .delivery import OutcomeBook, OutcomeStream
 from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
@@ -99,7 +100,9 @@ class Dispatcher(_Sending):
         self.endpoints: tuple[str, ...] = tuple(sockets)
         self._on_full = on_full
         self._max_message_bytes = max_message_bytes
-        self._checkpoint = backend_checkpoint()  # per-message calls: no backend lookup
+        # Per-message calls: the backend's own, without anyio's backend lookup per call.
+        self._checkpoint = backend_checkpoint()
+        self._clock = backend_clock()
         self._book = OutcomeBook(outcome_buffer, self._received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
@@ -217,9 +220,9 @@ class Dispatcher(_Sending):
                 raise DuplicateRequest(rid)
             if q.queued + self._reserved < q.capacity:
                 self._accept([checked], {rid: body})
-                now = anyio.current_time()
+                now = self._clock()
                 self._flush(now, "submit")
-                self._rearm_flusher()
+                self._rearm_flusher(now)
                 return self._state(rid, now, False)
         return (await self._submit_many([request]))[0]
 
@@ -305,11 +308,11 @@ class Dispatcher(_Sending):
                 self._instant[request.request_id] = outcome
         if cached and self._idle.is_set():
             self._idle = anyio.Event()
-        now = anyio.current_time()
+        now = self._clock()
         self._flush(now, "submit")
         if cached:
             self._kick()
-        self._rearm_flusher()
+        self._rearm_flusher(now)
         return [self._state(r.request_id, now, r.request_id in cached) for r in checked]
 
     def _accept(self, fresh: Sequence[BacktestRequest], bodies: dict[str, bytes]) -> None:
@@ -428,8 +431,9 @@ class Dispatcher(_Sending):
         self._check_caller()
         if self._book.full:
             return 0
-        sent = self._send(self._queue.maybe_flush(anyio.current_time()), trigger="cycle")
-        self._rearm_flusher()
+        now = self._clock()
+        sent = self._send(self._queue.maybe_flush(now), trigger="cycle")
+        self._rearm_flusher(now)
         return sent
 
     async def wait_connected(self, endpoint: str | None = None) -> None:
@@ -582,7 +586,7 @@ class Dispatcher(_Sending):
     def _apply_replies(self, endpoint: str, batch: list[list[bytes]]) -> None:
         if not batch:
             return
-        now = anyio.current_time()
+        now = self._clock()
         freed = False
         for frames in batch:
             freed |= self._handle_reply(endpoint, frames, now)

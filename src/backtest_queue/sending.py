@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -86,6 +87,7 @@ class _Sending:
     _connects: dict[str, int]  # endpoint -> connect events seen (which PING is current)
     _pong_in: set[str]  # endpoints up whose PONG since their last connect is in
     _bodies: dict[str, bytes]
+    _clock: Callable[[], float]  # the backend's clock (backend_clock)
 
     def _fail(self, failures: list[FailedRequest[BacktestRequest]]) -> None:
         raise NotImplementedError
@@ -125,7 +127,7 @@ class _Sending:
                     self._would_block += 1
                     self._block(conn)
         if unsent:
-            queue.send_failed(unsent, anyio.current_time())
+            queue.send_failed(unsent, self._clock())
         if sent:
             self._room_freed()
             log.debug("sent %d requests (%s)", sent, trigger)
@@ -147,14 +149,14 @@ class _Sending:
             self._room.set()
             self._room = anyio.Event()
 
-    def _rearm_flusher(self) -> None:
+    def _rearm_flusher(self, now: float) -> None:
         """Kick the flusher if the policy now needs it earlier than it plans to wake.
 
-        Called after work done outside the flusher (submit, maybe_flush): a request
-        handed over there has a deadline, and one queued behind the rate limit a token
-        time, that the sleeping flusher does not know about.
+        Called after work done outside the flusher (submit, maybe_flush) at ``now``: a
+        request handed over there has a deadline, and one queued behind the rate limit a
+        token time, that the sleeping flusher does not know about.
         """
-        if self._queue.next_deadline_at() < self._flusher_wakes_at:
+        if self._queue.next_deadline_at(now) < self._flusher_wakes_at:
             self._kick()
 
     def _flush(self, now: float, trigger: str) -> int:
@@ -236,7 +238,7 @@ class _Sending:
     def _flush_now(self, trigger: str) -> None:
         """Hand over what a new credit allows at once, so that a caller woken by
         ``wait_connected`` finds the connect flush done; then let the flusher re-plan."""
-        self._flush(anyio.current_time(), trigger)
+        self._flush(self._clock(), trigger)
         self._kick()
 
     async def _ready_anyway(self, endpoint: str, connect: int) -> None:
@@ -264,7 +266,7 @@ class _Sending:
         queue = self._queue
         task_status.started()
         while True:
-            now = anyio.current_time()
+            now = self._clock()
             if not self._book.full:
                 self._fail(queue.expire(now))
             wakes: list[ConnectionEvent | _Kick] = []
@@ -278,7 +280,7 @@ class _Sending:
                     wakes.append(self._wake_receive.receive_nowait())
                 except anyio.WouldBlock:
                     break
-            now = anyio.current_time()
+            now = self._clock()
             held = self._book.full
             if not held:
                 self._fail(queue.expire(now))

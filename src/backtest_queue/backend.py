@@ -1,0 +1,42 @@
+"""The running backend's checkpoint and clock, looked up once per dispatcher.
+
+anyio finds the running backend (through sniffio) on every call of
+:func:`anyio.lowlevel.checkpoint` and :func:`anyio.current_time`; the dispatcher calls
+both several times per message, where that lookup was about 6 % of the requester's CPU
+(issue 14, row 4 of the benchmarks). These return the same functions anyio would end up
+calling, once: the same schedule point and cancellation check, the same clock (trio's
+run clock, a ``MockClock`` included; asyncio's loop time).
+
+Call them inside the event loop that will use the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.lowlevel
+import trio
+import trio.lowlevel
+
+__all__ = ["backend_checkpoint", "backend_clock"]
+
+
+def backend_checkpoint() -> Callable[[], Awaitable[None]]:
+    """The running backend's checkpoint (on trio ``trio.lowlevel.checkpoint``, which
+    :func:`anyio.lowlevel.checkpoint` calls there); elsewhere anyio's own."""
+    if trio.lowlevel.in_trio_run():
+        return trio.lowlevel.checkpoint
+    return anyio.lowlevel.checkpoint
+
+
+def backend_clock() -> Callable[[], float]:
+    """The running backend's clock, in seconds: what :func:`anyio.current_time` returns
+    (``trio.current_time``; on asyncio the running loop's ``time``)."""
+    if trio.lowlevel.in_trio_run():
+        return trio.current_time
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not in an event loop: anyio's own says so when called
+        return anyio.current_time
