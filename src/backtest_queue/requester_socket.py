@@ -41,6 +41,7 @@ from typing import Any, Final, cast
 import anyio
 import anyio.lowlevel
 import zmq
+import zmq.backend
 
 from .errors import TransportError
 from .transport import SocketBase, apply_options
@@ -54,6 +55,9 @@ _RCVMORE: Final = int(zmq.RCVMORE)
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+# pyzmq's own getsockopt, without the Python wrapper that makes ZMQ_EVENTS a PollEvent
+# enum (and every ``&`` on it enum arithmetic): read on every send while a task waits.
+_getsockopt: Final = zmq.backend.Socket.get
 
 
 class RequesterSocket(SocketBase):
@@ -82,11 +86,15 @@ class RequesterSocket(SocketBase):
         self._fd_free: anyio.Event | None = None  # set when that task stops waiting
         self._holder_wants = 0  # what the task waiting on the FD waits for
         self._offering = False  # inside on_readable (its reads must not call it again)
+        # ZMQ_EVENTS as receive_nowait read it after its last recv, if no call came since
+        # (-1: unknown); spares _after_own_call a second read.
+        self._last_events = -1
 
     def __repr__(self) -> str:
         return f"<RequesterSocket {self.name} {self._raw.socket_type!r}>"
 
     def _after_send(self) -> None:
+        self._last_events = -1
         if self._wanted:
             self._after_own_call()
 
@@ -98,21 +106,32 @@ class RequesterSocket(SocketBase):
                 (messages read before a failure are returned; it repeats next call).
         """
         batch: list[Frames] = []
-        recv = self._raw.recv
-        more = self._raw.getsockopt
+        raw = self._raw
+        recv = raw.recv
+        events = -1  # ZMQ_EVENTS as read after the last message; -1: not read since
         try:
             while len(batch) < max_messages:
                 frames = [recv(_NOBLOCK)]
-                while more(_RCVMORE):
+                while _getsockopt(raw, _RCVMORE):
                     frames.append(recv(_NOBLOCK))
                 batch.append(frames)
+                # Stop when none is left: cheaper than the recv that would raise
+                # zmq.Again, and the events read tell whether to wake a waiting task.
+                events = cast(int, _getsockopt(raw, _EVENTS))
+                if not events & _POLLIN:
+                    break
+                events = -1
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:
             if not batch:
                 raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        self._last_events = events
         if self._wanted and not self._offering:
-            self._after_own_call()
+            if events < 0:
+                self._after_own_call()
+            elif events & self._wanted and self._waker is not None:
+                self._waker.cancel()  # (no POLLIN: nothing to offer to on_readable)
         return batch
 
     def _after_own_call(self) -> None:
@@ -120,15 +139,19 @@ class RequesterSocket(SocketBase):
         :attr:`on_readable`, then wake the task waiting on the FD if it is ready for it."""
         if self._raw.closed:
             return
-        events = cast(int, self._raw.getsockopt(_EVENTS))
+        events = cast(int, _getsockopt(self._raw, _EVENTS))
         if (events & _POLLIN and self._wanted & _POLLIN and self.on_readable is not None
                 and not self._offering):  # fmt: skip
             self._offering = True
+            self._last_events = -1
             try:
                 self.on_readable()
             finally:
                 self._offering = False
-            events = cast(int, self._raw.getsockopt(_EVENTS))
+            # Its last read may have read the events after its last call: not again.
+            events = self._last_events
+            if events < 0:
+                events = cast(int, _getsockopt(self._raw, _EVENTS))
         if events & self._wanted and self._waker is not None:
             self._waker.cancel()
 
@@ -140,7 +163,7 @@ class RequesterSocket(SocketBase):
         sleep through it). Only then: two waiters waking each other for nothing would
         never sleep.
         """
-        events = cast(int, self._raw.getsockopt(_EVENTS))
+        events = cast(int, _getsockopt(self._raw, _EVENTS))
         if events & self._holder_wants and self._waker is not None:
             self._waker.cancel()
         return events
