@@ -330,8 +330,12 @@ class BacktestResult(
     data_fingerprint: Fingerprint | None = None
 
     def __post_init__(self) -> None:
-        _check_version(self.v, InvalidMessage)
-        _check_request_id(self.request_id, InvalidMessage, optional=False)
+        # Inline fast paths, as in BacktestRequest (a requester decodes one per backtest).
+        v, rid = self.v, self.request_id
+        if type(v) is not int or v != PROTOCOL_VERSION:
+            _check_version(v, InvalidMessage)
+        if not (type(rid) is str and 0 < len(rid) <= MAX_REQUEST_ID_LENGTH and rid.isprintable()):
+            _check_request_id(rid, InvalidMessage, optional=False)
         if not isinstance(self.result, Metrics):
             raise problem("result", "must be Metrics", self.result, InvalidMessage)
 
