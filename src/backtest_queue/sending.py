@@ -170,7 +170,9 @@ class _Sending:
                 return total
             sent = self._send(batch, trigger)
             total += sent
-            if sent < len(batch):
+            if sent < len(batch) or len(batch) < _FLUSH_CHUNK:
+                # A short chunk: the policy gave all it could. A slot freed since (a reply
+                # read during the send) kicked the flusher, which sends what it allows.
                 return total
         return total
 
