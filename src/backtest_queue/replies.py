@@ -25,9 +25,10 @@ from .protocol import BacktestRequest, BacktestResult, ErrorReply, Pong, decode_
 __all__ = ["ReplyEffect", "apply_reply"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplyEffect:
-    """What the dispatcher does with one reply.
+    """What the dispatcher does with one reply (read-only by convention: not frozen,
+    because a frozen dataclass's ``__init__`` costs three times as much, once per reply).
 
     Attributes:
         freed: a pending slot was released (the flusher may send more).

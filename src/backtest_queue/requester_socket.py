@@ -57,7 +57,8 @@ _POLLOUT: Final = int(zmq.POLLOUT)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 # pyzmq's own getsockopt, without the Python wrapper that makes ZMQ_EVENTS a PollEvent
 # enum (and every ``&`` on it enum arithmetic): read on every send while a task waits.
-_getsockopt: Final = zmq.backend.Socket.get
+# Typed for the int options read here (typing.cast would be a call per read).
+_getsockopt: Final[Callable[[zmq.Socket[bytes], int], int]] = zmq.backend.Socket.get  # type: ignore[assignment]
 
 
 class RequesterSocket(SocketBase):
@@ -117,7 +118,7 @@ class RequesterSocket(SocketBase):
                 batch.append(frames)
                 # Stop when none is left: cheaper than the recv that would raise
                 # zmq.Again, and the events read tell whether to wake a waiting task.
-                events = cast(int, _getsockopt(raw, _EVENTS))
+                events = _getsockopt(raw, _EVENTS)
                 if not events & _POLLIN:
                     break
                 events = -1
@@ -139,7 +140,7 @@ class RequesterSocket(SocketBase):
         :attr:`on_readable`, then wake the task waiting on the FD if it is ready for it."""
         if self._raw.closed:
             return
-        events = cast(int, _getsockopt(self._raw, _EVENTS))
+        events = _getsockopt(self._raw, _EVENTS)
         if (events & _POLLIN and self._wanted & _POLLIN and self.on_readable is not None
                 and not self._offering):  # fmt: skip
             self._offering = True
@@ -151,7 +152,7 @@ class RequesterSocket(SocketBase):
             # Its last read may have read the events after its last call: not again.
             events = self._last_events
             if events < 0:
-                events = cast(int, _getsockopt(self._raw, _EVENTS))
+                events = _getsockopt(self._raw, _EVENTS)
         if events & self._wanted and self._waker is not None:
             self._waker.cancel()
 
@@ -163,7 +164,7 @@ class RequesterSocket(SocketBase):
         sleep through it). Only then: two waiters waking each other for nothing would
         never sleep.
         """
-        events = cast(int, _getsockopt(self._raw, _EVENTS))
+        events = _getsockopt(self._raw, _EVENTS)
         if events & self._holder_wants and self._waker is not None:
             self._waker.cancel()
         return events
