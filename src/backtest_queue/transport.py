@@ -36,7 +36,7 @@ import enum
 import errno
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, cast
@@ -45,6 +45,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import zmq
+import zmq.backend
 import zmq_anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from zmq.utils.monitor import parse_monitor_message
@@ -91,6 +92,9 @@ _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
+#: pyzmq's own send of one frame, without the Python wrapper around it (which only adds
+#: the draft routing_id and group arguments): about 1 us less per two-frame message.
+_send_frame: Final[Callable[[zmq.Socket[bytes], bytes, int], object]] = zmq.backend.Socket.send
 #: Empty looks (one per scheduler pass) before a receive arms a zmq-anyio future.
 _POLLS_BEFORE_PARKING: Final = 2
 
@@ -155,7 +159,7 @@ class SocketBase:
         Raises:
             TransportError: any other ZeroMQ failure (socket closed, message too big, ...).
         """
-        send = self._raw.send
+        raw, send = self._raw, _send_frame
         sent = 0
         status = SendStatus.SENT
         try:
@@ -165,8 +169,8 @@ class SocketBase:
                 # EAGAIN can only come on its first frame.
                 *head, last = frames
                 for frame in head:
-                    send(frame, _SNDMORE_NOBLOCK)
-                send(last, _NOBLOCK)
+                    send(raw, frame, _SNDMORE_NOBLOCK)
+                send(raw, last, _NOBLOCK)
                 sent += 1
         except zmq.Again:
             status = SendStatus.WOULD_BLOCK
