@@ -26,7 +26,8 @@ from backtest_queue import (
     open_dispatcher,
 )
 from backtest_queue.metrics import LatencyHistogram, MetricsSettings, RequesterMetrics
-from backtest_queue.protocol import ErrorReply, encode_message
+from backtest_queue.outcome import Outcome
+from backtest_queue.protocol import ErrorReply, Metrics, encode_message
 from backtest_queue.testing import MemoryNetwork, echo_result
 from metrics_helpers import Scrape, scrape
 
@@ -256,3 +257,24 @@ def test_the_latency_histogram_counts_like_prometheus_clients(
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
+
+
+@pytest.mark.anyio
+async def test_a_retry_that_cannot_go_keeps_its_earlier_hand_overs_latency_stamp() -> None:
+    """A retry's send that fails (EAGAIN) puts the request back in the queue; a late
+    result of the attempt before must still time its reply from that attempt's send."""
+    registry = CollectorRegistry()
+    with anyio.fail_after(LIMIT):
+        async with open_dispatcher([A], network=MemoryNetwork(), metrics=registry) as d:
+            m = d.metrics
+            assert isinstance(m, RequesterMetrics)
+            retried, fresh = request("retried"), request("fresh")
+            m.sent([retried])  # the first attempt goes
+            stamps = m.sent([retried, fresh])  # the retry (and a first send) ...
+            m.not_sent([retried, fresh], stamps)  # ... could not go
+            result = Metrics(strategy_name="x")
+            m.delivered(Outcome(retried, result, None, "", 2))
+            m.delivered(Outcome(fresh, result, None, "", 1))
+            s = Scrape.of(registry.collect())
+    assert s.value("backtest_queue_reply_latency_seconds_count") == 1  # the retried one
+    assert s.value("backtest_queue_outcomes_total", reason="result") == 2

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import ModuleType
@@ -360,18 +360,36 @@ class RequesterMetrics(Exposed):
 
     # -- fed by the dispatcher (event-loop thread) ------------------------------------
 
-    def sent(self, requests: Iterable[BacktestRequest]) -> None:
-        """Requests were handed to a service now (a retry restarts its clock)."""
+    def sent(self, requests: Iterable[BacktestRequest]) -> dict[str, float]:
+        """Requests are being handed to a service now (a retry restarts its clock).
+
+        Returns:
+            The stamps this replaced (retries' earlier hand-overs, ``time.monotonic()``
+            seconds by request id), for :meth:`not_sent`.
+        """
         now = time.monotonic()
         sent_at = self._sent_at
+        replaced: dict[str, float] = {}
         for request in requests:
-            sent_at[request.request_id] = now
+            rid = request.request_id
+            before = sent_at.get(rid)
+            if before is not None:
+                replaced[rid] = before
+            sent_at[rid] = now
+        return replaced
 
-    def not_sent(self, requests: Iterable[BacktestRequest]) -> None:
-        """Requests :meth:`sent` announced could not go after all (they stay queued)."""
+    def not_sent(self, requests: Iterable[BacktestRequest], replaced: Mapping[str, float]) -> None:
+        """Requests :meth:`sent` announced could not go after all (they stay queued): a
+        retry gets back its earlier hand-over's stamp (``replaced``, as :meth:`sent`
+        returned it), so that attempt's late result still times its reply."""
         sent_at = self._sent_at
         for request in requests:
-            sent_at.pop(request.request_id, None)
+            rid = request.request_id
+            before = replaced.get(rid)
+            if before is None:
+                sent_at.pop(rid, None)
+            else:
+                sent_at[rid] = before
 
     def delivered(self, outcome: Outcome) -> None:
         """An outcome was decided: count it by reason, and time it if a reply decided it."""

@@ -113,13 +113,14 @@ class _Sending:
             count, status = (0, SendStatus.WOULD_BLOCK)
             if conn not in self._blocked:
                 bodies = self._bodies  # kept from validation: no second encoding
+                stamps = None
                 if self.metrics is not None:  # before: the send may read their replies
-                    self.metrics.sent(requests)
+                    stamps = self.metrics.sent(requests)
                 count, status = self._sockets[conn].send_batch(
                     [b"", bodies.pop(r.request_id, b"") or encode_message(r)] for r in requests
                 )
                 if count < len(requests) and self.metrics is not None:
-                    self.metrics.not_sent(requests[count:])
+                    self.metrics.not_sent(requests[count:], stamps or {})
             sent += count
             if count < len(requests):
                 unsent.extend(r.request_id for r in requests[count:])
