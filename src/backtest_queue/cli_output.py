@@ -22,6 +22,8 @@ import os
 import sys
 from typing import IO, TYPE_CHECKING, Final
 
+from .exception_groups import leaves
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -29,7 +31,6 @@ __all__ = [
     "EXIT_BROKEN_PIPE",
     "OneLineFormatter",
     "broken_pipe",
-    "leaves",
     "log_console",
     "setup_logging",
     "silence_stdout",
@@ -99,13 +100,6 @@ def log_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``[exc]``."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
-    return [exc]
 
 
 def broken_pipe(exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ import zmq
 
 from .dispatcher import Dispatcher
 from .errors import UsageError
+from .exception_groups import only, sole_error
 from .metrics import MetricsSettings, metrics_settings, open_requester_metrics
 from .policy import BacktestQueue
 from .protocol import DEFAULT_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES, BacktestRequest
@@ -342,10 +343,10 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
     except BaseExceptionGroup as group:
         # Task groups (ours and zmq-anyio's) wrap exceptions in groups; when there is
         # one real error (the block's, or one task's) the caller gets it as it was.
-        if body_error is not None and _only(group, body_error):
+        if body_error is not None and only(group, body_error):
             unwrapped = body_error
         else:
-            sole = _sole_error(group)
+            sole = sole_error(group)
             if sole is None:
                 raise
             unwrapped = sole
@@ -358,27 +359,3 @@ async def _run(s: _Settings) -> AsyncIterator[Dispatcher]:
                 ctx.destroy(linger=0)
     if unwrapped is not None:
         raise unwrapped
-
-
-def _only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
-    """Whether ``group`` holds ``error`` and nothing else but cancellations."""
-    cancelled = anyio.get_cancelled_exc_class()
-    leaves = _leaves(group)
-    return error in leaves and all(e is error or isinstance(e, cancelled) for e in leaves)
-
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The group's only leaf that is not a cancellation (ours, a bug, a KeyboardInterrupt)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    errors = [e for e in _leaves(group) if not isinstance(e, cancelled)]
-    if len(errors) == 1:
-        return errors[0]
-    if errors and all(isinstance(e, KeyboardInterrupt) for e in errors):
-        return errors[0]  # Ctrl-C seen by several tasks is still one Ctrl-C
-    return None
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]

@@ -127,17 +127,39 @@ class Miscounting:
                                               (4, "more than the 3 proposals")])  # fmt: skip
 async def test_a_stream_of_the_wrong_length_is_refused(yields: int, says: str) -> None:
     """An ``iter_ask`` that yields too few or too many proposals is the caller's error
-    (the cycle's task group reports it), and the generation is not told."""
+    (raised as the documented UsageError), and the generation is not told."""
     endpoint = free_tcp_endpoint()
     async with (
         fake_service(endpoint),
         open_dispatcher([endpoint], flush_interval=0.05) as dispatcher,
     ):
-        # (run_evolution's errors come out of its task group as a group: existing
-        # behaviour, as for a batch ask of the wrong length)
-        with anyio.fail_after(10), pytest.RaisesGroup(pytest.RaisesExc(UsageError, match=says)):
+        # As itself, not in a group of one (docs/concurrency.md, "Exceptions").
+        with anyio.fail_after(10), pytest.raises(UsageError, match=says):
             await run_evolution(
                 dispatcher, Miscounting(yields), generations=1, population=3, run=RUN
+            )
+
+
+class BatchMiscounting:
+    """Asked for a batch, returns one proposal too few (no ``iter_ask``)."""
+
+    def ask(self, count: int) -> list[Proposal]:
+        return [Proposal(i, sma(5 + i, 40)) for i in range(count - 1)]
+
+    def tell(self, results: object) -> None:
+        raise AssertionError("a miscounted generation must not be told")
+
+
+@pytest.mark.anyio
+async def test_a_batch_of_the_wrong_length_is_refused_as_a_usage_error() -> None:
+    endpoint = free_tcp_endpoint()
+    async with (
+        fake_service(endpoint),
+        open_dispatcher([endpoint], flush_interval=0.05) as dispatcher,
+    ):
+        with anyio.fail_after(10), pytest.raises(UsageError, match="returned 2 proposals for 3"):
+            await run_evolution(
+                dispatcher, BatchMiscounting(), generations=1, population=3, run=RUN
             )
 
 

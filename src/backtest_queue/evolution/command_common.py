@@ -197,8 +197,9 @@ def run_command(args: argparse.Namespace, main: Callable[[], Awaitable[int]]) ->
         )
         return 2
     matplotlib.use("Agg")
-    from ..cli_output import broken_pipe, leaves
+    from ..cli_output import broken_pipe
     from ..errors import BacktestQueueError
+    from ..exception_groups import leaves
 
     try:
         return anyio.run(_until_terminated, main, backend=args.backend)
@@ -254,7 +255,7 @@ def _stop_reason(exc: BaseException) -> str:
 
     import anyio
 
-    from ..cli_output import leaves
+    from ..exception_groups import leaves
 
     received = _STOP_SIGNAL.get([])
     if received:

@@ -57,6 +57,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import UsageError
+from ..exception_groups import sole_error_unwrapped
 from ..outcome import Outcome
 from ..protocol import Metrics
 from .proposer import Proposal, Proposer, feasible
@@ -508,7 +509,8 @@ async def run_evolution(
         min_trades=min_trades,
     )  # fmt: skip
     inbox_send, inbox = anyio.create_memory_object_stream[Outcome](math.inf)
-    with inbox_send, inbox:  # closed here too, should a task never get to start
+    # One failure (a UsageError, say) comes out as itself, not in a group of one.
+    with sole_error_unwrapped(), inbox_send, inbox:  # closed here too, should a task never start
         async with anyio.create_task_group() as tg:
             await tg.start(evolution.collect, inbox_send)
             tg.start_soon(evolution.cycle, inbox, tg.cancel_scope)
