@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
 from backtest_queue.dispatcher import Dispatcher
+from backtest_queue.protocol import encode_message
 from backtest_queue.testing import MemoryNetwork, echo_result
 from backtest_queue.testing.network import _MemoryRequester
 
@@ -50,9 +51,10 @@ def read_in_turn(d: Dispatcher) -> dict[str, _MemoryRequester]:
     return requesters
 
 
-async def receivers_wait(requesters: dict[str, _MemoryRequester]) -> None:
-    """Until every receiver waits in ``wait_readable`` (a send then offers replies)."""
-    while not all(r.readers for r in requesters.values()):
+async def until(condition: Callable[[], bool]) -> None:
+    """Until ``condition()`` holds (the caller bounds the wait): the memory network's
+    state changes only in the dispatcher's tasks, so each look lets them run once."""
+    while not condition():
         await anyio.lowlevel.checkpoint()
 
 
@@ -83,7 +85,7 @@ async def test_a_request_resolved_during_the_first_send_is_not_sent_on_the_secon
             requesters = read_in_turn(d)
             await d.wait_connected(A)
             await d.wait_connected(B)
-            await receivers_wait(requesters)
+            await until(lambda: all(r.readers for r in requesters.values()))  # they wait
             await d.submit_many([first, second])  # one flush: one request per connection
             got = {(await d.outcomes.receive()).request_id for _ in range(2)}
             assert got == {first.request_id, second.request_id}
@@ -91,13 +93,6 @@ async def test_a_request_resolved_during_the_first_send_is_not_sent_on_the_secon
             assert sent_at(d) == {}  # no stamp for a reply that will never come
             assert [r.request_id for r in net.received] == [first.request_id]
             assert d.queue.stats().pending == 0
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Until ``condition()`` holds (the caller bounds the wait): the memory network's
-    state changes only in the dispatcher's tasks, so each look lets them run once."""
-    while not condition():
-        await anyio.lowlevel.checkpoint()
 
 
 async def a_pong_flush_round(bound: int, n: int) -> int:
@@ -152,3 +147,47 @@ async def test_replies_found_by_a_pongs_flush_do_not_overfill_the_outcome_buffer
         with anyio.fail_after(5):
             nested += await a_pong_flush_round(bound=5, n=40)
     assert nested >= 1
+
+
+# -- the memory network's read-during-send mode itself -----------------------------------
+
+
+async def test_a_send_offers_replies_only_while_a_reader_waits() -> None:
+    """``read_during_send``: replies stay in the requester until read; a send offers
+    them to ``on_readable`` only while a task waits to read, and not again from inside
+    the hook; the waiting task then finds what the hook left."""
+    net = MemoryNetwork(read_during_send=True)
+    net.bind(A)
+    async with net.open_requester(A) as requester:
+        assert isinstance(requester, _MemoryRequester)
+        net.connect(requester, A)
+        calls: list[list[list[bytes]]] = []
+
+        def hook() -> None:
+            calls.append(requester.receive_nowait(1))  # takes one, leaves the rest
+            requester.send_batch([[b"", encode_message(request(3))]])  # no second offer
+
+        requester.on_readable = hook
+        requester.send_batch([[b"", encode_message(request(0))]])  # nobody waits
+        assert calls == []
+        assert len(requester.stash) == 1  # the reply waits in the socket
+        assert requester.receive_nowait() == [[b"", echo_result(request(0))[0]]]
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                woke = anyio.Event()
+
+                async def reader() -> None:
+                    await requester.wait_readable()
+                    woke.set()
+
+                tg.start_soon(reader)
+                await until(lambda: requester.readers == 1)
+                requester.send_batch([[b"", encode_message(request(1))],
+                                      [b"", encode_message(request(2))]])  # fmt: skip
+                assert len(calls) == 1
+                assert requester.offered == 1
+                assert [f[-1] for f in calls[0]] == [echo_result(request(1))[0]]
+                await woke.wait()
+        assert requester.readers == 0
+        left = [f[-1] for f in requester.receive_nowait()]
+        assert left == [echo_result(request(2))[0], echo_result(request(3))[0]]
