@@ -316,13 +316,14 @@ class MemoryNetwork:
                 off: a reply wakes the receiving task, as before). On: a reply stays in
                 the requester until read (by any task); a send that finds replies
                 waiting while a task waits in ``wait_readable`` calls the requester's
-                ``on_readable`` hook (an attribute, ``None`` until set: set it to what
-                the dispatcher sets on a :class:`~backtest_queue.requester_socket.
-                RequesterSocket`) in the sending task's turn, before the waiting task
-                runs; the hook's own sends do not offer again. Replies are instant (or
-                after a fault's latency), so a send finds the replies to its own batch:
-                the extreme of a real socket, where the first messages of a batch may be
-                answered before the batch has been sent.
+                ``on_readable`` hook in the sending task's turn, before the waiting task
+                runs; the hook's own sends do not offer again. The hook is an attribute
+                of each requester, ``None`` until set: set it as the dispatcher sets
+                :attr:`RequesterSocket.on_readable
+                <backtest_queue.requester_socket.RequesterSocket.on_readable>`.
+                Replies are instant (or after a fault's latency), so a send finds the
+                replies to its own batch: the extreme of a real socket, where the first
+                messages of a batch may be answered before the batch has been sent.
         """
         self.read_during_send = read_during_send
         self.services: dict[str, Reply] = {}
