@@ -45,7 +45,7 @@ async def test_a_collector_in_an_outer_task_group_ends_normally_at_exit() -> Non
         async for outcome in d.outcomes:
             got.append(outcome)
             processing.set()
-            await release.wait()  # "await anyio.sleep(0.1)": still busy at exit
+            await release.wait()  # still busy at exit (the script slept here)
         ended.set()
 
     with anyio.fail_after(5):

@@ -264,6 +264,29 @@ class Warnings(logging.Handler):
         while len(self.messages) < n:
             await self._changed.wait()
 
+    def naming(self, endpoint: str) -> list[str]:
+        return [m for m in self.messages if endpoint in m]
+
+    async def wait_naming(self, endpoint: str, n: int = 1) -> None:
+        """Until ``n`` warnings name ``endpoint``."""
+        while len(self.naming(endpoint)) < n:
+            await self._changed.wait()
+
+
+WITNESS = "tcp://witness:5580"
+
+
+async def witness_warns(net: MemoryNetwork, warnings: Warnings, after: float) -> None:
+    """Wait until ``after`` seconds have passed for the dispatchers' warning watchers,
+    shown by an event rather than a sleep: a witness dispatcher, nothing bound at its
+    endpoint, queues a request and warns after ``after`` seconds. Every watcher looks on
+    the same clock, each look due at its own time and run in that order (a loaded
+    machine delays them, it does not reorder them), so a watcher set to a quarter of
+    ``after`` or less has looked several times by then."""
+    async with open_dispatcher([WITNESS], network=net, unconnected_warning=after) as witness:
+        await witness.submit(request(99))
+        await warnings.wait_naming(WITNESS)
+
 
 @pytest.fixture
 def warnings() -> Iterator[Warnings]:
@@ -293,15 +316,15 @@ async def test_queued_requests_with_no_service_are_warned_about_once_per_episode
             assert "backtest-queue status ENDPOINT" in first
             # The same episode: more requests, more time, no second warning.
             await d.submit(request(1))
-            await anyio.sleep(1.5)
-            assert len(warnings.messages) == 1
+            await witness_warns(net, warnings, 1.5)
+            assert warnings.naming(endpoint) == [first]
             # A service comes, takes the requests and goes: a new episode, a new warning.
             net.bind(endpoint)
             await d.wait_connected()
             assert {(await d.outcomes.receive()).ok for _ in range(2)} == {True}
             net.unbind(endpoint)
             await d.submit(request(2))
-            await warnings.wait_for(2)
+            await warnings.wait_naming(endpoint, 2)
 
 
 async def test_no_warning_when_a_service_is_connected_or_nothing_waits(
@@ -317,16 +340,18 @@ async def test_no_warning_when_a_service_is_connected_or_nothing_waits(
     ):
         await d.wait_connected()
         await d.submit_many([request(0), request(1)])  # one pending, one queued
-        await anyio.sleep(1.0)  # five times the setting: a warning would have come
-    assert warnings.messages == []
+        with anyio.fail_after(BOUND):  # five times the setting: a warning would have come
+            await witness_warns(net, warnings, 1.0)
+    assert warnings.messages == warnings.naming(WITNESS)
 
 
 async def test_the_warning_can_be_turned_off(warnings: Warnings) -> None:
     net = MemoryNetwork()
     async with open_dispatcher(["tcp://nowhere:1"], network=net, unconnected_warning=None) as d:
         await d.submit(request())
-        await anyio.sleep(1.0)
-    assert warnings.messages == []
+        with anyio.fail_after(BOUND):
+            await witness_warns(net, warnings, 1.0)
+    assert warnings.messages == warnings.naming(WITNESS)
 
 
 async def test_the_warning_on_a_real_socket_to_nowhere(warnings: Warnings) -> None:

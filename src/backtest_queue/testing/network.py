@@ -14,6 +14,11 @@ own requests, and all of them see the service come and go.
 
 It is a fake for *wiring* tests; it does not replace tests over real ZeroMQ sockets
 (high-water marks and heartbeats are not modelled).
+
+``MemoryNetwork(read_during_send=True)`` also models what the requester's own socket
+(:class:`~backtest_queue.requester_socket.RequesterSocket`) does when a send finds replies
+waiting while the receiving task waits: it offers them to the requester's ``on_readable``
+hook before that task runs (see :attr:`MemoryNetwork.read_during_send`).
 """
 
 from __future__ import annotations
@@ -151,6 +156,20 @@ class _MemoryRequester:
     schedule: list[_Scheduled] = field(default_factory=list)
     woken: anyio.Event = field(default_factory=anyio.Event)
     stash: list[list[bytes]] = field(default_factory=list)  # received, not yet read
+    # read_during_send only: like RequesterSocket.on_readable (set by whoever reads it)
+    on_readable: Callable[[], None] | None = None
+    readers: int = 0  # tasks inside wait_readable that have not resumed yet
+    offered: int = 0  # times a send found replies and offered them to on_readable
+    arrived: anyio.Event = field(default_factory=anyio.Event)  # a reply reached the stash
+    _offering: bool = False  # inside on_readable: its own sends do not offer again
+
+    def deliver(self, frames: list[bytes]) -> None:
+        """A reply reaches this requester's socket."""
+        if self.network.read_during_send:
+            self.stash.append(frames)  # readable now, by whoever reads first
+            self.arrived.set()
+        else:
+            self.inbox_send.send_nowait(frames)
 
     def send_batch(self, messages: Iterable[Sequence[bytes]]) -> tuple[int, SendStatus]:
         network = self.network
@@ -170,13 +189,30 @@ class _MemoryRequester:
             if isinstance(request, Ping):  # a dispatcher with a result cache asks at connect
                 pong = Pong(request_id=request.request_id, fingerprints=network.fingerprints,
                             credit=network.credits.get(self.name))  # fmt: skip
-                self.inbox_send.send_nowait([b"", encode_message(pong)])
+                self.deliver([b"", encode_message(pong)])
                 continue
             assert isinstance(request, BacktestRequest)
             handed.append(request)
             network._serve(self, service, request, now)
         network._observe_send(self, handed, now)
+        if network.read_during_send:
+            self._offer()
         return sent, (SendStatus.SENT if sent == len(batch) else SendStatus.WOULD_BLOCK)
+
+    def _offer(self) -> None:
+        """After a send (read_during_send): replies waiting while a task waits to read go
+        to :attr:`on_readable` in this turn, as RequesterSocket offers them; the waiting
+        task, already woken by their arrival, finds what is left."""
+        if not (self.stash and self.readers and self.on_readable is not None):
+            return
+        if self._offering:
+            return
+        self._offering = True
+        self.offered += 1
+        try:
+            self.on_readable()
+        finally:
+            self._offering = False
 
     def receive_nowait(self, max_messages: int = 1024) -> list[list[bytes]]:
         batch = self.stash[:max_messages]
@@ -192,7 +228,16 @@ class _MemoryRequester:
         if self.stash:
             await anyio.lowlevel.checkpoint()
             return
-        self.stash.append(await self.inbox.receive())  # a checkpoint, cancel-safe
+        if not self.network.read_during_send:
+            self.stash.append(await self.inbox.receive())  # a checkpoint, cancel-safe
+            return
+        self.readers += 1  # until this task runs again, as RequesterSocket's _wanted
+        try:
+            while not self.stash:  # another task may take what woke this one
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+        finally:
+            self.readers -= 1
 
     def can_send(self) -> bool:
         service = self.network._bound.get(self.name)
@@ -242,7 +287,7 @@ class _MemoryRequester:
                 if entry.cancelled:
                     continue
                 if entry.frames is not None:
-                    self.inbox_send.send_nowait(entry.frames)
+                    self.deliver(entry.frames)
                 else:
                     self.network._reconnect(self, entry.service)
             self.woken = anyio.Event()
@@ -260,9 +305,27 @@ class MemoryNetwork:
             seen by the service).
         observers: told of every hand-over and connection event (see
             :class:`NetworkObserver`).
+        read_during_send: whether sends offer waiting replies to the requester's
+            ``on_readable`` hook (see the constructor).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, read_during_send: bool = False) -> None:
+        """
+        Args:
+            read_during_send: model the requester socket's read during a send (default
+                off: a reply wakes the receiving task, as before). On: a reply stays in
+                the requester until read (by any task); a send that finds replies
+                waiting while a task waits in ``wait_readable`` calls the requester's
+                ``on_readable`` hook in the sending task's turn, before the waiting task
+                runs; the hook's own sends do not offer again. The hook is an attribute
+                of each requester, ``None`` until set: set it as the dispatcher sets
+                :attr:`RequesterSocket.on_readable
+                <backtest_queue.requester_socket.RequesterSocket.on_readable>`.
+                Replies are instant (or after a fault's latency), so a send finds the
+                replies to its own batch: the extreme of a real socket, where the first
+                messages of a batch may be answered before the batch has been sent.
+        """
+        self.read_during_send = read_during_send
         self.services: dict[str, Reply] = {}
         self.received: list[Received] = []
         self.lost: list[Received] = []
@@ -400,7 +463,7 @@ class MemoryNetwork:
         if faults is None:
             self.received.append(seen)
             for body in service.reply(request):
-                requester.inbox_send.send_nowait([b"", body])
+                requester.deliver([b"", body])
             return
         rng = service.rng
         if faults.chance(rng, faults.drop_request):
@@ -424,7 +487,7 @@ class MemoryNetwork:
             service.held.append((requester, entry, due))
             return
         if answer.delay <= 0.0 and not service.held:
-            requester.inbox_send.send_nowait(frames)
+            requester.deliver(frames)
         else:
             requester.later(due, frames)
         for holder, entry, own_due in service.held:  # held back: sent right after this one
