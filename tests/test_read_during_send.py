@@ -11,8 +11,9 @@ lived there, each fixed without a test of its own:
   were applied against a room those other replies would take: the outcome buffer
   overfilled.
 
-The dispatcher wires ``on_readable`` on its own ZeroMQ sockets only; these tests wire it
-on the memory requesters the same way (:func:`read_in_turn`). Both backends.
+The dispatcher wires ``on_readable`` on every requester that has the hook
+(:class:`~backtest_queue.transport.ReadsInTurn`), the memory ones included
+(:func:`read_in_turn` checks it did). Both backends.
 """
 
 from __future__ import annotations
@@ -41,12 +42,15 @@ def request(i: int) -> BacktestRequest:
 
 
 def read_in_turn(d: Dispatcher) -> dict[str, _MemoryRequester]:
-    """Set each memory requester's ``on_readable`` as the dispatcher sets a
-    RequesterSocket's (its receiver does that for its own sockets only)."""
+    """The memory requesters, each with the hook the dispatcher's receiver set on it
+    (replies found by a send are read by ``Dispatcher._read_now`` in that turn)."""
     requesters: dict[str, _MemoryRequester] = {}
     for endpoint, sock in d._sockets.items():
         assert isinstance(sock, _MemoryRequester)
-        sock.on_readable = partial(d._read_now, endpoint)
+        hook = sock.on_readable
+        assert isinstance(hook, partial)
+        assert hook.func == d._read_now
+        assert hook.args == (endpoint,)
         requesters[endpoint] = sock
     return requesters
 

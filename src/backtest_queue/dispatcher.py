@@ -41,11 +41,10 @@ from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
-from .requester_socket import RequesterSocket
 from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
-from .transport import ConnectionEvent, CurveClient, Requester
+from .transport import ConnectionEvent, CurveClient, ReadsInTurn, Requester
 
 if TYPE_CHECKING:
     from .lifecycle import open_dispatcher
@@ -549,7 +548,7 @@ class Dispatcher(_Sending):
         unread outcomes fill the book (backpressure)."""
         sock = self._sockets[endpoint]
         book = self._book
-        if isinstance(sock, RequesterSocket):  # replies our own sends find: read in turn
+        if isinstance(sock, ReadsInTurn):  # replies our own sends find: read in turn
             sock.on_readable = partial(self._read_now, endpoint)
         task_status.started()
         try:
@@ -560,7 +559,7 @@ class Dispatcher(_Sending):
                 await sock.wait_readable()
                 self._read_now(endpoint)
         finally:
-            if isinstance(sock, RequesterSocket):
+            if isinstance(sock, ReadsInTurn):
                 sock.on_readable = None
 
     def _read_now(self, endpoint: str) -> None:

@@ -39,7 +39,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -530,6 +530,15 @@ class Requester(Protocol):
     async def wait_readable(self) -> None: ...
 
     async def wait_writable(self) -> None: ...
+
+
+@runtime_checkable
+class ReadsInTurn(Protocol):
+    """A requester whose own sends offer the replies they find waiting to a hook, read
+    in the sending task's turn (:class:`~backtest_queue.requester_socket.RequesterSocket`;
+    ``MemoryNetwork(read_during_send=True)``'s). The dispatcher sets the hook."""
+
+    on_readable: Callable[[], None] | None
 
 
 class Network(Protocol):
