@@ -8,12 +8,7 @@ as itself (a ``UsageError`` the caller can catch as documented, a bug, a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import anyio
-
-__all__ = ["leaves", "only", "sole_error", "sole_error_unwrapped"]
+__all__ = ["leaves", "only", "sole_error"]
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
@@ -25,6 +20,8 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 def only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool:
     """Whether ``group`` holds ``error`` and nothing else but cancellations."""
+    import anyio  # (here: the CLI imports this module before it needs anyio)
+
     cancelled = anyio.get_cancelled_exc_class()
     found = leaves(group)
     return error in found and all(e is error or isinstance(e, cancelled) for e in found)
@@ -32,7 +29,13 @@ def only(group: BaseExceptionGroup[BaseException], error: BaseException) -> bool
 
 def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The group's only leaf that is not a cancellation, or ``None`` if there is not
-    exactly one (a ``KeyboardInterrupt`` seen by several tasks still counts as one)."""
+    exactly one (a ``KeyboardInterrupt`` seen by several tasks still counts as one).
+
+    Raise it after the ``except`` block that caught the group, not inside it: raised
+    inside, it would be chained to the group (``__context__``), its own context lost.
+    """
+    import anyio
+
     cancelled = anyio.get_cancelled_exc_class()
     errors = [e for e in leaves(group) if not isinstance(e, cancelled)]
     if len(errors) == 1:
@@ -40,22 +43,3 @@ def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None
     if errors and all(isinstance(e, KeyboardInterrupt) for e in errors):
         return errors[0]
     return None
-
-
-@contextmanager
-def sole_error_unwrapped() -> Iterator[None]:
-    """Around a task group: re-raise a group that holds one real failure as that failure.
-
-    Raises:
-        BaseException: the sole failure, as it was raised (its traceback kept); a group
-            with several failures, or only cancellations, unchanged.
-    """
-    unwrapped: BaseException | None = None
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        unwrapped = sole_error(group)
-        if unwrapped is None:
-            raise
-    if unwrapped is not None:
-        raise unwrapped  # outside the except: not chained to the group

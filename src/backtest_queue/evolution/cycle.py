@@ -57,7 +57,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import UsageError
-from ..exception_groups import sole_error_unwrapped
+from ..exception_groups import sole_error
 from ..outcome import Outcome
 from ..protocol import Metrics
 from .proposer import Proposal, Proposer, feasible
@@ -509,9 +509,17 @@ async def run_evolution(
         min_trades=min_trades,
     )  # fmt: skip
     inbox_send, inbox = anyio.create_memory_object_stream[Outcome](math.inf)
-    # One failure (a UsageError, say) comes out as itself, not in a group of one.
-    with sole_error_unwrapped(), inbox_send, inbox:  # closed here too, should a task never start
-        async with anyio.create_task_group() as tg:
-            await tg.start(evolution.collect, inbox_send)
-            tg.start_soon(evolution.cycle, inbox, tg.cancel_scope)
+    unwrapped: BaseException | None = None
+    try:
+        with inbox_send, inbox:  # closed here too, should a task never get to start
+            async with anyio.create_task_group() as tg:
+                await tg.start(evolution.collect, inbox_send)
+                tg.start_soon(evolution.cycle, inbox, tg.cancel_scope)
+    except BaseExceptionGroup as group:
+        # One failure (a UsageError, say) comes out as itself, not in a group of one.
+        unwrapped = sole_error(group)
+        if unwrapped is None:
+            raise
+    if unwrapped is not None:
+        raise unwrapped  # here, not in the except: not chained to the group
     return evolution.evaluations
