@@ -278,3 +278,20 @@ async def test_a_retry_that_cannot_go_keeps_its_earlier_hand_overs_latency_stamp
             s = Scrape.of(registry.collect())
     assert s.value("backtest_queue_reply_latency_seconds_count") == 1  # the retried one
     assert s.value("backtest_queue_outcomes_total", reason="result") == 2
+
+
+@pytest.mark.anyio
+async def test_a_retry_delivered_during_its_failed_send_leaves_no_stamp() -> None:
+    """The earlier attempt's result is read during the retry's send (which then fails):
+    the request is resolved, and not_sent must not stamp it again (a stamp for ever)."""
+    registry = CollectorRegistry()
+    with anyio.fail_after(LIMIT):
+        async with open_dispatcher([A], network=MemoryNetwork(), metrics=registry) as d:
+            m = d.metrics
+            assert isinstance(m, RequesterMetrics)
+            r = request("retried")
+            m.sent([r])
+            stamps = m.sent([r])  # the retry's send ...
+            m.delivered(Outcome(r, Metrics(strategy_name="x"), None, "", 2))  # ... reads it
+            m.not_sent([r], stamps)  # ... and then fails
+            assert m._sent_at == {}

@@ -381,14 +381,15 @@ class RequesterMetrics(Exposed):
     def not_sent(self, requests: Iterable[BacktestRequest], replaced: Mapping[str, float]) -> None:
         """Requests :meth:`sent` announced could not go after all (they stay queued): a
         retry gets back its earlier hand-over's stamp (``replaced``, as :meth:`sent`
-        returned it), so that attempt's late result still times its reply."""
+        returned it), so that attempt's late result still times its reply. One that was
+        delivered meanwhile (a reply read during the send) is not stamped again."""
         sent_at = self._sent_at
         for request in requests:
             rid = request.request_id
             before = replaced.get(rid)
             if before is None:
                 sent_at.pop(rid, None)
-            else:
+            elif rid in sent_at:
                 sent_at[rid] = before
 
     def delivered(self, outcome: Outcome) -> None:
