@@ -185,16 +185,21 @@ async def test_a_writer_and_a_receiver_wait_at_once(ctx: zmq.Context[Any]) -> No
             assert received == [[b"", b"late"]]
 
 
-async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any]) -> None:
+@pytest.mark.parametrize("frame_more", [True, False], ids=["Frame.more", "ZMQ_RCVMORE"])
+async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any], frame_more: bool) -> None:
+    """Both ways of finding a message's frames: ``Frame.more`` (pyzmq's Cython backend)
+    and a ``ZMQ_RCVMORE`` read per frame (its CFFI backend leaves ``Frame.more`` False)."""
     with _Echo(ctx) as echo:
         async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            s._frame_more = frame_more
             await _connected(s, echo.endpoint)
-            assert s.send_batch([[b"", b"a", b"b"], [b"c"]]) == (2, SendStatus.SENT)
+            sent = [[b"", b"a", b"b"], [b"c"], [b"", b""], [b"x" * 100_000, b"", b"y"]]
+            assert s.send_batch(sent) == (4, SendStatus.SENT)
             got: list[list[bytes]] = []
             with anyio.fail_after(10):
-                while len(got) < 2:
+                while len(got) < 4:
                     got.extend(await s.receive_batch())
-            assert got == [[b"", b"a", b"b"], [b"c"]]
+            assert got == sent
 
 
 async def test_a_closed_socket_raises_transport_error(ctx: zmq.Context[Any]) -> None:

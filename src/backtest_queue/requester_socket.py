@@ -54,6 +54,10 @@ _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_RCVMORE: Final = int(zmq.RCVMORE)
+#: pyzmq's Cython backend sets ``Frame.more`` in ``recv(copy=False)``; its CFFI backend
+#: (``PYZMQ_BACKEND=cffi``) leaves it False, so there ``ZMQ_RCVMORE`` is read per frame.
+_FRAME_MORE: Final = zmq.backend.Socket.__module__.startswith("zmq.backend.cython")
 # pyzmq's own getsockopt, without the Python wrapper that makes ZMQ_EVENTS a PollEvent
 # enum (and every ``&`` on it enum arithmetic): read on every send while a task waits.
 # Typed for the int options read here (typing.cast would be a call per read).
@@ -89,6 +93,7 @@ class RequesterSocket(SocketBase):
         # ZMQ_EVENTS as receive_nowait read it after its last recv, if no call came since
         # (-1: unknown); spares _after_own_call a second read.
         self._last_events = -1
+        self._frame_more = _FRAME_MORE  # (per socket: tests read both ways)
 
     def __repr__(self) -> str:
         return f"<RequesterSocket {self.name} {self._raw.socket_type!r}>"
@@ -111,13 +116,18 @@ class RequesterSocket(SocketBase):
         events = -1  # ZMQ_EVENTS as read after the last message; -1: not read since
         try:
             while len(batch) < max_messages:
-                # As frames: libzmq's "more" flag comes with each (a ZMQ_RCVMORE read
-                # through pyzmq costs more than the frame).
-                frame = recv(_NOBLOCK, copy=False)
-                frames = [frame.bytes]
-                while frame.more:
+                if self._frame_more:
+                    # As frames: libzmq's "more" flag comes with each (a ZMQ_RCVMORE
+                    # read through pyzmq costs more than the frame).
                     frame = recv(_NOBLOCK, copy=False)
-                    frames.append(frame.bytes)
+                    frames = [frame.bytes]
+                    while frame.more:
+                        frame = recv(_NOBLOCK, copy=False)
+                        frames.append(frame.bytes)
+                else:
+                    frames = [recv(_NOBLOCK)]
+                    while _getsockopt(raw, _RCVMORE):
+                        frames.append(recv(_NOBLOCK))
                 batch.append(frames)
                 # Stop when none is left: cheaper than the recv that would raise
                 # zmq.Again, and the events read tell whether to wake a waiting task.

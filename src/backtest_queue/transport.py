@@ -94,7 +94,10 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK: Final = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 #: pyzmq's own send of one frame, without the Python wrapper around it (which only adds
 #: the draft routing_id and group arguments): about 1 us less per two-frame message.
-_send_frame: Final[Callable[[zmq.Socket[bytes], bytes, int], object]] = zmq.backend.Socket.send
+#: Called with ``copy=True`` (the CFFI backend's default is False).
+_send_frame: Final[Callable[[zmq.Socket[bytes], bytes, int, bool], object]] = (
+    zmq.backend.Socket.send  # type: ignore[assignment]
+)
 #: Empty looks (one per scheduler pass) before a receive arms a zmq-anyio future.
 _POLLS_BEFORE_PARKING: Final = 2
 
@@ -169,8 +172,8 @@ class SocketBase:
                 # EAGAIN can only come on its first frame.
                 *head, last = frames
                 for frame in head:
-                    send(raw, frame, _SNDMORE_NOBLOCK)
-                send(raw, last, _NOBLOCK)
+                    send(raw, frame, _SNDMORE_NOBLOCK, True)
+                send(raw, last, _NOBLOCK, True)
                 sent += 1
         except zmq.Again:
             status = SendStatus.WOULD_BLOCK
