@@ -140,4 +140,7 @@ async def test_the_service_spawns_no_task_per_backtest(tmp_path: Path) -> None:
                 replies = await in_plain_thread(partial(run_backtests, client, BACKTESTS))
     assert sorted(r["request_id"] for r in replies) == sorted(f"b{i}" for i in range(BACKTESTS))
     assert all(r["type"] == "BACKTEST_RESULT" for r in replies)
-    assert spawned[0] == 0
+    # At most the connection monitor (a zmq-anyio socket) re-arming its receive after
+    # the "up" event it has just reported (up to 3 spawns, at any time); a zmq-anyio
+    # ROUTER spawns at least one task per message received (18-21 here on 9ca1aee).
+    assert spawned[0] <= 3, spawned[0]

@@ -344,8 +344,12 @@ class Service:
     # -- replies ----------------------------------------------------------------------
 
     def _reply(self, peer: bytes, message: Message) -> None:
-        """Put a reply in the outbox (never blocks) and wake the outbox task."""
-        if not self._outbox.put(peer, encode_message(message), now=anyio.current_time()):
+        """Send a reply now if nothing to ``peer`` is held, else (or when it cannot go
+        now) put it in the outbox and wake the outbox task. Never blocks."""
+        body = encode_message(message)
+        if self._outbox.head(peer) is None and self._send_now(peer, body):
+            return
+        if not self._outbox.put(peer, body, now=anyio.current_time()):
             self._count("replies_dropped")
             log.warning(
                 "dropped a reply to requester %s: %d replies are already waiting",
@@ -359,6 +363,19 @@ class Service:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the outbox task has ended; the shutdown drops what is held
         self._changed()
+
+    def _send_now(self, peer: bytes, body: bytes) -> bool:
+        """Hand one reply to ZeroMQ without going through the outbox (no outbox task
+        wake-up per reply); ``False`` when it did not go (held, the outbox then tries it
+        again and counts, logs or drops it)."""
+        try:
+            status = self._sock.try_send([peer, b"", body])
+        except TransportError:
+            return False
+        if status is not SendStatus.SENT:
+            return False
+        self._count("replies_sent")
+        return True
 
     def _error(self, peer: bytes, code: str, message: str, request_id: str | None) -> None:
         """Count, log and answer with an ``ERROR``."""
