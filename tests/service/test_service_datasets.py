@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backtest_queue.errors import ProtocolError
 from backtest_queue.service.datasets import (
@@ -235,6 +237,41 @@ def test_select_errors_name_the_field(
         catalog.select(data_id, start, end, min_bars=202)
     assert caught.value.code == code
     assert caught.value.message.startswith(field)
+
+
+def _answer(catalog: Catalog, data_id: str, start: str | None, end: str | None, n: int) -> object:
+    try:
+        return catalog.select(data_id, start, end, min_bars=n)
+    except ProtocolError as exc:
+        return (exc.code, exc.message)
+
+
+_BOUNDS = st.sampled_from(
+    [None, "2017-05-01", "2017-05-02", "2017-05-01T05:00:00Z", "2030-01-01", "soon", " 2004-08-19 "]
+)
+
+
+@settings(max_examples=60)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(["EURUSD-H1", "GOOG-D1", "BTCUSD-MN1", "NOPE"]),
+            _BOUNDS,
+            _BOUNDS,
+            st.integers(0, 6000),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_select_answers_repeated_bounds_as_the_first_time(
+    catalog: Catalog, calls: list[tuple[str, str | None, str | None, int]]
+) -> None:
+    """select() remembers the slices of bounds it parsed: the same bounds with any
+    ``min_bars``, again and again, get the answer (slice or error) a catalog that never
+    saw them gives."""
+    for call in calls + calls:
+        assert _answer(catalog, *call) == _answer(Catalog(datasets=catalog.datasets), *call)
 
 
 def test_parse_bound_far_dates_do_not_overflow(catalog: Catalog) -> None:

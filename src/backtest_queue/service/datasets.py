@@ -32,7 +32,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from importlib.util import find_spec
 from pathlib import Path
@@ -66,6 +66,8 @@ BUILTIN_DATASETS: Final[Mapping[str, str]] = {
     "GOOG-D1": "GOOG.csv",
     "BTCUSD-MN1": "BTCUSD.csv",
 }
+#: (data_id, start, end) ranges a catalog remembers (a search sends the same few).
+_RANGES_KEPT: Final = 4096
 _DATA_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -142,6 +144,10 @@ class Catalog:
 
     datasets: Mapping[str, Dataset]
     skipped: tuple[str, ...] = ()
+    # (data_id, start, end) -> (first, stop), for valid bounds only (see select()).
+    _ranges: dict[tuple[str, str | None, str | None], tuple[int, int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def ids(self) -> list[str]:
@@ -187,7 +193,33 @@ class Catalog:
                 ``invalid_request`` naming ``start`` / ``end`` when a bound cannot be
                 parsed, ``end`` is before ``start``, or fewer than ``min_bars`` bars
                 fall inside the bounds.
+
+        The slice of bounds that parsed is remembered (the last 4096 distinct ones), so
+        the same bounds are not parsed and searched again; ``min_bars`` is checked on
+        every call, and bounds that failed are never remembered.
         """
+        key = (data_id, start, end)
+        found = self._ranges.get(key)
+        if found is None:
+            found = self._slice(data_id, start, end)
+            if len(self._ranges) >= _RANGES_KEPT:
+                self._ranges.clear()
+            self._ranges[key] = found
+        first, stop = found
+        count = max(0, stop - first)
+        if count < min_bars:
+            index = self.datasets[data_id].bars.index
+            span = f"{index[0].isoformat()} .. {index[-1].isoformat()}"
+            named = "start/end" if (start or end) else "data_id"
+            raise ProtocolError(
+                "invalid_request",
+                f"{named}: {count} bars of {data_id} fall in the requested range "
+                f"(it spans {span}); this strategy needs at least {min_bars}",
+            )
+        return first, stop
+
+    def _slice(self, data_id: str, start: str | None, end: str | None) -> tuple[int, int]:
+        """:meth:`select` without the ``min_bars`` check, nor memory."""
         index = self.get(data_id).bars.index
         lower = parse_bound("start", start, upper=False)
         upper = parse_bound("end", end, upper=True)
@@ -202,15 +234,6 @@ class Catalog:
             stop = len(index)
         else:
             stop = int(index.searchsorted(upper[0], side="left" if upper[1] else "right"))
-        count = max(0, stop - first)
-        if count < min_bars:
-            span = f"{index[0].isoformat()} .. {index[-1].isoformat()}"
-            field = "start/end" if (start or end) else "data_id"
-            raise ProtocolError(
-                "invalid_request",
-                f"{field}: {count} bars of {data_id} fall in the requested range "
-                f"(it spans {span}); this strategy needs at least {min_bars}",
-            )
         return first, stop
 
 

@@ -19,7 +19,7 @@ import anyio.abc
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..transport import ZmqSocket, open_socket
+from ..transport import SocketBase, open_socket
 
 __all__ = ["run_connection_monitor"]
 
@@ -33,7 +33,7 @@ _EVENTS: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _REFUS
 
 async def run_connection_monitor(
     context: zmq.Context[Any],
-    sock: ZmqSocket,
+    sock: SocketBase,
     on_event: Callable[[Literal["up", "down", "refused"], str], None],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,

@@ -5,8 +5,13 @@ threads), each initialised once with the engine and the datasets. The datasets t
 through a temporary file written once per pool (:mod:`.datasets_file`), not through
 the spawn pipe: a spawn writes its arguments into a pipe and blocks until the child
 reads them, and nothing that can block is done on the event loop. For the same reason
-jobs are submitted (which may spawn a worker) from a thread, which then waits for the
-result.
+a job whose ``submit`` may spawn a worker (warm-up, and an executor that replaced a
+broken one, until all its workers run) is submitted from a thread, which then waits for
+the result. Once all the workers run, ``submit`` only queues the job and writes a byte
+to the executor's wake-up pipe, so jobs are submitted from the event loop and the
+executor's thread wakes the loop when the result is in (no thread hand-off per backtest:
+on two CPUs shared with the workers, the hand-off's thread switches cost the workers
+CPU time).
 
 **Prefetch.** The pool takes ``workers * (1 + prefetch)`` backtests at once
 (:attr:`WorkerPool.slots`; ``prefetch`` 1 by default): besides the one each worker runs,
@@ -26,6 +31,7 @@ themselves when the service process dies (see :mod:`.worker`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import pickle
@@ -33,12 +39,13 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import pandas as pd
+import trio.lowlevel
 
 from ..errors import UsageError
 from ..protocol import BacktestRequest, Metrics
@@ -161,12 +168,48 @@ class WorkerPool:
             raise ServiceUnavailable(_NOT_RUN) from None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in a worker; a cancelled call withdraws it if not started."""
+        """Run ``fn(*args)`` in a worker; a cancelled call withdraws it if not started.
+
+        Submitted from the event loop when every worker of the executor runs (``submit``
+        cannot spawn one then), else from a thread.
+        """
+        executor = self._executor
+        if not _all_workers_started(executor, self.workers):
+            return await self._call_in_thread(executor, fn, *args)
+        with self._submit_lock:
+            if self._withdrawn:
+                raise ServiceUnavailable(_NOT_RUN)
+            future = executor.submit(fn, *args)
+            self._unfinished.add(future)
+        future.add_done_callback(self._unfinished.discard)
+        done = anyio.Event()
+        call_soon = _loop_caller()
+
+        def wake(_: Future[Any]) -> None:
+            # In the executor's thread (or here, if already done): never blocks.
+            with suppress(RuntimeError):  # the event loop has ended: nobody waits
+                call_soon(done.set)
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            future.cancel()  # no effect once it runs: the result is discarded
+            raise
+        try:
+            return future.result()
+        except CancelledError:
+            raise ServiceUnavailable(_NOT_RUN) from None
+
+    async def _call_in_thread(
+        self, executor: ProcessPoolExecutor, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """:meth:`_call` through a thread that submits (which may spawn a worker) and waits."""
         job = _Job()
         try:
             return await anyio.to_thread.run_sync(
                 self._submit_and_wait,
-                self._executor,
+                executor,
                 job,
                 fn,
                 *args,
@@ -257,6 +300,24 @@ class WorkerPool:
         shutdown = partial(executor.shutdown, wait=True, cancel_futures=True)
         with anyio.move_on_after(10):
             await anyio.to_thread.run_sync(shutdown, abandon_on_cancel=True)
+
+
+def _all_workers_started(executor: ProcessPoolExecutor, workers: int) -> bool:
+    """Whether all ``workers`` worker processes of ``executor`` are started, so ``submit`` spawns
+    none (and does not block). ``False`` when that cannot be told (the private
+    ``_processes`` of CPython's executor is missing): then every job goes through a thread.
+    """
+    processes = getattr(executor, "_processes", None)
+    return processes is not None and len(processes) >= workers
+
+
+def _loop_caller() -> Callable[[Callable[[], object]], object]:
+    """The running event loop's way to run a callback on it from any thread, without
+    waiting: trio's ``run_sync_soon``, asyncio's ``call_soon_threadsafe``. Both raise a
+    ``RuntimeError`` once the loop has ended."""
+    if trio.lowlevel.in_trio_run():
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 def _terminate_workers(executor: ProcessPoolExecutor) -> None:

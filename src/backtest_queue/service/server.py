@@ -58,7 +58,8 @@ from ..protocol import (
     encode_message,
     peek_request_id,
 )
-from ..transport import SendStatus, ZmqSocket, open_socket
+from ..requester_socket import RequesterSocket
+from ..transport import SendStatus
 from .datasets import Catalog, load_catalog
 from .engine import BacktestingPyEngine, Engine, EngineError, ServiceUnavailable
 from .executor import BacktestExecutor, Executor, LocalPool
@@ -66,6 +67,7 @@ from .fingerprint import fingerprint_datasets
 from .metrics import ServiceMetrics, open_service_metrics
 from .monitor import run_connection_monitor
 from .outbox import Dropped, Outbox
+from .router_socket import open_router_socket
 from .statistics import ServiceStatistics
 
 if TYPE_CHECKING:
@@ -210,7 +212,7 @@ class Service:
     def __init__(
         self,
         *,
-        sock: ZmqSocket,
+        sock: RequesterSocket,
         context: zmq.Context[Any],
         pool: BacktestExecutor,
         catalog: Catalog,
@@ -342,8 +344,12 @@ class Service:
     # -- replies ----------------------------------------------------------------------
 
     def _reply(self, peer: bytes, message: Message) -> None:
-        """Put a reply in the outbox (never blocks) and wake the outbox task."""
-        if not self._outbox.put(peer, encode_message(message), now=anyio.current_time()):
+        """Send a reply now if nothing to ``peer`` is held, else (or when it cannot go
+        now) put it in the outbox and wake the outbox task. Never blocks."""
+        body = encode_message(message)
+        if self._outbox.head(peer) is None and self._send_now(peer, body):
+            return
+        if not self._outbox.put(peer, body, now=anyio.current_time()):
             self._count("replies_dropped")
             log.warning(
                 "dropped a reply to requester %s: %d replies are already waiting",
@@ -357,6 +363,19 @@ class Service:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # the outbox task has ended; the shutdown drops what is held
         self._changed()
+
+    def _send_now(self, peer: bytes, body: bytes) -> bool:
+        """Hand one reply to ZeroMQ without going through the outbox (no outbox task
+        wake-up per reply); ``False`` when it did not go (held, the outbox then tries it
+        again and counts, logs or drops it)."""
+        try:
+            status = self._sock.try_send([peer, b"", body])
+        except TransportError:
+            return False
+        if status is not SendStatus.SENT:
+            return False
+        self._count("replies_sent")
+        return True
 
     def _error(self, peer: bytes, code: str, message: str, request_id: str | None) -> None:
         """Count, log and answer with an ``ERROR``."""
@@ -859,9 +878,9 @@ async def open_service(
 def _single_exceptions_unwrapped() -> Iterator[None]:
     """Re-raise a lone exception that task groups wrapped in (nested) exception groups.
 
-    zmq-anyio's socket holds a task group, so whatever is raised inside ``open_socket``
-    (a failed warm-up, the caller's own error in the ``async with`` body) comes out
-    wrapped; :func:`open_service` raises what it documents instead.
+    The service's task group (and an executor's, or a monitor's zmq-anyio socket) wraps
+    what is raised inside it (a failed warm-up, the caller's own error in the ``async
+    with`` body); :func:`open_service` raises what it documents instead.
     """
     try:
         yield
@@ -897,7 +916,7 @@ async def _serve(
     # Bind first, so a busy port fails in a blink; messages wait in ZeroMQ's queues
     # until the tasks start, after the workers are up.
     async with (
-        open_socket(zmq_context, zmq.ROUTER, name="service", options=options, bind=bind) as sock,
+        open_router_socket(zmq_context, name="service", options=options, bind=bind) as sock,
         executor.open(engine, bars, workers=workers, warm_up=warm_up) as pool,
     ):
         endpoint = sock.raw.getsockopt(zmq.LAST_ENDPOINT)
