@@ -17,7 +17,13 @@ from anyio.from_thread import start_blocking_portal
 
 from backtest_queue.service import open_service
 
-from service_helpers import PortalService, RawClient, eurusd_lines, write_csv
+from service_helpers import (
+    SHARED_MAX_MESSAGE_BYTES,
+    PortalService,
+    RawClient,
+    eurusd_lines,
+    write_csv,
+)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +74,7 @@ def shared_service(
             bind="tcp://127.0.0.1:*",
             workers=1,
             data_dir=service_data_dir,
-            max_message_bytes=16 * 1024,
+            max_message_bytes=SHARED_MAX_MESSAGE_BYTES,
             reply_timeout=2.0,
             shutdown_grace=5.0,
         )

@@ -34,6 +34,9 @@ from lifelines import tied
 
 #: Generous bound for one reply; real replies take milliseconds.
 REPLY_TIMEOUT = 15.0
+#: The shared service's max_message_bytes (conftest.shared_service); ZMQ_MAXMSGSIZE is
+#: twice this.
+SHARED_MAX_MESSAGE_BYTES = 16 * 1024
 
 
 def eurusd_lines() -> list[str]:
