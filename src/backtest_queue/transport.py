@@ -58,12 +58,14 @@ __all__ = [
     "ConnectionEvent",
     "CurveClient",
     "Network",
+    "ReadsInTurn",
     "Requester",
     "SendStatus",
     "SocketBase",
     "ZmqNetwork",
     "ZmqSocket",
     "apply_options",
+    "bind_error",
     "open_socket",
     "requester_options",
     "run_monitor",
@@ -310,7 +312,8 @@ def apply_options(sock: zmq.Socket[Any], options: dict[int, Any]) -> None:
         sock.setsockopt(option, value)
 
 
-def _bind_error(endpoint: str, exc: zmq.ZMQError) -> str:
+def bind_error(endpoint: str, exc: zmq.ZMQError) -> str:
+    """Why binding ``endpoint`` failed, for a person (the address in use: what to do)."""
     if exc.errno == errno.EADDRINUSE:
         return (
             f"{os.strerror(exc.errno)}: another process is bound to {endpoint!r} (a service "
@@ -361,7 +364,7 @@ async def open_socket(
     except zmq.ZMQError as exc:
         raw.close(linger=0)
         where = bind or connect
-        detail = _bind_error(bind, exc) if bind is not None else str(exc)
+        detail = bind_error(bind, exc) if bind is not None else str(exc)
         raise TransportError(f"cannot open {name} on {where!r}: {detail}") from exc
     async with zmq_anyio.Socket(raw) as sock:
         yield ZmqSocket(sock, name=name)

@@ -21,7 +21,7 @@ import zmq
 from ..endpoints import check_ipc_path_free, endpoint_options
 from ..errors import TransportError
 from ..requester_socket import RequesterSocket
-from ..transport import _bind_error, apply_options
+from ..transport import apply_options, bind_error
 
 __all__ = ["open_router_socket"]
 
@@ -53,7 +53,7 @@ async def open_router_socket(
         raw.bind(bind)
     except zmq.ZMQError as exc:
         raw.close(linger=0)
-        raise TransportError(f"cannot open {name} on {bind!r}: {_bind_error(bind, exc)}") from exc
+        raise TransportError(f"cannot open {name} on {bind!r}: {bind_error(bind, exc)}") from exc
     sock = RequesterSocket(raw, name=name)
     try:
         yield sock
