@@ -43,8 +43,9 @@ import anyio.lowlevel
 import zmq
 import zmq.backend
 
+from .endpoints import check_ipc_path_free, endpoint_options
 from .errors import TransportError
-from .transport import SocketBase, apply_options
+from .transport import SocketBase, apply_options, bind_error
 
 __all__ = ["RequesterSocket", "open_requester_socket"]
 
@@ -248,26 +249,43 @@ class RequesterSocket(SocketBase):
 
 @asynccontextmanager
 async def open_requester_socket(
-    context: zmq.Context[Any], socket_type: int, *, name: str, options: dict[int, Any]
+    context: zmq.Context[Any],
+    socket_type: int,
+    *,
+    name: str,
+    options: dict[int, Any],
+    bind: str | None = None,
 ) -> AsyncIterator[RequesterSocket]:
-    """Open a :class:`RequesterSocket` for the duration of the block (not connected).
+    """Open a :class:`RequesterSocket` for the duration of the block.
 
     Args:
         context: the pyzmq context.
-        socket_type: ``zmq.DEALER`` (any type works).
+        socket_type: ``zmq.DEALER`` (any type works; the service binds a ``zmq.ROUTER``).
         name: a label for logs and ``repr``.
-        options: socket options, set before anything else (``{zmq.LINGER: 0, ...}``);
-            closed with its ``ZMQ_LINGER``.
+        options: socket options, set before anything else but the endpoint's own
+            (``{zmq.LINGER: 0, ...}``); closed with its ``ZMQ_LINGER``.
+        bind: an endpoint to bind, as :func:`~backtest_queue.transport.open_socket` binds
+            (its options first: ``ZMQ_IPV6`` for ``tcp://[::1]:5580``); ``None``: neither
+            bound nor connected.
 
     Raises:
-        TransportError: an option is refused.
+        TransportError: an option is refused, or ``bind`` is malformed or cannot be bound
+            (address in use, an ``ipc://`` path a live process listens on).
     """
+    if bind is not None:
+        check_ipc_path_free(bind)
     raw: zmq.Socket[bytes] = context.socket(socket_type)
     try:
+        if bind is not None:
+            apply_options(raw, endpoint_options(bind))
         apply_options(raw, options)
+        if bind is not None:
+            raw.bind(bind)
     except zmq.ZMQError as exc:
         raw.close(linger=0)
-        raise TransportError(f"cannot open {name}: {exc}") from exc
+        if bind is None:
+            raise TransportError(f"cannot open {name}: {exc}") from exc
+        raise TransportError(f"cannot open {name} on {bind!r}: {bind_error(bind, exc)}") from exc
     sock = RequesterSocket(raw, name=name)
     try:
         yield sock

@@ -10,18 +10,13 @@ target 1), CPU taken from the backtest workers on a machine with as many CPUs as
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import zmq
 
-from ..endpoints import check_ipc_path_free, endpoint_options
-from ..errors import TransportError
-from ..requester_socket import RequesterSocket
-from ..transport import apply_options, bind_error
+from ..requester_socket import RequesterSocket, open_requester_socket
 
 __all__ = ["open_router_socket"]
 
@@ -45,20 +40,7 @@ async def open_router_socket(
         TransportError: the endpoint is malformed or cannot be bound (address in use, an
             ``ipc://`` path a live process listens on), or an option is refused.
     """
-    check_ipc_path_free(bind)
-    raw: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
-    try:
-        apply_options(raw, endpoint_options(bind))
-        apply_options(raw, options)
-        raw.bind(bind)
-    except zmq.ZMQError as exc:
-        raw.close(linger=0)
-        raise TransportError(f"cannot open {name} on {bind!r}: {bind_error(bind, exc)}") from exc
-    sock = RequesterSocket(raw, name=name)
-    try:
+    async with open_requester_socket(
+        context, zmq.ROUTER, name=name, options=options, bind=bind
+    ) as sock:
         yield sock
-    finally:
-        # A task still waiting on the FD gets ClosedResourceError, never a closed FD.
-        with contextlib.suppress(Exception):
-            anyio.notify_closing(sock._fd)
-        raw.close()
