@@ -2,7 +2,7 @@
 :class:`~backtest_queue.testing.MemoryNetwork` with ``read_during_send=True``.
 
 A send that finds replies waiting while the receiver waits applies them in the sending
-task's turn (``RequesterSocket.on_readable`` -> ``Dispatcher._read_now``). Two faults
+task's turn (``FdSocket.on_readable`` -> ``Dispatcher._read_now``). Two faults
 lived there, each fixed without a test of its own:
 
 * a request that a reply read during a flush's first send resolved was sent again on

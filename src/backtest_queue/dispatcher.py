@@ -565,7 +565,7 @@ class Dispatcher(_Sending):
     def _read_now(self, endpoint: str) -> None:
         """Apply the replies already waiting on one socket, as many as the outcome
         buffer has room for. The receiver calls it once awake; the socket calls it
-        (:attr:`RequesterSocket.on_readable`) when a send of ours finds replies while the
+        (:attr:`FdSocket.on_readable`) when a send of ours finds replies while the
         receiver waits, so they are applied in the sender's turn: a wake-up of the
         receiver per reply would cost a scheduler pass each."""
         room = self._book.room()

@@ -1,9 +1,9 @@
 """The adapter over zmq-anyio, and the connection events and options of every socket.
 
 Every ZeroMQ call of the package goes through here or through
-:mod:`backtest_queue.requester_socket` (the requester's DEALER, which waits on its FD
-itself: zmq-anyio's task spawns per call and per FD wake-up were most of its cost per
-message) and its errors are translated here and there only.
+:mod:`backtest_queue.fd_socket` (the requester's DEALER and the service's ROUTER,
+which wait on their FDs themselves: zmq-anyio's task spawns per call and per FD wake-up
+were most of their cost per message) and its errors are translated here and there only.
 
 What it adds to a plain ``zmq_anyio.Socket``:
 
@@ -541,7 +541,7 @@ class Requester(Protocol):
 @runtime_checkable
 class ReadsInTurn(Protocol):
     """A requester whose own sends offer the replies they find waiting to a hook, read
-    in the sending task's turn (:class:`~backtest_queue.requester_socket.RequesterSocket`;
+    in the sending task's turn (:class:`~backtest_queue.fd_socket.FdSocket`;
     ``MemoryNetwork(read_during_send=True)``'s). The dispatcher sets the hook."""
 
     on_readable: Callable[[], None] | None
@@ -587,10 +587,10 @@ class ZmqNetwork:
         self.options = options
 
     def open_requester(self, endpoint: str) -> AbstractAsyncContextManager[Requester]:
-        from .requester_socket import open_requester_socket  # it imports this module
+        from .fd_socket import open_fd_socket  # it imports this module
 
         options = {**endpoint_options(endpoint), **self.options}
-        return open_requester_socket(self.context, zmq.DEALER, name=endpoint, options=options)
+        return open_fd_socket(self.context, zmq.DEALER, name=endpoint, options=options)
 
     async def watch(
         self,

@@ -40,6 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .. import __version__
 from .._ratelog import RateLimitedLog
 from ..errors import InvalidMessage, ProtocolError, TransportError, UsageError
+from ..fd_socket import FdSocket
 from ..metrics import MetricsSettings, metrics_settings
 from ..pong_fields import DatasetRange
 from ..protocol import (
@@ -58,7 +59,6 @@ from ..protocol import (
     encode_message,
     peek_request_id,
 )
-from ..requester_socket import RequesterSocket
 from ..transport import SendStatus
 from .datasets import Catalog, load_catalog
 from .engine import BacktestingPyEngine, Engine, EngineError, ServiceUnavailable
@@ -212,7 +212,7 @@ class Service:
     def __init__(
         self,
         *,
-        sock: RequesterSocket,
+        sock: FdSocket,
         context: zmq.Context[Any],
         pool: BacktestExecutor,
         catalog: Catalog,

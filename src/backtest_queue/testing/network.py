@@ -16,7 +16,7 @@ It is a fake for *wiring* tests; it does not replace tests over real ZeroMQ sock
 (high-water marks and heartbeats are not modelled).
 
 ``MemoryNetwork(read_during_send=True)`` also models what the requester's own socket
-(:class:`~backtest_queue.requester_socket.RequesterSocket`) does when a send finds replies
+(:class:`~backtest_queue.fd_socket.FdSocket`) does when a send finds replies
 waiting while the receiving task waits: it offers them to the requester's ``on_readable``
 hook before that task runs (see :attr:`MemoryNetwork.read_during_send`).
 """
@@ -156,7 +156,7 @@ class _MemoryRequester:
     schedule: list[_Scheduled] = field(default_factory=list)
     woken: anyio.Event = field(default_factory=anyio.Event)
     stash: list[list[bytes]] = field(default_factory=list)  # received, not yet read
-    # read_during_send only: like RequesterSocket.on_readable (set by whoever reads it)
+    # read_during_send only: like FdSocket.on_readable (set by whoever reads it)
     on_readable: Callable[[], None] | None = None
     readers: int = 0  # tasks inside wait_readable that have not resumed yet
     offered: int = 0  # times a send found replies and offered them to on_readable
@@ -201,7 +201,7 @@ class _MemoryRequester:
 
     def _offer(self) -> None:
         """After a send (read_during_send): replies waiting while a task waits to read go
-        to :attr:`on_readable` in this turn, as RequesterSocket offers them; the waiting
+        to :attr:`on_readable` in this turn, as FdSocket offers them; the waiting
         task, already woken by their arrival, finds what is left."""
         if not (self.stash and self.readers and self.on_readable is not None):
             return
@@ -231,7 +231,7 @@ class _MemoryRequester:
         if not self.network.read_during_send:
             self.stash.append(await self.inbox.receive())  # a checkpoint, cancel-safe
             return
-        self.readers += 1  # until this task runs again, as RequesterSocket's _wanted
+        self.readers += 1  # until this task runs again, as FdSocket's _wanted
         try:
             while not self.stash:  # another task may take what woke this one
                 self.arrived = anyio.Event()
@@ -319,8 +319,8 @@ class MemoryNetwork:
                 ``on_readable`` hook in the sending task's turn, before the waiting task
                 runs; the hook's own sends do not offer again. The hook is an attribute
                 of each requester, ``None`` until set: set it as the dispatcher sets
-                :attr:`RequesterSocket.on_readable
-                <backtest_queue.requester_socket.RequesterSocket.on_readable>`.
+                :attr:`FdSocket.on_readable
+                <backtest_queue.fd_socket.FdSocket.on_readable>`.
                 Replies are instant (or after a fault's latency), so a send finds the
                 replies to its own batch: the extreme of a real socket, where the first
                 messages of a batch may be answered before the batch has been sent.

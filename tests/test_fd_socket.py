@@ -1,6 +1,6 @@
 """The requester's DEALER waits on its ZeroMQ FD itself: no reply may be slept through.
 
-:class:`RequesterSocket` waits on the FD once per batch and hands replies that our own
+:class:`FdSocket` waits on the FD once per batch and hands replies that our own
 sends find to ``on_readable``; the FD is edge-triggered and our calls can consume its
 signal, so these check that every reply still arrives exactly once. Real ZeroMQ sockets
 over TCP on 127.0.0.1; the peer is a plain blocking pyzmq ROUTER in a thread (an echo:
@@ -22,7 +22,7 @@ import zmq
 
 from backtest_queue import BacktestRequest, Strategy, open_dispatcher
 from backtest_queue.errors import TransportError
-from backtest_queue.requester_socket import RequesterSocket, open_requester_socket
+from backtest_queue.fd_socket import FdSocket, open_fd_socket
 from backtest_queue.transport import SendStatus
 
 from stubs import echo, free_tcp_endpoint, stub_service
@@ -73,7 +73,7 @@ def ctx() -> Iterator[zmq.Context[Any]]:
     context.destroy(linger=0)
 
 
-async def _connected(sock: RequesterSocket, endpoint: str) -> None:
+async def _connected(sock: FdSocket, endpoint: str) -> None:
     """Connect and wait for the handshake: a ping comes back."""
     sock.connect(endpoint)
     with anyio.fail_after(10):
@@ -92,7 +92,7 @@ async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
     n = 400
     got: list[bytes] = []
     with _Echo(ctx) as echo:
-        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
 
             async def receive() -> None:
@@ -126,7 +126,7 @@ async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_rec
             all_in.set()
 
     with _Echo(ctx) as echo:
-        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
             s.on_readable = lambda: count(by_hook, s.receive_nowait(1))
 
@@ -147,7 +147,7 @@ async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_rec
 
 async def test_a_cancelled_receive_loses_no_message(ctx: zmq.Context[Any]) -> None:
     with _Echo(ctx) as echo:
-        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             await _connected(s, echo.endpoint)
             echo.hold.set()
             with anyio.move_on_after(0.2) as scope:
@@ -165,7 +165,7 @@ async def test_a_writer_and_a_receiver_wait_at_once(ctx: zmq.Context[Any]) -> No
     The writer waits for POLLOUT (``ZMQ_IMMEDIATE``: no peer yet), the receiver for a
     message; connecting lets the writer send, whose echo wakes the receiver."""
     with _Echo(ctx) as echo:
-        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             assert s.try_send([b"", b"early"]) is SendStatus.WOULD_BLOCK
             received: list[list[bytes]] = []
 
@@ -190,7 +190,7 @@ async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any], frame_
     """Both ways of finding a message's frames: ``Frame.more`` (pyzmq's Cython backend)
     and a ``ZMQ_RCVMORE`` read per frame (its CFFI backend leaves ``Frame.more`` False)."""
     with _Echo(ctx) as echo:
-        async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+        async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
             s._frame_more = frame_more
             await _connected(s, echo.endpoint)
             sent = [[b"", b"a", b"b"], [b"c"], [b"", b""], [b"x" * 100_000, b"", b"y"]]
@@ -203,7 +203,7 @@ async def test_multipart_replies_keep_their_frames(ctx: zmq.Context[Any], frame_
 
 
 async def test_a_closed_socket_raises_transport_error(ctx: zmq.Context[Any]) -> None:
-    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+    async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
         pass
     with pytest.raises(TransportError, match="t"):
         s.receive_nowait()
@@ -246,7 +246,7 @@ async def test_replies_read_in_the_submitters_turn_respect_outcome_buffer() -> N
     assert sorted(got) == sorted(r.request_id for r in requests)
 
 
-def _fill(sock: RequesterSocket) -> int:
+def _fill(sock: FdSocket) -> int:
     """Send until the high-water mark stops it; return how many went."""
     n = 0
     while sock.send_batch([[b"", b"x"]])[0]:
@@ -284,7 +284,7 @@ async def test_a_receivers_look_does_not_hide_room_from_the_waiting_writer(
     the receiver then looks for messages, and that ZMQ_EVENTS read clears the signal:
     the writer must be woken all the same (it was not: found in review)."""
     router, endpoint = tight_pair
-    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
+    async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
         s.connect(endpoint)
         assert _fill(s) >= 1
         writable = anyio.Event()
@@ -310,7 +310,7 @@ async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
     then looks for room, and that ZMQ_EVENTS read clears the signal: the receiver must be
     woken all the same (it was not: found in review)."""
     router, endpoint = tight_pair
-    async with open_requester_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
+    async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
         s.connect(endpoint)
         _fill(s)
         identity = _drain(router)[0][0]

@@ -1,8 +1,10 @@
-"""The requester's DEALER: a pyzmq socket that waits on its ZeroMQ FD through anyio.
+"""A pyzmq socket that waits on its ZeroMQ FD through anyio: the requester's DEALER, and
+the service's ROUTER (:mod:`.service.router_socket`).
 
-Every other socket of the package is a zmq-anyio socket (:mod:`.transport`). zmq-anyio
-runs a task per socket that waits on the ZeroMQ FD and, on every wake-up of that FD,
-opens a task group and spawns a task, and spawns tasks per awaited call; on the
+The other sockets of the package (monitors, ``status``) are zmq-anyio sockets
+(:mod:`.transport`). zmq-anyio runs a task per socket that waits on the ZeroMQ FD and,
+on every wake-up of that FD, opens a task group and spawns a task, and spawns tasks per
+awaited call; on the
 requester, which sends and receives one small message per backtest, its FD task woke
 0.6 times per message and cost about a third of the requester's CPU (issue 14, row 4 of
 the benchmarks on a quiet machine: 3 700-3 800 messages/s through zmq-anyio, 4 850-5 350
@@ -26,7 +28,7 @@ socket (a send included) may consume that signal. So:
   the first one waits for: when it finds what that one waits for, it wakes it.
 
 Before it wakes a receiver for messages a call of its own found waiting, the socket
-offers them to :attr:`RequesterSocket.on_readable` (the dispatcher reads them in the
+offers them to :attr:`FdSocket.on_readable` (the dispatcher reads them in the
 same turn: no wake-up, no scheduler pass per message); the receiver is woken only for
 what is left.
 """
@@ -47,7 +49,7 @@ from .endpoints import check_ipc_path_free, endpoint_options
 from .errors import TransportError
 from .transport import SocketBase, apply_options, bind_error
 
-__all__ = ["RequesterSocket", "open_requester_socket"]
+__all__ = ["FdSocket", "open_fd_socket"]
 
 Frames = list[bytes]
 
@@ -65,10 +67,10 @@ _FRAME_MORE: Final = zmq.backend.Socket.__module__.startswith("zmq.backend.cytho
 _getsockopt: Final[Callable[[zmq.Socket[bytes], int], int]] = zmq.backend.Socket.get  # type: ignore[assignment]
 
 
-class RequesterSocket(SocketBase):
+class FdSocket(SocketBase):
     """A DEALER (or any pyzmq socket) used by one receiving task and non-blocking senders.
 
-    Create it with :func:`open_requester_socket`. The same methods as
+    Create it with :func:`open_fd_socket`. The same methods as
     :class:`~backtest_queue.transport.ZmqSocket`, with the same guarantees: sends never
     block; :meth:`receive_batch` waits for one message and returns all that are ready;
     a cancelled wait loses no message; ``zmq.ZMQError`` becomes
@@ -97,7 +99,7 @@ class RequesterSocket(SocketBase):
         self._frame_more = _FRAME_MORE  # (per socket: tests read both ways)
 
     def __repr__(self) -> str:
-        return f"<RequesterSocket {self.name} {self._raw.socket_type!r}>"
+        return f"<FdSocket {self.name} {self._raw.socket_type!r}>"
 
     def _after_send(self) -> None:
         self._last_events = -1
@@ -248,15 +250,15 @@ class RequesterSocket(SocketBase):
 
 
 @asynccontextmanager
-async def open_requester_socket(
+async def open_fd_socket(
     context: zmq.Context[Any],
     socket_type: int,
     *,
     name: str,
     options: dict[int, Any],
     bind: str | None = None,
-) -> AsyncIterator[RequesterSocket]:
-    """Open a :class:`RequesterSocket` for the duration of the block.
+) -> AsyncIterator[FdSocket]:
+    """Open a :class:`FdSocket` for the duration of the block.
 
     Args:
         context: the pyzmq context.
@@ -286,7 +288,7 @@ async def open_requester_socket(
         if bind is None:
             raise TransportError(f"cannot open {name}: {exc}") from exc
         raise TransportError(f"cannot open {name} on {bind!r}: {bind_error(bind, exc)}") from exc
-    sock = RequesterSocket(raw, name=name)
+    sock = FdSocket(raw, name=name)
     try:
         yield sock
     finally:
