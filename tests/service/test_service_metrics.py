@@ -101,7 +101,11 @@ async def test_service_metrics_follow_real_traffic(
             # One backtest runs (held at a gate), one waits for the worker.
             await client.send(scripted("g1", "gate:one"))
             await client.send(scripted("g2", "gate:two"))
-            stats = await service.wait_statistics(lambda s: s.running == 1 and s.queued == 1)
+            # (connections: the monitor counts the client's handshake on its own task,
+            # which may run after the two messages were read)
+            stats = await service.wait_statistics(
+                lambda s: s.running == 1 and s.queued == 1 and s.connections == 1
+            )
             s = await scrape(m.url)
             assert s.value(f"{P}busy_workers") == 1
             assert s.value(f"{P}queued") == 1
@@ -117,7 +121,9 @@ async def test_service_metrics_follow_real_traffic(
             assert (await client.request(unknown))["code"] == "unknown_data"
             assert (await client.request(b'{"type": "BACKTEST", '))["code"] == "invalid_request"
             assert (await client.request({"type": "PING", "v": 1}))["type"] == "PONG"
-            stats = await service.wait_statistics(lambda s: s.replies_sent == 6)
+            stats = await service.wait_statistics(
+                lambda s: s.replies_sent == 6 and s.connections == 1
+            )
             s = await scrape(m.url)
             assert_matches(s, stats)
             assert s.value(f"{P}outcomes_total", reason="result") == 2
