@@ -89,6 +89,25 @@ async def connected_client(service: Service) -> AsyncIterator[RawClient]:
         context.destroy(linger=0)
 
 
+@asynccontextmanager
+async def warm_service_client(tmp_path: Path) -> AsyncIterator[RawClient]:
+    """A two-worker service (warmed up, as ``open_service`` does) and a client whose
+    connection it has counted."""
+    async with (
+        open_service(
+            bind="tcp://127.0.0.1:*", workers=2, engine=ScriptedEngine(tmp_path)
+        ) as service,
+        connected_client(service) as client,
+    ):
+        yield client
+
+
+def assert_every_backtest_answered(replies: list[dict[str, Any]]) -> None:
+    """One result for each of :func:`run_backtests`' backtests."""
+    assert sorted(r["request_id"] for r in replies) == sorted(f"b{i}" for i in range(BACKTESTS))
+    assert all(r["type"] == "BACKTEST_RESULT" for r in replies)
+
+
 async def in_plain_thread(fn: Callable[[], T]) -> T:
     """Run ``fn`` in a ``threading.Thread`` and wait for it with one ``to_thread`` call."""
     out: list[T] = []
@@ -112,17 +131,11 @@ async def test_warm_workers_get_backtests_without_a_thread_hand_off(
         return await real(func, *args, **kwargs)
 
     with anyio.fail_after(60):
-        async with (
-            open_service(
-                bind="tcp://127.0.0.1:*", workers=2, engine=ScriptedEngine(tmp_path)
-            ) as service,
-            connected_client(service) as client,
-        ):
+        async with warm_service_client(tmp_path) as client:
             monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
             replies = await in_plain_thread(partial(run_backtests, client, BACKTESTS))
             monkeypatch.undo()
-    assert sorted(r["request_id"] for r in replies) == sorted(f"b{i}" for i in range(BACKTESTS))
-    assert all(r["type"] == "BACKTEST_RESULT" for r in replies)
+    assert_every_backtest_answered(replies)
     assert calls == ["Thread.join"]
 
 
@@ -130,16 +143,10 @@ async def test_the_service_spawns_no_task_per_backtest(tmp_path: Path) -> None:
     """The service's ROUTER waits on its FD itself (no zmq-anyio task spawns per FD
     wake-up or per receive) and the pool's results wake the loop without a task."""
     with anyio.fail_after(60):
-        async with (
-            open_service(
-                bind="tcp://127.0.0.1:*", workers=2, engine=ScriptedEngine(tmp_path)
-            ) as service,
-            connected_client(service) as client,
-        ):
+        async with warm_service_client(tmp_path) as client:
             with counting_spawned_tasks() as spawned:
                 replies = await in_plain_thread(partial(run_backtests, client, BACKTESTS))
-    assert sorted(r["request_id"] for r in replies) == sorted(f"b{i}" for i in range(BACKTESTS))
-    assert all(r["type"] == "BACKTEST_RESULT" for r in replies)
+    assert_every_backtest_answered(replies)
     # At most the connection monitor (a zmq-anyio socket) re-arming its receive after
     # the "up" event it has just reported (up to 3 spawns, at any time); a zmq-anyio
     # ROUTER spawns at least one task per message received (18-21 here on 9ca1aee).
