@@ -20,7 +20,7 @@ import anyio.lowlevel
 import pytest
 import zmq
 
-from backtest_queue import BacktestRequest, Strategy, open_dispatcher
+from backtest_queue import BacktestRequest, Strategy, fd_socket, open_dispatcher
 from backtest_queue.errors import TransportError
 from backtest_queue.fd_socket import FdSocket, open_fd_socket
 from backtest_queue.transport import SendStatus
@@ -64,6 +64,16 @@ class _Echo:
         self._stop.set()
         self._thread.join(5)
         self._router.close(linger=0)
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["epoll-waker", "cancel-scope"])
+def wake_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs with each way of waking the task that waits on the FD: through
+    the epoll set with an eventfd (Linux), and by cancelling its scope (elsewhere)."""
+    if request.param and not fd_socket._USE_FD_WAKER:
+        pytest.skip("no epoll/eventfd on this platform")
+    monkeypatch.setattr(fd_socket, "_USE_FD_WAKER", request.param)
+    return bool(request.param)
 
 
 @pytest.fixture
@@ -211,6 +221,31 @@ async def test_a_closed_socket_raises_transport_error(ctx: zmq.Context[Any]) -> 
         await s.receive_batch()
     with pytest.raises(TransportError, match="t"):
         s.try_send([b"", b"x"])
+
+
+async def test_a_task_waiting_when_the_socket_closes_gets_transport_error(
+    ctx: zmq.Context[Any],
+) -> None:
+    """Closing wakes the task waiting on the FD (its wait FD is told first, then closed):
+    it gets TransportError, not a hang or an error about a closed FD."""
+    errors: list[BaseException] = []
+
+    async def receive(s: FdSocket) -> None:
+        try:
+            await s.receive_batch()
+        except TransportError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(10):
+        async with (
+            anyio.create_task_group() as tg,
+            open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s,
+        ):
+            tg.start_soon(receive, s)
+            while not s._holding:  # the receiver waits on the FD
+                await anyio.lowlevel.checkpoint()
+    assert len(errors) == 1
+    assert "closed while a task waited" in str(errors[0])
 
 
 async def test_replies_read_in_the_submitters_turn_respect_outcome_buffer() -> None:

@@ -49,6 +49,8 @@ import zmq.backend
 
 from .endpoints import check_ipc_path_free, endpoint_options
 from .errors import TransportError
+from .fd_waker import AVAILABLE as _FD_WAKER_AVAILABLE
+from .fd_waker import make_waker
 from .transport import SocketBase, apply_options, bind_error
 
 __all__ = ["FdSocket", "open_fd_socket"]
@@ -63,6 +65,9 @@ _RCVMORE: Final = int(zmq.RCVMORE)
 #: pyzmq's Cython backend sets ``Frame.more`` in ``recv(copy=False)``; its CFFI backend
 #: (``PYZMQ_BACKEND=cffi``) leaves it False, so there ``ZMQ_RCVMORE`` is read per frame.
 _FRAME_MORE: Final = zmq.backend.Socket.__module__.startswith("zmq.backend.cython")
+#: Wake the task waiting on the FD through an epoll set (:mod:`.fd_waker`) where the
+#: platform has one; tests set it False to run the cancel-scope way too.
+_USE_FD_WAKER = _FD_WAKER_AVAILABLE
 # pyzmq's own getsockopt, without the Python wrapper that makes ZMQ_EVENTS a PollEvent
 # enum (and every ``&`` on it enum arithmetic): read on every send while a task waits.
 # Typed for the int options read here (typing.cast would be a call per read).
@@ -91,8 +96,11 @@ class FdSocket(SocketBase):
         self.name = name
         self.on_readable: Callable[[], None] | None = None
         self._wanted = 0  # POLLIN | POLLOUT: what the tasks that wait are waiting for
-        # The task waiting on the FD (one at a time): its scope, to wake it.
-        self._waker: anyio.CancelScope | trio.CancelScope | None = None
+        # How the task waiting on the FD (one at a time) is woken: through an epoll set
+        # with an eventfd (Linux, .fd_waker), else by cancelling the scope it waits in.
+        self._fd_waker = make_waker(self._fd) if _USE_FD_WAKER else None
+        self._wait_fd = self._fd if self._fd_waker is None else self._fd_waker.fd
+        self._scope: anyio.CancelScope | trio.CancelScope | None = None
         self._holding = False  # a task waits on the FD
         self._fd_free: anyio.Event | None = None  # made by a task waiting for that one
         self._holder_wants = 0  # what the task waiting on the FD waits for
@@ -151,8 +159,8 @@ class FdSocket(SocketBase):
         if self._wanted and not self._offering:
             if events < 0:
                 self._after_own_call()
-            elif events & self._wanted and self._waker is not None:
-                self._waker.cancel()  # (no POLLIN: nothing to offer to on_readable)
+            elif events & self._wanted and self._holding:
+                self._wake_holder()  # (no POLLIN: nothing to offer to on_readable)
         return batch
 
     def _after_own_call(self) -> None:
@@ -173,8 +181,8 @@ class FdSocket(SocketBase):
             events = self._last_events
             if events < 0:
                 events = _getsockopt(self._raw, _EVENTS)
-        if events & self._wanted and self._waker is not None:
-            self._waker.cancel()
+        if events & self._wanted and self._holding:
+            self._wake_holder()
 
     def _events(self) -> int:
         """Read ``ZMQ_EVENTS`` for a task that is not waiting on the FD.
@@ -185,8 +193,8 @@ class FdSocket(SocketBase):
         never sleep.
         """
         events = _getsockopt(self._raw, _EVENTS)
-        if events & self._holder_wants and self._waker is not None:
-            self._waker.cancel()
+        if events & self._holder_wants and self._holding:
+            self._wake_holder()
         return events
 
     async def _wait(self, wanted: int, events: int = -1) -> None:
@@ -213,28 +221,50 @@ class FdSocket(SocketBase):
             raise TransportError(f"{self.name} was closed while a task waited on it") from None
 
     async def _hold_fd(self, wanted: int) -> None:
-        """Wait on the FD once, wakeable through :attr:`_waker` (the one task that does).
+        """Wait on the FD once, as the one task that does; :meth:`_wake_holder` wakes it.
 
-        On trio, trio's own cancel scope and ``wait_readable``: anyio's wrappers and the
-        backend lookup they do cost about 3 % of the requester's CPU on row 4 of the
-        benchmarks, where the receiver waits on the FD about once per three messages.
+        On trio, trio's own ``wait_readable`` (and cancel scope): anyio's wrappers look
+        the backend up on every call.
         """
         self._holding = True
         self._holder_wants = wanted
+        waker = self._fd_waker
         try:
-            if trio.lowlevel.in_trio_run():
-                with trio.CancelScope() as self._waker:
+            if waker is not None:
+                if trio.lowlevel.in_trio_run():
+                    await trio.lowlevel.wait_readable(waker.fd)
+                else:
+                    await anyio.wait_readable(waker.fd)
+            elif trio.lowlevel.in_trio_run():
+                with trio.CancelScope() as self._scope:
                     await trio.lowlevel.wait_readable(self._fd)
             else:
-                with anyio.CancelScope() as self._waker:
+                with anyio.CancelScope() as self._scope:
                     await anyio.wait_readable(self._fd)
         finally:
-            self._waker = None
+            if waker is not None:
+                waker.reset()
+            self._scope = None
             self._holding = False
             self._wanted = self._holder_wants = 0  # who still waits says so again
             free, self._fd_free = self._fd_free, None
             if free is not None:
                 free.set()
+
+    def _wake_holder(self) -> None:
+        """Wake the task waiting on the FD (it reads ``ZMQ_EVENTS`` again)."""
+        if self._fd_waker is not None:
+            self._fd_waker.wake()
+        elif self._scope is not None:
+            self._scope.cancel()
+
+    def _close_waker(self) -> None:
+        """Wake a task still waiting on the FD with ``ClosedResourceError``, then close
+        the waker's FDs (the ZeroMQ socket is closed by its owner)."""
+        with contextlib.suppress(Exception):
+            anyio.notify_closing(self._wait_fd)
+        if self._fd_waker is not None:
+            self._fd_waker.close()
 
     async def receive_batch(self, max_messages: int = 1024) -> list[Frames]:
         """Wait for at least one message, then return all that are ready (up to a cap).
@@ -317,11 +347,14 @@ async def open_fd_socket(
         if bind is None:
             raise TransportError(f"cannot open {name}: {exc}") from exc
         raise TransportError(f"cannot open {name} on {bind!r}: {bind_error(bind, exc)}") from exc
-    sock = FdSocket(raw, name=name)
+    try:
+        sock = FdSocket(raw, name=name)
+    except BaseException:  # no FD left for the waker (EMFILE), ...
+        raw.close(linger=0)
+        raise
     try:
         yield sock
     finally:
         # A task still waiting on the FD gets ClosedResourceError, never a closed FD.
-        with contextlib.suppress(Exception):
-            anyio.notify_closing(sock._fd)
+        sock._close_waker()
         raw.close()
