@@ -24,11 +24,21 @@ __all__ = ["backend_checkpoint", "backend_clock"]
 
 
 def backend_checkpoint() -> Callable[[], Awaitable[None]]:
-    """The running backend's checkpoint (on trio ``trio.lowlevel.checkpoint``, which
-    :func:`anyio.lowlevel.checkpoint` calls there); elsewhere anyio's own."""
+    """The running backend's checkpoint: what :func:`anyio.lowlevel.checkpoint` awaits
+    there (on trio ``trio.lowlevel.checkpoint``; on asyncio ``asyncio.sleep(0)``, where
+    anyio's cancel scopes deliver a pending cancellation); elsewhere anyio's own."""
     if trio.lowlevel.in_trio_run():
         return trio.lowlevel.checkpoint
-    return anyio.lowlevel.checkpoint
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not in an asyncio loop: anyio's own says what is wrong
+        return anyio.lowlevel.checkpoint
+    return _asyncio_checkpoint
+
+
+async def _asyncio_checkpoint() -> None:
+    # anyio's AsyncIOBackend.checkpoint is exactly this (anyio 4).
+    await asyncio.sleep(0)
 
 
 def backend_clock() -> Callable[[], float]:
