@@ -11,6 +11,7 @@ it answers each message with the same frames). Each wait is bounded with
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +118,35 @@ async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
                         if i % 7 == 0:  # let the receiver park now and then
                             await anyio.lowlevel.checkpoint()
     assert sorted(got, key=int) == [b"%d" % i for i in range(n)]
+
+
+async def test_a_send_between_a_read_and_the_next_wait_cannot_hide_a_reply(
+    ctx: zmq.Context[Any],
+) -> None:
+    """The receiver reuses ZMQ_EVENTS as its last read found them only if no call came
+    since: a send in between may have handled the command that announced a reply (the
+    FD's signal), and a wait on the FD would then sleep through that reply."""
+    with _Echo(ctx) as echo:
+        async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s:
+            await _connected(s, echo.endpoint)
+            with anyio.fail_after(10):
+                assert s.try_send([b"", b"a"]) is SendStatus.SENT
+                await s.wait_readable()
+                assert s.receive_nowait() == [[b"", b"a"]]  # and found no more
+                assert s.try_send([b"", b"b"]) is SendStatus.SENT
+                # b's reply announces itself on the FD; then nobody reads what we send.
+                assert select.select([s._fd], [], [], 5)[0], "no reply to b"
+                echo.hold.set()
+                # libzmq handles pending commands in a send at most every ~1 ms: send
+                # until one has (the FD's signal is gone).
+                sent = 0
+                while select.select([s._fd], [], [], 0)[0]:
+                    assert s.try_send([b"", b"c%d" % sent]) is SendStatus.SENT
+                    sent += 1
+                    await anyio.lowlevel.checkpoint()
+                await s.wait_readable()  # b's reply is there: no wait on the FD
+                # (the echo may have answered a "c" before it held)
+                assert s.receive_nowait()[0] == [b"", b"b"]
 
 
 async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_receiver(

@@ -113,6 +113,22 @@ class FdSocket(SocketBase):
     def __repr__(self) -> str:
         return f"<FdSocket {self.name} {self._raw.socket_type!r}>"
 
+    @property
+    def raw(self) -> zmq.Socket[bytes]:
+        """The underlying pyzmq socket, for setting options and monitors.
+
+        A call on it may consume the FD's signal: do not call it while a task waits on
+        this socket (the package only sets up monitors before anything waits).
+        """
+        self._last_events = -1
+        return self._raw
+
+    def connect(self, endpoint: str) -> None:
+        try:
+            super().connect(endpoint)
+        finally:  # libzmq handles pending commands in zmq_connect: as after a send
+            self._after_send()
+
     def _after_send(self) -> None:
         self._last_events = -1
         if self._wanted:
@@ -168,7 +184,7 @@ class FdSocket(SocketBase):
         :attr:`on_readable`, then wake the task waiting on the FD if it is ready for it."""
         if self._raw.closed:
             return
-        events = _getsockopt(self._raw, _EVENTS)
+        self._last_events = events = _getsockopt(self._raw, _EVENTS)
         if (events & _POLLIN and self._wanted & _POLLIN and self.on_readable is not None
                 and not self._offering):  # fmt: skip
             self._offering = True
@@ -180,7 +196,7 @@ class FdSocket(SocketBase):
             # Its last read may have read the events after its last call: not again.
             events = self._last_events
             if events < 0:
-                events = _getsockopt(self._raw, _EVENTS)
+                self._last_events = events = _getsockopt(self._raw, _EVENTS)
         if events & self._wanted and self._holding:
             self._wake_holder()
 
@@ -192,7 +208,7 @@ class FdSocket(SocketBase):
         sleep through it). Only then: two waiters waking each other for nothing would
         never sleep.
         """
-        events = _getsockopt(self._raw, _EVENTS)
+        self._last_events = events = _getsockopt(self._raw, _EVENTS)
         if events & self._holder_wants and self._holding:
             self._wake_holder()
         return events
@@ -290,10 +306,15 @@ class FdSocket(SocketBase):
         Raises:
             TransportError: the socket failed or was closed.
         """
-        try:
-            events = self._events()
-        except zmq.ZMQError as exc:
-            raise TransportError(f"receive on {self.name} failed: {exc}") from exc
+        # ZMQ_EVENTS as last read, if no call on the socket came since (the receiver's
+        # read that found no more messages, just before): nothing since can have
+        # consumed the FD's signal, so the FD wakes us for whatever comes.
+        events = self._last_events
+        if events < 0:
+            try:
+                events = self._events()
+            except zmq.ZMQError as exc:
+                raise TransportError(f"receive on {self.name} failed: {exc}") from exc
         if events & _POLLIN:
             await anyio.lowlevel.checkpoint()
         else:
