@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import types
 import warnings
 from collections import Counter
-from typing import Any
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from backtest_queue import BacktestRequest, QueueFull, Strategy, open_dispatcher
@@ -24,6 +27,7 @@ from backtest_queue.testing import MemoryNetwork, echo_result
 
 pytestmark = pytest.mark.anyio
 EP = "tcp://fake:5580"
+T = TypeVar("T")
 
 
 def request(i: int) -> BacktestRequest:
@@ -217,3 +221,46 @@ async def test_a_wait_held_back_by_unread_outcomes_says_so_then_returns_once_the
                 read = [await d.outcomes.receive() for _ in range(9)]
     assert [o.request_id for o in got] == [last]
     assert sorted(o.request_id for o in read) == sorted(s.request_id for s in states[:-1])
+
+
+@types.coroutine
+def _counting_suspensions(coro: Coroutine[Any, Any, T], count: list[int]) -> Generator[Any, Any, T]:
+    """Drive ``coro`` as the event loop would, counting how often it suspends (each
+    suspension is a trip through the scheduler)."""
+    send: Any = None
+    throw: BaseException | None = None
+    while True:
+        try:
+            yielded = coro.throw(throw) if throw is not None else coro.send(send)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        count[0] += 1
+        try:
+            send, throw = (yield yielded), None
+        except BaseException as exc:  # handed to the coroutine, as the loop would
+            send, throw = None, exc
+
+
+async def test_receive_on_an_empty_stream_suspends_once_per_outcome() -> None:
+    """Waiting is the schedule point (as in trio's memory channels): a receive that finds
+    nothing parks at once; it does not also pass through the scheduler before it parks,
+    a pass per outcome for a caller that reads outcomes as they come."""
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    async with open_dispatcher([EP], network=net, max_pending=None, rate=None) as d:
+        await d.wait_connected()
+        got: list[Outcome] = []
+        suspensions = [0]
+
+        async def read_one() -> None:
+            got.append(await _counting_suspensions(d.outcomes.receive(), suspensions))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_one)
+                while not d.outcomes.statistics().tasks_waiting_receive:
+                    await anyio.lowlevel.checkpoint()
+                parked_after = suspensions[0]
+                await d.submit(request(1))
+        assert got[0].request.request_id == "req-1"
+        assert parked_after == 1

@@ -20,7 +20,7 @@ import anyio.lowlevel
 import trio
 import trio.lowlevel
 
-__all__ = ["backend_checkpoint", "backend_clock"]
+__all__ = ["backend_checkpoint", "backend_checkpoint_if_cancelled", "backend_clock"]
 
 
 def backend_checkpoint() -> Callable[[], Awaitable[None]]:
@@ -39,6 +39,15 @@ def backend_checkpoint() -> Callable[[], Awaitable[None]]:
 async def _asyncio_checkpoint() -> None:
     # anyio's AsyncIOBackend.checkpoint is exactly this (anyio 4).
     await asyncio.sleep(0)
+
+
+def backend_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
+    """The running backend's cancellation check without a schedule point: on trio
+    ``trio.lowlevel.checkpoint_if_cancelled`` (what anyio's calls there); elsewhere
+    :func:`anyio.lowlevel.checkpoint_if_cancelled`."""
+    if trio.lowlevel.in_trio_run():
+        return trio.lowlevel.checkpoint_if_cancelled
+    return anyio.lowlevel.checkpoint_if_cancelled
 
 
 def backend_clock() -> Callable[[], float]:

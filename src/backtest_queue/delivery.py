@@ -33,7 +33,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import ObjectReceiveStream
 
-from .backend import backend_checkpoint
+from .backend import backend_checkpoint, backend_checkpoint_if_cancelled
 from .errors import UsageError
 from .outcome import Outcome
 
@@ -219,6 +219,10 @@ class OutcomeBook:
         self._on_received(waiter.outcome)
         return waiter.outcome
 
+    def can_take(self) -> bool:
+        """Whether :meth:`take_next` would return or raise ``EndOfStream`` now."""
+        return bool(self._unread) or self.ended
+
     def take_next(self) -> Outcome:
         """Take the oldest unread outcome (for the stream).
 
@@ -271,6 +275,7 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
         self._book = book
         self._closed = False
         self._checkpoint = backend_checkpoint()
+        self._checkpoint_if_cancelled = backend_checkpoint_if_cancelled()
 
     def __repr__(self) -> str:
         s = self._book.statistics()
@@ -296,7 +301,13 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
             anyio.ClosedResourceError: this stream was closed by its reader.
             anyio.EndOfStream: the dispatcher closed and every outcome was read.
         """
-        await self._checkpoint()
+        if self._closed or self._book.can_take():
+            await self._checkpoint()
+        else:
+            # Nothing to take yet: the wait below is the schedule point (as in trio's
+            # memory channels); a scope already cancelled raises here, before it. A full
+            # checkpoint first would cost a scheduler pass per outcome at low rates.
+            await self._checkpoint_if_cancelled()
         while True:
             try:
                 return self.receive_nowait()
