@@ -451,16 +451,12 @@ class Service:
 
     def _log_drop(self, dropped: Dropped, why: str) -> None:
         self._count("replies_dropped", dropped.count)
-        reason = {
-            "full": "its pipe stayed full (it does not read its replies)",
-            "gone": "it is not connected",
-        }.get(dropped.reason, "it could not be reached")
         log.warning(
             "dropped %d reply(ies) to requester %s %s: %s",
             dropped.count,
             _peer_name(dropped.peer),
             why,
-            reason,
+            dropped.describe(),
         )
 
     # -- tasks ------------------------------------------------------------------------
