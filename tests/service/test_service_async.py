@@ -94,7 +94,7 @@ async def test_a_requester_that_stops_reading(
                 await client.send({"type": "PING", "v": 1, "request_id": f"p{i}"})
             # Until a drop of replies held at a full pipe. On a loaded machine the service
             # may first drop replies it had not yet tried within reply_timeout (logged as
-            # "could not be reached"): the wait is for the drop this test is about.
+            # as the service falling behind): the wait is for the drop this test is about.
             stats = await service.wait_statistics(
                 lambda s: s.replies_dropped > 0 and "its pipe stayed full" in caplog.text
             )
