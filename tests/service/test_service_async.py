@@ -94,7 +94,7 @@ async def test_a_requester_that_stops_reading(
                 await client.send({"type": "PING", "v": 1, "request_id": f"p{i}"})
             # Until a drop of replies held at a full pipe. On a loaded machine the service
             # may first drop replies it had not yet tried within reply_timeout (logged as
-            # "could not be reached"): the wait is for the drop this test is about.
+            # as the service falling behind): the wait is for the drop this test is about.
             stats = await service.wait_statistics(
                 lambda s: s.replies_dropped > 0 and "its pipe stayed full" in caplog.text
             )
@@ -309,6 +309,40 @@ async def test_an_error_in_the_body_comes_out_as_itself() -> None:
     with pytest.raises(KeyError, match="mine"):  # not wrapped in an ExceptionGroup
         async with open_service(bind=LOCAL, workers=1, warm_up=False):
             raise KeyError("mine")
+
+
+async def _fail_with_a_context() -> None:
+    async with open_service(bind=LOCAL, workers=1, warm_up=False):
+        try:
+            raise ValueError("the context")
+        except ValueError:
+            raise KeyError("mine") from None
+
+
+async def test_an_error_in_the_body_keeps_its_own_context() -> None:
+    # Raised after the except block that caught the task group's exception group, not
+    # inside it: inside, the error would be chained to the group, its context lost.
+    with pytest.raises(KeyError, match="mine") as caught:
+        await _fail_with_a_context()
+    context = caught.value.__context__
+    assert isinstance(context, ValueError), repr(context)
+    assert str(context) == "the context"
+
+
+async def _fail_as_the_surrounding_scope_is_cancelled() -> None:
+    with anyio.CancelScope() as outer:
+        async with open_service(bind=LOCAL, workers=1, warm_up=False):
+            outer.cancel()
+            raise UsageError("mine")
+
+
+async def test_an_error_with_cancellations_beside_it_comes_out_as_itself() -> None:
+    # The surrounding scope is cancelled as the body fails: the service's tasks end
+    # with that scope's cancellation beside the body's error. One real error is raised
+    # as itself (the package's rule, exception_groups.sole_error), not as a group.
+    with anyio.fail_after(40), pytest.raises(UsageError, match="mine") as caught:
+        await _fail_as_the_surrounding_scope_is_cancelled()
+    assert not isinstance(caught.value.__context__, BaseExceptionGroup)
 
 
 async def test_a_busy_endpoint_is_a_transport_error(context: zmq.Context[Any]) -> None:

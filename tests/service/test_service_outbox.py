@@ -62,6 +62,31 @@ def test_replies_expire_after_the_timeout_with_the_reason() -> None:
     assert outbox.due(2.0) == []
 
 
+def test_replies_left_after_a_successful_send_expire_as_the_service_behind() -> None:
+    # The requester took the head reply (it is connected, its pipe has room): the ones
+    # after it that expire before their own try waited on the service, not on it.
+    outbox = Outbox(reply_timeout=1.0)
+    for body in (b"1", b"2", b"3"):
+        outbox.put(A, body, now=0.0)
+    outbox.blocked(A, gone=False, now=0.0)
+    outbox.sent(A)
+    dropped = outbox.expire(1.0)
+    assert dropped == [Dropped(A, 2, "behind")]
+    assert dropped[0].describe().startswith("the service fell behind")
+    assert "full" not in dropped[0].describe()
+    assert "could not be reached" not in dropped[0].describe()
+
+
+def test_every_reason_is_described() -> None:
+    described = {
+        reason: Dropped(A, 1, reason).describe()
+        for reason in ("full", "gone", "behind", "new", "overflow")
+    }
+    assert described["full"].startswith("its pipe stayed full")
+    assert described["gone"] == "it is not connected"
+    assert len(set(described.values())) == len(described)  # each says something else
+
+
 def test_max_held_refuses_more() -> None:
     outbox = Outbox(reply_timeout=1.0, max_held=2)
     assert outbox.put(A, b"1", now=0.0)

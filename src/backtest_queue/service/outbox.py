@@ -35,13 +35,30 @@ class Dropped:
     Attributes:
         peer: the requester's routing id.
         count: how many replies were dropped.
-        reason: ``"full"`` (its pipe stayed at the high-water mark), ``"gone"`` (it
-            disconnected), ``"new"`` (never tried) or ``"overflow"`` (outbox full).
+        reason: what the last try to reach ``peer`` found: ``"full"`` (its pipe stayed
+            at the high-water mark), ``"gone"`` (it disconnected), ``"behind"`` (the
+            reply before these was handed to ZeroMQ: the requester was reachable, the
+            service did not get to these in time), ``"new"`` (never tried) or
+            ``"overflow"`` (outbox full).
     """
 
     peer: bytes
     count: int
     reason: str
+
+    def describe(self) -> str:
+        """Why the replies were dropped, for a log line."""
+        return _REASONS.get(self.reason, "it could not be reached")
+
+
+_REASONS: dict[str, str] = {
+    "full": "its pipe stayed full (it does not read its replies)",
+    "gone": "it is not connected",
+    "behind": "the service fell behind (the requester was connected and took the reply "
+    "before them)",
+    "new": "the service never got to send them",
+    "overflow": "too many replies were waiting",
+}
 
 
 @dataclass(slots=True)
@@ -110,19 +127,20 @@ class Outbox:
 
     def sent(self, peer: bytes) -> None:
         """The head reply to ``peer`` was handed to ZeroMQ."""
-        self._pop(peer)
+        self._pop(peer, "behind")
 
     def failed(self, peer: bytes) -> None:
         """The head reply to ``peer`` can never be sent (the caller counts the drop)."""
-        self._pop(peer)
+        self._pop(peer, "new")
 
-    def _pop(self, peer: bytes) -> None:
+    def _pop(self, peer: bytes, reason: str) -> None:
         state = self._peers[peer]
         state.replies.popleft()
         self._held -= 1
         if state.replies:
             state.backoff = 0.0
-            state.reason = "new"
+            # What the next replies face, if they expire before their own try.
+            state.reason = reason
         else:
             del self._peers[peer]
 

@@ -26,8 +26,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
@@ -40,6 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .. import __version__
 from .._ratelog import RateLimitedLog
 from ..errors import InvalidMessage, ProtocolError, TransportError, UsageError
+from ..exception_groups import sole_error
 from ..fd_socket import FdSocket
 from ..metrics import MetricsSettings, metrics_settings
 from ..pong_fields import DatasetRange
@@ -450,16 +451,12 @@ class Service:
 
     def _log_drop(self, dropped: Dropped, why: str) -> None:
         self._count("replies_dropped", dropped.count)
-        reason = {
-            "full": "its pipe stayed full (it does not read its replies)",
-            "gone": "it is not connected",
-        }.get(dropped.reason, "it could not be reached")
         log.warning(
             "dropped %d reply(ies) to requester %s %s: %s",
             dropped.count,
             _peer_name(dropped.peer),
             why,
-            reason,
+            dropped.describe(),
         )
 
     # -- tasks ------------------------------------------------------------------------
@@ -847,8 +844,9 @@ async def open_service(
         raise UsageError(str(exc)) from None
     own_context = context is None
     zmq_context: zmq.Context[Any] = zmq.Context() if context is None else context
+    unwrapped: BaseException | None = None
     try:
-        with _single_exceptions_unwrapped():
+        try:
             async with (
                 _serve(
                     zmq_context,
@@ -868,29 +866,20 @@ async def open_service(
                 open_service_metrics(service, metrics_wanted),
             ):
                 yield service
+        except BaseExceptionGroup as group:
+            # Task groups (the service's, an executor's, a monitor's zmq-anyio socket)
+            # wrap what is raised inside them (a failed warm-up, the caller's own error):
+            # one real error comes out as itself, raised below, after this block, so it
+            # is not chained to the group (docs/concurrency.md).
+            unwrapped = sole_error(group)
+            if unwrapped is None:
+                raise
+        if unwrapped is not None:
+            raise unwrapped
     finally:
         if own_context:
             with anyio.CancelScope(shield=True), anyio.move_on_after(LINGER + 2.0):
                 await anyio.to_thread.run_sync(zmq_context.term, abandon_on_cancel=True)
-
-
-@contextmanager
-def _single_exceptions_unwrapped() -> Iterator[None]:
-    """Re-raise a lone exception that task groups wrapped in (nested) exception groups.
-
-    The service's task group (and an executor's, or a monitor's zmq-anyio socket) wraps
-    what is raised inside it (a failed warm-up, the caller's own error in the ``async
-    with`` body); :func:`open_service` raises what it documents instead.
-    """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        if leaf is group or isinstance(leaf, BaseExceptionGroup):
-            raise
-        raise leaf from leaf.__cause__
 
 
 @asynccontextmanager
