@@ -29,6 +29,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 import anyio
@@ -653,10 +654,13 @@ class Service:
 
     # -- start and stop ---------------------------------------------------------------
 
-    async def _start(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _start(self, tg: anyio.abc.TaskGroup, announce: Callable[[], None]) -> None:
+        """Start the tasks; ``announce`` (the "service ready" lines) runs just before the
+        receiver starts, so that no reply (a PONG) can go out before it is logged."""
         await tg.start(self._run_monitor)
         await tg.start(self._run_outbox)
         await tg.start(self._run_runners)
+        announce()
         await tg.start(self._run_receiver)
 
     async def _stop(self) -> None:
@@ -925,23 +929,7 @@ async def _serve(
         )
         try:
             async with anyio.create_task_group() as tg:
-                await service._start(tg)
-                log.info(
-                    "service ready on %s with %d workers, datasets: %s",
-                    service.endpoint,
-                    service.workers,
-                    ", ".join(service.datasets) or "none",
-                )
-                log.info(
-                    "credit %d: requests one requester may keep in flight here "
-                    "(advertised in PONG)",
-                    service.credit,
-                )
-                log.info(
-                    "dataset fingerprints: %s",
-                    ", ".join(f"{k}={v}" for k, v in sorted(service.fingerprints.items()))
-                    or "none",
-                )
+                await service._start(tg, announce=partial(_log_ready, service))
                 try:
                     yield service
                 finally:
@@ -958,6 +946,23 @@ async def _serve(
             stats.engine_errors,
             stats.replies_dropped,
         )
+
+
+def _log_ready(service: Service) -> None:
+    log.info(
+        "service ready on %s with %d workers, datasets: %s",
+        service.endpoint,
+        service.workers,
+        ", ".join(service.datasets) or "none",
+    )
+    log.info(
+        "credit %d: requests one requester may keep in flight here (advertised in PONG)",
+        service.credit,
+    )
+    log.info(
+        "dataset fingerprints: %s",
+        ", ".join(f"{k}={v}" for k, v in sorted(service.fingerprints.items())) or "none",
+    )
 
 
 def default_credit(workers: int, max_queued: int) -> int:
