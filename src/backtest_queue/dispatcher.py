@@ -494,8 +494,11 @@ class Dispatcher(_Sending):
             )
 
     def _check_caller(self) -> None:
-        self._check_thread()
-        self._check_open()
+        # Once per submit: one test on the common path, the two checks (in this order)
+        # only when one of them fails.
+        if self._closed or threading.get_ident() != self._thread:
+            self._check_thread()
+            self._check_open()
 
     # -- internals: outcomes -----------------------------------------------------
 

@@ -477,9 +477,12 @@ def validate_request(request: object) -> BacktestRequest:
         request: what the caller passed.
 
     Returns:
-        An equal copy, decoded from the request's own encoding: nobody else holds a
-        reference to it, so a change made to the caller's object after this call (a
-        mutated ``params`` dict) cannot reach the wire or a store.
+        A private copy, equal to ``request``, that every rule of
+        :mod:`backtest_queue.validation` was checked on, and that is exactly what decoding
+        its encoding gives back (equal, with the same types): it survives the wire
+        unchanged. Nobody else holds a reference to it or to its ``params`` dict, so a
+        change made to the caller's object after this call (a mutated ``params`` dict)
+        cannot reach the wire or a store.
 
     Raises:
         InvalidRequest: ``request`` is not a :class:`BacktestRequest` (``field`` ``""``,
@@ -487,19 +490,76 @@ def validate_request(request: object) -> BacktestRequest:
             (``field`` names it); or encoding it and decoding it strictly does not give
             an equal request back.
     """
-    return validate_request_encoded(request)[0]
+    copy = _plain_copy(request)
+    return copy if copy is not None else _validate_by_round_trip(request)[0]
 
 
 def validate_request_encoded(request: object) -> tuple[BacktestRequest, bytes]:
     """Like :func:`validate_request`, and also return the body it checked.
 
     Returns:
-        The private copy and its encoding (what :func:`encode_message` gives for it), so
-        a requester that sends the request soon need not encode it again.
+        The private copy and its encoding (what :func:`encode_message` gives for it, byte
+        for byte), so a requester that sends the request soon need not encode it again.
 
     Raises:
         InvalidRequest: as :func:`validate_request`.
     """
+    copy = _plain_copy(request)
+    if copy is not None:
+        return copy, _encoder.encode(copy)
+    return _validate_by_round_trip(request)
+
+
+def _plain_copy(request: object) -> BacktestRequest | None:
+    """The fast path of :func:`validate_request`: a copy built by the constructors, or
+    ``None`` when only :func:`_validate_by_round_trip` may judge ``request``.
+
+    Sound because decoding runs the very same ``__post_init__`` rules on values the
+    decoder gives exactly the types of the structs' annotations: when the request and
+    its strategy are exactly these classes and the fields the rules would also accept
+    with another type (``cash`` and ``commission`` as an ``int``; ``strategy`` as a
+    subclass; ``params`` as something ``dict()`` turns into a dict) have exactly the
+    decoder's types, a copy the constructors accept is valid and encodes to JSON that
+    decodes to an equal copy with the same types. (Every other field's type is pinned
+    by the rules themselves: ``type(x) is str``, ``int`` or ``float``, never a subclass;
+    tests/test_validation_fast_path.py holds both paths to agree on hostile input.)
+    Anything else - or a value the rules refuse - goes to the round trip, so every error
+    keeps its message.
+    """
+    if type(request) is not BacktestRequest:
+        return None
+    strategy = request.strategy
+    if type(strategy) is not Strategy:
+        return None
+    params = strategy.params
+    if type(params) is not dict or type(request.cash) is not float:
+        return None
+    if type(request.commission) is not float:
+        return None
+    try:
+        return BacktestRequest(
+            v=request.v,
+            request_id=request.request_id,
+            strategy=Strategy(
+                name=strategy.name,
+                kind=strategy.kind,
+                params=dict(params),  # the copy's own: the caller's stays the caller's
+                sl=strategy.sl,
+                tp=strategy.tp,
+            ),
+            data_id=request.data_id,
+            start=request.start,
+            end=request.end,
+            cash=request.cash,
+            commission=request.commission,
+        )
+    except Exception:  # InvalidRequest, or a hostile value's own error from a rule
+        return None  # the round trip raises it, with the message it always had
+
+
+def _validate_by_round_trip(request: object) -> tuple[BacktestRequest, bytes]:
+    """:func:`validate_request_encoded` the slow, obviously sound way: encode, decode
+    strictly, compare. Takes anything; the fast path must agree with it."""
     if not isinstance(request, BacktestRequest):
         raise InvalidRequest("", f"submit takes a BacktestRequest, got {type(request).__name__}")
     # The round trip runs every check again on the decoded copy (``__post_init__``), so
@@ -518,7 +578,9 @@ def validate_request_encoded(request: object) -> tuple[BacktestRequest, bytes]:
         )
     else:
         if decoded == request:
-            return decoded, body
+            # The copy's own encoding: an int ``cash`` decodes as a float, and the body
+            # must be the copy's (the same bytes whether it is sent now or re-encoded).
+            return decoded, _encoder.encode(decoded)
         problem_found = InvalidRequest(
             "", "the request does not survive encoding (decoded differs from the original)"
         )
