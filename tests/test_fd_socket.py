@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -276,6 +276,53 @@ async def test_a_task_waiting_when_the_socket_closes_gets_transport_error(
                 await anyio.lowlevel.checkpoint()
     assert len(errors) == 1
     assert "closed while a task waited" in str(errors[0])
+
+
+async def test_a_socket_closed_after_a_read_raises_transport_error_on_wait(
+    ctx: zmq.Context[Any],
+) -> None:
+    """A wait on a closed socket says TransportError, even when the last read left
+    ZMQ_EVENTS remembered: it must not wait on a closed (or reused) FD."""
+    with _Echo(ctx) as echo:
+        async with open_fd_socket(ctx, zmq.DEALER, name="old", options=_DEALER_OPTIONS) as s:
+            await _connected(s, echo.endpoint)  # ends with a read that found no more
+        with anyio.fail_after(10), pytest.raises(TransportError, match="old"):
+            await s.receive_batch()
+        with anyio.fail_after(10), pytest.raises(TransportError, match="old"):
+            await s.wait_writable()
+
+
+async def test_a_socket_closed_right_after_it_woke_its_waiters_fails_them_both(
+    ctx: zmq.Context[Any],
+) -> None:
+    """A send wakes the task waiting on the FD, and the socket closes before that task
+    runs: it and a task waiting for it to stop get TransportError; none hangs or sees
+    an error about a closed FD."""
+    errors: dict[str, BaseException] = {}
+
+    async def waiting(s: FdSocket, name: str, wait: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await wait()
+        except TransportError as exc:
+            errors[name] = exc
+
+    with _Echo(ctx) as echo, anyio.fail_after(10):
+        async with (
+            anyio.create_task_group() as outer,
+            open_fd_socket(ctx, zmq.DEALER, name="t", options=_DEALER_OPTIONS) as s,
+        ):
+            outer.start_soon(waiting, s, "receiver", s.receive_batch)
+            while not s._holding:
+                await anyio.lowlevel.checkpoint()
+            outer.start_soon(waiting, s, "writer", s.wait_writable)
+            await anyio.wait_all_tasks_blocked()  # the writer waits for the receiver
+            s.connect(echo.endpoint)
+            # Wait for the handshake without running the event loop (zmq_poll), then
+            # send: the send's look finds POLLOUT and wakes the receiver, if connect's
+            # own look has not already.
+            assert s.raw.poll(5000, zmq.POLLOUT), "no handshake"
+            assert s.try_send([b"", b"x"]) is SendStatus.SENT
+    assert set(errors) == {"receiver", "writer"}
 
 
 async def test_replies_read_in_the_submitters_turn_respect_outcome_buffer() -> None:

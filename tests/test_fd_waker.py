@@ -65,12 +65,17 @@ def test_the_zeromq_fd_signal_reaches_the_waker(
         waker.close()
 
 
-def test_close_closes_both_fds_once(pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]]) -> None:
+def test_close_closes_both_fds_once_and_ends_wake_and_reset(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
     a, _ = pair
     waker = FdWaker(a.getsockopt(zmq.FD))
     fds = (waker.fd, waker._event)
+    waker.wake()
     waker.close()
     waker.close()
+    waker.reset()  # a task woken before the close: its FD numbers may be reused now
+    waker.wake()
     for fd in fds:
         with pytest.raises(OSError, match="Bad file descriptor"):
             os.fstat(fd)

@@ -117,8 +117,10 @@ class FdSocket(SocketBase):
     def raw(self) -> zmq.Socket[bytes]:
         """The underlying pyzmq socket, for setting options and monitors.
 
-        A call on it may consume the FD's signal: do not call it while a task waits on
-        this socket (the package only sets up monitors before anything waits).
+        A call on it that handles ZeroMQ's pending commands (a send, a receive, a
+        ``ZMQ_EVENTS`` read) consumes the FD's signal, which a task waiting on this
+        socket would then sleep through: make those through this class. Monitors and
+        other options are fine.
         """
         self._last_events = -1
         return self._raw
@@ -258,14 +260,14 @@ class FdSocket(SocketBase):
                 with anyio.CancelScope() as self._scope:
                     await anyio.wait_readable(self._fd)
         finally:
-            if waker is not None:
-                waker.reset()
             self._scope = None
             self._holding = False
             self._wanted = self._holder_wants = 0  # who still waits says so again
             free, self._fd_free = self._fd_free, None
             if free is not None:
                 free.set()
+            if waker is not None:
+                waker.reset()
 
     def _wake_holder(self) -> None:
         """Wake the task waiting on the FD (it reads ``ZMQ_EVENTS`` again)."""
@@ -276,7 +278,9 @@ class FdSocket(SocketBase):
 
     def _close_waker(self) -> None:
         """Wake a task still waiting on the FD with ``ClosedResourceError``, then close
-        the waker's FDs (the ZeroMQ socket is closed by its owner)."""
+        the waker's FDs (the ZeroMQ socket is closed by its owner). From now on every
+        wait reads ``ZMQ_EVENTS`` first, which fails: ``TransportError``."""
+        self._last_events = -1
         with contextlib.suppress(Exception):
             anyio.notify_closing(self._wait_fd)
         if self._fd_waker is not None:
@@ -370,7 +374,10 @@ async def open_fd_socket(
         raise TransportError(f"cannot open {name} on {bind!r}: {bind_error(bind, exc)}") from exc
     try:
         sock = FdSocket(raw, name=name)
-    except BaseException:  # no FD left for the waker (EMFILE), ...
+    except OSError as exc:  # no FD left for the waker (EMFILE), ...
+        raw.close(linger=0)
+        raise TransportError(f"cannot open {name}: {exc}") from exc
+    except BaseException:
         raw.close(linger=0)
         raise
     try:

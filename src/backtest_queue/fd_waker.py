@@ -55,13 +55,15 @@ class FdWaker:
         self._signalled = False
 
     def wake(self) -> None:
-        """Make :attr:`fd` readable until :meth:`reset` (once: further calls do nothing)."""
-        if not self._signalled:
+        """Make :attr:`fd` readable until :meth:`reset` (once: further calls do nothing;
+        after :meth:`close`, nothing)."""
+        if not self._signalled and not self._epoll.closed:
             self._signalled = True
             os.eventfd_write(self._event, 1)
 
     def reset(self) -> None:
-        """Take back a :meth:`wake`, if there was one (call once the waiting task runs)."""
+        """Take back a :meth:`wake`, if there was one (call once the waiting task runs;
+        after :meth:`close`, nothing: the FD number may belong to another file by then)."""
         if self._signalled:
             self._signalled = False
             os.eventfd_read(self._event)
@@ -69,6 +71,7 @@ class FdWaker:
     def close(self) -> None:
         """Close both FDs (after waking whoever waits on :attr:`fd` with
         ``notify_closing``). Idempotent."""
+        self._signalled = False  # a task woken before the close must not read the FD
         if not self._epoll.closed:
             self._epoll.close()
             os.close(self._event)
