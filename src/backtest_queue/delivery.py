@@ -235,7 +235,8 @@ class OutcomeBook:
         return waiter.outcome
 
     def take_next(self) -> Outcome:
-        """Take the oldest unread outcome (for the stream).
+        """Take the oldest unread outcome (for the stream; its ``receive_nowait`` does the
+        first case itself).
 
         Raises:
             anyio.WouldBlock: none is unread and more may come.
@@ -287,7 +288,7 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
 
     def __init__(self, book: OutcomeBook) -> None:
         self._book = book
-        self._take_next = book.take_next  # bound once: the caller's call per outcome
+        self._unread = book._unread  # the book's own (never replaced): see receive_nowait
         self._closed = False
         self._checkpoint = backend_checkpoint()
 
@@ -306,7 +307,15 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
         """
         if self._closed:
             raise anyio.ClosedResourceError
-        return self._take_next()
+        if self._unread:  # OutcomeBook.take_next's first case, without the call
+            book = self._book
+            _, outcome = self._unread.popitem(last=False)
+            if book._held:
+                book._taken()
+            if book._on_received is not None:
+                book._on_received(outcome)
+            return outcome
+        return self._book.take_next()
 
     async def receive(self) -> Outcome:
         """Wait for the next outcome and take it. A checkpoint on every path.
