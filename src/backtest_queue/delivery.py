@@ -76,14 +76,15 @@ class OutcomeBook:
     Args:
         bound: unread outcomes at which :attr:`full` becomes true (``outcome_buffer``).
         on_received: called once for each outcome a caller received (``wait`` returned
-            it or the stream yielded it), e.g. to drop it from a durable store.
+            it or the stream yielded it), e.g. to drop it from a durable store; ``None``
+            when nothing needs to know.
         on_room: called when the book stops being full (to wake the flusher).
     """
 
     def __init__(
         self,
         bound: float,
-        on_received: Callable[[Outcome], None],
+        on_received: Callable[[Outcome], None] | None,
         on_room: Callable[[], None],
     ) -> None:
         self.bound = bound
@@ -91,7 +92,12 @@ class OutcomeBook:
         self._on_room = on_room
         self._unread: OrderedDict[str, Outcome] = OrderedDict()
         self._waiters: dict[str, _Waiter] = {}
-        self._arrived = anyio.Event()  # set when an outcome is added or the book ends
+        # Set when an outcome is added while a reader waits for one, or the book ends.
+        # Only a task in wait_arrival() waits on it (and it found nothing unread, with no
+        # checkpoint in between), so it is set only when _readers says one is there, and
+        # once: _signalled mirrors is_set() without a call per outcome.
+        self._arrived = anyio.Event()
+        self._signalled = False
         self._room = anyio.Event()  # set when the book stops being full
         self._readers = 0
         self._held = False  # full: held until unread falls to the low-water mark
@@ -128,11 +134,12 @@ class OutcomeBook:
     def deliver(self, outcome: Outcome) -> None:
         """Hand an outcome to the task waiting for it, or keep it for the stream."""
         self.delivered += 1
-        waiter = self._waiters.pop(outcome.request_id, None)
-        if waiter is not None:
-            waiter.outcome = outcome
-            waiter.event.set()
-            return
+        if self._waiters:
+            waiter = self._waiters.pop(outcome.request.request_id, None)
+            if waiter is not None:
+                waiter.outcome = outcome
+                waiter.event.set()
+                return
         self._keep(outcome)
 
     def _keep(self, outcome: Outcome) -> None:
@@ -141,11 +148,17 @@ class OutcomeBook:
             log.debug("outcome for %s not kept: the reader closed the outcome stream",
                       outcome.request_id)  # fmt: skip
             return
-        self._unread[outcome.request_id] = outcome
-        if len(self._unread) >= self.bound and not self._held:
+        unread = self._unread
+        unread[outcome.request.request_id] = outcome
+        if len(unread) >= self.bound and not self._held:
             self._held = True
             if self._waiters:
                 self.warn_held()
+        if self._readers and not self._signalled:
+            self._signal_arrival()
+
+    def _signal_arrival(self) -> None:
+        self._signalled = True
         self._arrived.set()
 
     def warn_held(self) -> None:
@@ -165,7 +178,7 @@ class OutcomeBook:
     def end(self) -> None:
         """No more outcomes will come: readers get ``EndOfStream`` after the unread ones."""
         self.ended = True
-        self._arrived.set()
+        self._signal_arrival()
         self._room.set()
 
     async def wait_for_room(self) -> None:
@@ -188,7 +201,8 @@ class OutcomeBook:
         outcome = self._unread.pop(request_id, None)
         if outcome is not None:
             self._taken()
-            self._on_received(outcome)
+            if self._on_received is not None:
+                self._on_received(outcome)
         return outcome
 
     async def wait_for(self, request_id: str) -> Outcome:
@@ -216,7 +230,8 @@ class OutcomeBook:
                 self._keep(waiter.outcome)
             raise
         assert waiter.outcome is not None
-        self._on_received(waiter.outcome)
+        if self._on_received is not None:
+            self._on_received(waiter.outcome)
         return waiter.outcome
 
     def can_take(self) -> bool:
@@ -224,7 +239,8 @@ class OutcomeBook:
         return bool(self._unread) or self.ended
 
     def take_next(self) -> Outcome:
-        """Take the oldest unread outcome (for the stream).
+        """Take the oldest unread outcome (for the stream; its ``receive_nowait`` does the
+        first case itself).
 
         Raises:
             anyio.WouldBlock: none is unread and more may come.
@@ -232,8 +248,10 @@ class OutcomeBook:
         """
         if self._unread:
             _, outcome = self._unread.popitem(last=False)
-            self._taken()
-            self._on_received(outcome)
+            if self._held:
+                self._taken()
+            if self._on_received is not None:
+                self._on_received(outcome)
             return outcome
         if self.ended:
             raise anyio.EndOfStream
@@ -244,6 +262,7 @@ class OutcomeBook:
         try:
             if self._arrived.is_set():
                 self._arrived = anyio.Event()
+                self._signalled = False
             await self._arrived.wait()
         finally:
             self._readers -= 1
@@ -253,7 +272,7 @@ class OutcomeBook:
         self.reader_closed = True
         self._unread.clear()
         self._held = False
-        self._arrived.set()
+        self._signal_arrival()
         self._room.set()
 
     def statistics(self) -> OutcomeStreamStatistics:
@@ -273,6 +292,7 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
 
     def __init__(self, book: OutcomeBook) -> None:
         self._book = book
+        self._unread = book._unread  # the book's own (never replaced): see receive_nowait
         self._closed = False
         self._checkpoint = backend_checkpoint()
         self._checkpoint_if_cancelled = backend_checkpoint_if_cancelled()
@@ -292,6 +312,14 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
         """
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._unread:  # OutcomeBook.take_next's first case, without the call
+            book = self._book
+            _, outcome = self._unread.popitem(last=False)
+            if book._held:
+                book._taken()
+            if book._on_received is not None:
+                book._on_received(outcome)
+            return outcome
         return self._book.take_next()
 
     async def receive(self) -> Outcome:

@@ -102,7 +102,9 @@ class Dispatcher(_Sending):
         # Per-message calls: the backend's own, without anyio's backend lookup per call.
         self._checkpoint = backend_checkpoint()
         self._clock = backend_clock()
-        self._book = OutcomeBook(outcome_buffer, self._received, on_room=self._kick)
+        # Without a store nothing needs to know that a caller has an outcome.
+        on_received = None if writer is None else self._received
+        self._book = OutcomeBook(outcome_buffer, on_received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick

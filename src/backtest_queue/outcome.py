@@ -44,11 +44,12 @@ class SubmitState:
     pending: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Outcome:
     """The final word on one submitted request: a result or an explicit failure.
 
-    Every submitted request gets exactly one outcome.
+    Every submitted request gets exactly one outcome. A frozen dataclass (equality,
+    hashing, ``repr``, :func:`dataclasses.replace` as usual).
 
     Attributes:
         request: the request as submitted.
@@ -65,6 +66,23 @@ class Outcome:
     detail: str = ""
     attempts: int = 0
 
+    def __init__(
+        self,
+        request: BacktestRequest,
+        result: Metrics | None = None,
+        reason: FailureReason | None = None,
+        detail: str = "",
+        attempts: int = 0,
+    ) -> None:
+        # The generated frozen __init__ sets each field through object.__setattr__ (a
+        # global and an attribute lookup per field); the slots' own setters cost half as
+        # much, and one Outcome is built per reply. Same fields, same defaults.
+        _set_request(self, request)
+        _set_result(self, result)
+        _set_reason(self, reason)
+        _set_detail(self, detail)
+        _set_attempts(self, attempts)
+
     @property
     def request_id(self) -> str:
         """The request's id."""
@@ -80,6 +98,12 @@ class Outcome:
         """Whether the result came from a store's result cache: no backtest ran for this
         request (it was never handed to a service, ``attempts == 0``)."""
         return self.result is not None and self.attempts == 0
+
+
+# The slot descriptors of the class dataclass(slots=True) made (see Outcome.__init__).
+_set_request, _set_result, _set_reason, _set_detail, _set_attempts = (
+    Outcome.__dict__[name].__set__ for name in ("request", "result", "reason", "detail", "attempts")
+)
 
 
 @dataclass(frozen=True, slots=True)

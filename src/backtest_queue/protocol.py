@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from math import isfinite as _isfinite
 from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
@@ -280,10 +281,15 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         if not (type(name) is str and name.isprintable()):
             check_text(name, "result.strategy_name", min_length=0, max_length=None,
                        error=InvalidMessage)  # fmt: skip
-        for value in (self.sharpe, self.sortino, self.return_pct, self.max_drawdown_pct,
-                      self.profit_factor):  # fmt: skip
-            if value is not None and not (type(value) is float and math.isfinite(value)):
-                self._explain_metrics()
+        a, b, c, d, e = (self.sharpe, self.sortino, self.return_pct, self.max_drawdown_pct,
+                         self.profit_factor)  # fmt: skip
+        # Five floats (a result with trades): one finiteness test of their sum, which is
+        # finite only if each is (an overflow to inf only takes the per-value path).
+        if not (type(a) is float and type(b) is float and type(c) is float and type(d) is float
+                and type(e) is float and _isfinite(a + b + c + d + e)):  # fmt: skip
+            for value in (a, b, c, d, e):
+                if value is not None and not (type(value) is float and _isfinite(value)):
+                    self._explain_metrics()
         win_rate, trades, bars, elapsed = self.win_rate, self.trades, self.bars, self.elapsed_ms
         if (
             (win_rate is not None and not (type(win_rate) is float and 0.0 <= win_rate <= 1.0))

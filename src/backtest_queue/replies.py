@@ -80,13 +80,16 @@ def apply_reply(
         message = decode_message(frames[1], max_bytes=max_bytes)
     except ProtocolError as exc:
         return ReplyEffect(invalid=exc.message)
-    if isinstance(message, BacktestResult):
-        attempts = queue.attempts_of(message.request_id)
-        request = queue.on_result(message.request_id, now, connection=endpoint)
+    if type(message) is BacktestResult:  # exact: decoded structs are never subclasses
+        rid = message.request_id
+        attempts = queue.attempts_of(rid)
+        request = queue.on_result(rid, now, connection=endpoint)
         if request is None:
             return _NOTHING  # unknown, or resolved already: the policy counted it
-        outcome = Outcome(request, message.result, None, "", attempts)
-        return ReplyEffect(freed=True, outcome=outcome, fingerprint=message.data_fingerprint)
+        # Positional (freed, outcome, fingerprint): one of these per result.
+        return ReplyEffect(
+            True, Outcome(request, message.result, None, "", attempts), message.data_fingerprint
+        )
     if isinstance(message, ErrorReply):
         return _apply_error(queue, endpoint, message, now)
     if isinstance(message, Pong):
