@@ -13,7 +13,7 @@ import dataclasses
 import math
 import pickle
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anyio
 import pytest
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from backtest_queue import BacktestRequest, Metrics, Strategy
 from backtest_queue.delivery import OutcomeBook, OutcomeStream
-from backtest_queue.outcome import FailureReason, Outcome
+from backtest_queue.outcome import FailureReason, Outcome, SubmitState
 
 pytestmark = pytest.mark.anyio
 
@@ -235,3 +235,51 @@ async def test_outcome_behaves_as_its_dataclass_declaration(
     assert o.request_id == f"req-{i}"
     assert o.ok == (result is not None)
     assert Outcome(request(i)) == Outcome(request(i), None, None, "", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _StateReference:
+    """What ``SubmitState`` is declared as, with dataclass's own generated ``__init__``."""
+
+    request_id: str
+    state: Literal["sent", "queued", "cached"]
+    reason: Literal["not_connected", "pending", "rate", "backlog"] | None
+    queued: int
+    pending: int
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # no I/O: one backend is enough
+@given(
+    rid=st.text(max_size=5),
+    state=st.sampled_from(["sent", "queued", "cached"]),
+    reason=st.sampled_from([None, "not_connected", "pending", "rate", "backlog"]),
+    queued=st.integers(0, 3),
+    pending=st.integers(0, 3),
+    other_queued=st.integers(0, 3),
+)
+async def test_submit_state_behaves_as_its_dataclass_declaration(
+    rid: str,
+    state: Literal["sent", "queued", "cached"],
+    reason: Literal["not_connected", "pending", "rate", "backlog"] | None,
+    queued: int,
+    pending: int,
+    other_queued: int,
+) -> None:
+    args = (rid, state, reason, queued, pending)
+    s, ref = SubmitState(*args), _StateReference(*args)
+    keywords = SubmitState(
+        request_id=rid, state=state, reason=reason, queued=queued, pending=pending
+    )
+    assert keywords == s
+    assert repr(s) == repr(ref).replace("_StateReference", "SubmitState")
+    assert hash(s) == hash(ref)
+    assert dataclasses.astuple(s) == dataclasses.astuple(ref)
+    assert dataclasses.asdict(s) == dataclasses.asdict(ref)
+    other = SubmitState(rid, state, reason, other_queued, pending)
+    assert (s == other) == (ref == _StateReference(rid, state, reason, other_queued, pending))
+    assert pickle.loads(pickle.dumps(s)) == s
+    assert dataclasses.replace(s, queued=queued + 1).queued == queued + 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.state = "queued"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        SubmitState(rid, state, reason, queued)  # type: ignore[call-arg]

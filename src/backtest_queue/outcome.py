@@ -20,9 +20,9 @@ __all__ = ["DispatcherStats", "FailureReason", "Outcome", "SubmitState"]
 FailureReason = Literal["timeout", "disconnected", "service_error", "shutdown"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SubmitState:
-    """What :meth:`Dispatcher.submit` did with a request.
+    """What :meth:`Dispatcher.submit` did with a request. A frozen dataclass.
 
     Attributes:
         request_id: the request's id (generated if the request had none).
@@ -42,6 +42,28 @@ class SubmitState:
     reason: Literal["not_connected", "pending", "rate", "backlog"] | None
     queued: int
     pending: int
+
+    def __init__(
+        self,
+        request_id: str,
+        state: Literal["sent", "queued", "cached"],
+        reason: Literal["not_connected", "pending", "rate", "backlog"] | None,
+        queued: int,
+        pending: int,
+    ) -> None:
+        # As Outcome.__init__: the slots' own setters (one SubmitState per submit).
+        _set_state_id(self, request_id)
+        _set_state(self, state)
+        _set_state_reason(self, reason)
+        _set_queued(self, queued)
+        _set_pending(self, pending)
+
+
+# The slot descriptors of the class dataclass(slots=True) made (see SubmitState.__init__).
+_set_state_id, _set_state, _set_state_reason, _set_queued, _set_pending = (
+    SubmitState.__dict__[name].__set__
+    for name in ("request_id", "state", "reason", "queued", "pending")
+)
 
 
 @dataclass(frozen=True, slots=True, init=False)
