@@ -239,8 +239,7 @@ class OutcomeBook:
         return bool(self._unread) or self.ended
 
     def take_next(self) -> Outcome:
-        """Take the oldest unread outcome (for the stream; its ``receive_nowait`` does the
-        first case itself).
+        """Take the oldest unread outcome (for the stream).
 
         Raises:
             anyio.WouldBlock: none is unread and more may come.
@@ -292,7 +291,6 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
 
     def __init__(self, book: OutcomeBook) -> None:
         self._book = book
-        self._unread = book._unread  # the book's own (never replaced): see receive_nowait
         self._closed = False
         self._checkpoint = backend_checkpoint()
         self._checkpoint_if_cancelled = backend_checkpoint_if_cancelled()
@@ -312,14 +310,6 @@ class OutcomeStream(ObjectReceiveStream[Outcome]):
         """
         if self._closed:
             raise anyio.ClosedResourceError
-        if self._unread:  # OutcomeBook.take_next's first case, without the call
-            book = self._book
-            _, outcome = self._unread.popitem(last=False)
-            if book._held:
-                book._taken()
-            if book._on_received is not None:
-                book._on_received(outcome)
-            return outcome
         return self._book.take_next()
 
     async def receive(self) -> Outcome:
