@@ -508,11 +508,7 @@ class BacktestQueue(Generic[R]):
             The request, or ``None`` for an unknown or already-resolved id (counted in
             ``unknown_results`` / ``duplicate_results``; never raises).
         """
-        # _now(now), inlined: one result per backtest comes through here.
-        if now is None:
-            now = self._clock()
-        if not now < self._latest_now:
-            self._latest_now = now
+        self._now(now)
         entry = self._live.get(request_id)
         if entry is None:
             self._count_unknown(request_id)
@@ -790,22 +786,12 @@ class BacktestQueue(Generic[R]):
 
     def _resolve(self, entry: _Entry[R]) -> None:
         """Take a live entry out of the queue or the pending table, for good."""
-        rid = entry.request_id
         if entry.state == _PENDING:
-            del self._pending[entry.connection][rid]
+            del self._pending[entry.connection][entry.request_id]
             self._pending_count -= 1
         else:  # queued again after a deadline or disconnect: a late result still counts
             self._queued -= 1
-        # _finish(entry), inlined: once per result.
-        entry.state = _DONE
-        del self._live[rid]
-        self._resolved.add(rid)
-        order = self._resolved_order
-        order.append(rid)
-        if len(order) > _RESOLVED_MEMORY:
-            old = order.popleft()
-            if old not in self._live:
-                self._resolved.discard(old)
+        self._finish(entry)
         if len(self._deadlines) > 2 * self._pending_count + 1024:
             self._compact_deadlines()
 
@@ -816,7 +802,6 @@ class BacktestQueue(Generic[R]):
             self._unknown += 1
 
     def _finish(self, entry: _Entry[R]) -> None:
-        # (Inlined in _resolve: keep the two alike.)
         entry.state = _DONE
         rid = entry.request_id
         del self._live[rid]
