@@ -247,8 +247,7 @@ class OutcomeBook:
         """
         if self._unread:
             _, outcome = self._unread.popitem(last=False)
-            if self._held:
-                self._taken()
+            self._taken()
             if self._on_received is not None:
                 self._on_received(outcome)
             return outcome
