@@ -29,40 +29,39 @@ def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
     ctx.destroy(linger=0)
 
 
-def test_a_wake_makes_the_fd_readable_until_reset(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
-) -> None:
+@pytest.fixture
+def quiet_waker(pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]]) -> Iterator[FdWaker]:
+    """A waker on the first socket of ``pair``, its ZeroMQ FD quiet to begin with."""
     a, _ = pair
     a.getsockopt(zmq.EVENTS)  # handle pending commands: the ZeroMQ FD is quiet
     waker = FdWaker(a.getsockopt(zmq.FD))
-    try:
-        assert not _readable(waker.fd)
-        waker.wake()
-        waker.wake()  # once is enough: one reset takes both back
-        assert _readable(waker.fd)
-        waker.reset()
-        assert not _readable(waker.fd)
-        waker.reset()  # nothing to take back: does not block or raise
-        assert not _readable(waker.fd)
-    finally:
-        waker.close()
+    yield waker
+    waker.close()
+
+
+def test_a_wake_makes_the_fd_readable_until_reset(quiet_waker: FdWaker) -> None:
+    waker = quiet_waker
+    assert not _readable(waker.fd)
+    waker.wake()
+    waker.wake()  # once is enough: one reset takes both back
+    assert _readable(waker.fd)
+    waker.reset()
+    assert not _readable(waker.fd)
+    waker.reset()  # nothing to take back: does not block or raise
+    assert not _readable(waker.fd)
 
 
 def test_the_zeromq_fd_signal_reaches_the_waker(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]], quiet_waker: FdWaker
 ) -> None:
     a, b = pair
-    a.getsockopt(zmq.EVENTS)
-    waker = FdWaker(a.getsockopt(zmq.FD))
-    try:
-        assert not _readable(waker.fd)
-        b.send(b"x")  # a's pipe becomes readable: libzmq signals a's FD
-        assert select.select([waker.fd], [], [], 5)[0]
-        assert a.getsockopt(zmq.EVENTS) & zmq.POLLIN
-        assert not _readable(waker.fd)  # the EVENTS read handled the signal
-        assert a.recv() == b"x"
-    finally:
-        waker.close()
+    waker = quiet_waker
+    assert not _readable(waker.fd)
+    b.send(b"x")  # a's pipe becomes readable: libzmq signals a's FD
+    assert select.select([waker.fd], [], [], 5)[0]
+    assert a.getsockopt(zmq.EVENTS) & zmq.POLLIN
+    assert not _readable(waker.fd)  # the EVENTS read handled the signal
+    assert a.recv() == b"x"
 
 
 def test_close_closes_both_fds_once_and_ends_wake_and_reset(
