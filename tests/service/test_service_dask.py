@@ -199,6 +199,17 @@ def _running_backtests(dask_scheduler: Any) -> list[str]:
     ]
 
 
+def _workers_running_backtests(dask_scheduler: Any) -> list[str]:
+    """The addresses of the workers processing a backtest, as the scheduler sees them."""
+    return [
+        task.processing_on.address
+        for key, task in dask_scheduler.tasks.items()
+        if str(key).startswith("backtest-queue-")
+        and task.state == "processing"
+        and task.processing_on is not None
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_failures_and_cancellations_are_answered_like_the_pool_does(
@@ -369,9 +380,9 @@ async def test_a_dask_worker_killed_mid_run_loses_nothing(
         killed: list[int] = []
 
         def kill_a_busy_worker() -> None:
-            [key, *_] = _on_scheduler(own_client, _running_backtests)
-            processing: dict[str, list[Any]] = own_client.processing()
-            [address] = [a for a, keys in processing.items() if key in map(str, keys)]
+            # The key and its worker in one look: two queries let a short backtest end
+            # in between (seen in CI: no worker held the key any more).
+            [address, *_] = _on_scheduler(own_client, _workers_running_backtests)
             pid = own_client.run(os.getpid, workers=[address])[address]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
