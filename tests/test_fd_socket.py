@@ -77,6 +77,15 @@ def wake_by(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return bool(request.param)
 
 
+@pytest.fixture(params=[None, 0], ids=["looks-default", "drain-always"])
+def looks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``receive_nowait`` reads ZMQ_EVENTS after its first messages, then reads on to
+    EAGAIN; ``drain-always`` takes the second way from the first message, so the
+    interleaving tests run through the failed recv that ends a burst too."""
+    if request.param is not None:
+        monkeypatch.setattr(fd_socket, "_LOOKS", request.param)
+
+
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context[Any]]:
     context: zmq.Context[Any] = zmq.Context()
@@ -93,6 +102,7 @@ async def _connected(sock: FdSocket, endpoint: str) -> None:
         assert await sock.receive_batch() == [[b"", b"ping"]]
 
 
+@pytest.mark.usefixtures("looks")
 async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
     ctx: zmq.Context[Any],
 ) -> None:
@@ -120,6 +130,7 @@ async def test_a_parked_receiver_gets_replies_to_sends_made_while_it_waits(
     assert sorted(got, key=int) == [b"%d" % i for i in range(n)]
 
 
+@pytest.mark.usefixtures("looks")
 async def test_a_send_between_a_read_and_the_next_wait_cannot_hide_a_reply(
     ctx: zmq.Context[Any],
 ) -> None:
@@ -149,6 +160,7 @@ async def test_a_send_between_a_read_and_the_next_wait_cannot_hide_a_reply(
                 assert s.receive_nowait()[0] == [b"", b"b"]
 
 
+@pytest.mark.usefixtures("looks")
 async def test_replies_found_by_a_send_go_to_on_readable_and_the_rest_to_the_receiver(
     ctx: zmq.Context[Any],
 ) -> None:
@@ -440,3 +452,67 @@ async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
                 await s.wait_writable()  # room is there: it looks and returns
                 await received.wait()
         assert s.receive_nowait() == [[b"", b"reply"]]
+
+
+async def test_a_burst_read_to_eagain_leaves_the_fd_armed_for_the_next_reply(
+    ctx: zmq.Context[Any], tight_pair: tuple[zmq.Socket[bytes], str]
+) -> None:
+    """A burst is read until a recv finds none (EAGAIN), without a ZMQ_EVENTS read at
+    the end: that failed recv handled libzmq's pending commands, so a receiver that
+    then waits on the FD without looking again must still wake for the next reply.
+    A cap on the batch stops the burst early and leaves the rest for the next read."""
+    router, endpoint = tight_pair
+    async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
+        s.connect(endpoint)
+        _fill(s)
+        identity = _drain(router)[0][0]
+        burst = fd_socket._LOOKS + 4
+        for i in range(burst):  # inproc: in the DEALER's pipe once sent
+            router.send_multipart([identity, b"", b"%d" % i])
+        with anyio.fail_after(5):
+            await s.wait_readable()
+        first = s.receive_nowait(burst - 1)
+        assert [f[1] for f in first] == [b"%d" % i for i in range(burst - 1)]
+        assert s.receive_nowait() == [[b"", b"%d" % (burst - 1)]]
+        assert s.receive_nowait() == []  # and the next finds none (EAGAIN again)
+        received = anyio.Event()
+
+        async def receive() -> None:
+            await s.wait_readable()
+            received.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()  # the receiver waits on the FD
+            router.send_multipart([identity, b"", b"next"])
+            with anyio.fail_after(5):
+                await received.wait()
+        assert s.receive_nowait() == [[b"", b"next"]]
+
+
+async def test_a_burst_read_to_eagain_does_not_hide_room_from_the_waiting_writer(
+    ctx: zmq.Context[Any], tight_pair: tuple[zmq.Socket[bytes], str]
+) -> None:
+    """The writer waits on the FD for room; the peer takes a message (room: the FD is
+    signalled) and sends a burst; the read of that burst ends in a failed recv that
+    clears the signal: with a task waiting to write it reads ZMQ_EVENTS and wakes it."""
+    router, endpoint = tight_pair
+    async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
+        s.connect(endpoint)
+        _fill(s)
+        writable = anyio.Event()
+
+        async def write() -> None:
+            await s.wait_writable()
+            writable.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            await anyio.wait_all_tasks_blocked()  # the writer waits on the FD
+            identity = _drain(router)[0][0]  # room again: the DEALER's FD is signalled
+            burst = fd_socket._LOOKS + 4
+            for i in range(burst):
+                router.send_multipart([identity, b"", b"%d" % i])
+            assert len(s.receive_nowait()) == burst  # read in this task, to EAGAIN
+            with anyio.fail_after(5):
+                await writable.wait()
