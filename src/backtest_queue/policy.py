@@ -166,9 +166,15 @@ class BacktestQueue(Generic[R]):
         self._queued = 0
         self._pending: dict[str, dict[str, _Entry[R]]] = {}  # connection -> id -> entry
         self._pending_count = 0
-        # A heap of (deadline_at, send_seq, entry), one item per hand-over. An item is
-        # live while its entry is pending under that very hand-over (entry.send_seq);
-        # stale ones (resolved, put back, re-sent) are skipped lazily and compacted away.
+        # The deadlines, one (deadline_at, send_seq, entry) item per hand-over, in two
+        # stores ordered by (deadline_at, send_seq): a FIFO for every hand-over whose
+        # deadline is not earlier than the last one there (first attempts: time only
+        # moves on, so nearly all), and a heap for the rest (retries' longer waits). An
+        # item is live while its entry is pending under that very hand-over
+        # (entry.send_seq); stale ones (resolved, put back, re-sent) are skipped lazily
+        # and compacted away. Results mostly come in send order, so the stale items are
+        # at the FIFO's front: dropping one is a popleft, not a heappop.
+        self._deadline_fifo: deque[tuple[float, int, _Entry[R]]] = deque()
         self._deadlines: list[tuple[float, int, _Entry[R]]] = []
         self._seq = 0
         self._up: set[str] = set()
@@ -402,6 +408,8 @@ class BacktestQueue(Generic[R]):
         timeout = self.result_timeout
         credited = bool(self._credit)
         single = next(iter(self._up)) if len(self._up) == 1 and not credited else None
+        fifo = self._deadline_fifo
+        fifo_last = fifo[-1][0] if fifo else -math.inf
         while self._queued and (limit is None or len(out) < limit):
             if max_pending is not None and self._pending_count >= max_pending:
                 break
@@ -427,7 +435,11 @@ class BacktestQueue(Generic[R]):
             self._pending_count += 1
             self._seq += 1
             entry.send_seq = self._seq
-            heappush(self._deadlines, (deadline, self._seq, entry))
+            if deadline >= fifo_last:
+                fifo.append((deadline, self._seq, entry))
+                fifo_last = deadline
+            else:
+                heappush(self._deadlines, (deadline, self._seq, entry))
             out.append(entry.request)
         if out:
             self._sent += len(out)
@@ -608,9 +620,14 @@ class BacktestQueue(Generic[R]):
         """
         t = self._now(now)
         expired: list[_Entry[R]] = []
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= t:
-            _, seq, entry = heappop(deadlines)
+        fifo, heap = self._deadline_fifo, self._deadlines
+        while True:  # both stores merged, in (deadline_at, send_seq) order
+            if fifo and fifo[0][0] <= t and not (heap and heap[0] < fifo[0]):
+                _, seq, entry = fifo.popleft()
+            elif heap and heap[0][0] <= t:
+                _, seq, entry = heappop(heap)
+            else:
+                break
             if entry.state != _PENDING or entry.send_seq != seq:
                 continue  # resolved, put back or re-sent since: a stale deadline
             del self._pending[entry.connection][entry.request_id]
@@ -640,6 +657,7 @@ class BacktestQueue(Generic[R]):
             on_conn.clear()
         self._pending_count = 0
         self._queue.clear()
+        self._deadline_fifo.clear()
         self._deadlines.clear()
         self._failed += len(out)
         return out
@@ -737,12 +755,17 @@ class BacktestQueue(Generic[R]):
             return math.inf
 
     def _earliest_deadline(self) -> float:
-        deadlines = self._deadlines
-        while deadlines and (
-            deadlines[0][2].state != _PENDING or deadlines[0][2].send_seq != deadlines[0][1]
-        ):
-            heappop(deadlines)
-        return deadlines[0][0] if deadlines else math.inf
+        fifo, heap = self._deadline_fifo, self._deadlines
+        while fifo:
+            _, seq, entry = fifo[0]
+            if entry.state == _PENDING and entry.send_seq == seq:
+                break
+            fifo.popleft()
+        while heap and (heap[0][2].state != _PENDING or heap[0][2].send_seq != heap[0][1]):
+            heappop(heap)
+        if fifo:
+            return min(fifo[0][0], heap[0][0]) if heap else fifo[0][0]
+        return heap[0][0] if heap else math.inf
 
     def _front(self) -> _Entry[R]:
         """The first queued entry, left in place (stale ones before it are dropped)."""
@@ -792,7 +815,7 @@ class BacktestQueue(Generic[R]):
         else:  # queued again after a deadline or disconnect: a late result still counts
             self._queued -= 1
         self._finish(entry)
-        if len(self._deadlines) > 2 * self._pending_count + 1024:
+        if len(self._deadline_fifo) + len(self._deadlines) > 2 * self._pending_count + 1024:
             self._compact_deadlines()
 
     def _count_unknown(self, request_id: str) -> None:
@@ -814,7 +837,12 @@ class BacktestQueue(Generic[R]):
 
     def _compact_deadlines(self) -> None:
         """Drop stale deadline entries so memory stays O(pending), not O(sent)."""
-        if len(self._deadlines) > 2 * self._pending_count + 1024:
+        if len(self._deadline_fifo) + len(self._deadlines) > 2 * self._pending_count + 1024:
+            self._deadline_fifo = deque(
+                item
+                for item in self._deadline_fifo
+                if item[2].state == _PENDING and item[2].send_seq == item[1]
+            )
             self._deadlines = [
                 item
                 for item in self._deadlines
