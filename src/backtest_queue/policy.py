@@ -520,6 +520,19 @@ class BacktestQueue(Generic[R]):
             The request, or ``None`` for an unknown or already-resolved id (counted in
             ``unknown_results`` / ``duplicate_results``; never raises).
         """
+        resolved = self.on_result_with_attempts(request_id, now, connection=connection)
+        return None if resolved is None else resolved[0]
+
+    def on_result_with_attempts(
+        self, request_id: str, now: float | None = None, *, connection: str | None = None
+    ) -> tuple[R, int] | None:
+        """:meth:`on_result`, also returning how many times the request was handed to a
+        service (what :meth:`attempts_of` said just before): one call per result for a
+        shell that reports both.
+
+        Returns:
+            ``(request, attempts)``, or ``None`` as :meth:`on_result`. Never raises.
+        """
         self._now(now)
         entry = self._live.get(request_id)
         if entry is None:
@@ -529,7 +542,7 @@ class BacktestQueue(Generic[R]):
             self._late_results += 1
         self._resolve(entry)
         self._results += 1
-        return entry.request
+        return entry.request, entry.attempts
 
     def on_error(
         self, request_id: str, now: float | None = None, *, connection: str | None = None

@@ -81,11 +81,10 @@ def apply_reply(
     except ProtocolError as exc:
         return ReplyEffect(invalid=exc.message)
     if type(message) is BacktestResult:  # exact: decoded structs are never subclasses
-        rid = message.request_id
-        attempts = queue.attempts_of(rid)
-        request = queue.on_result(rid, now, connection=endpoint)
-        if request is None:
+        resolved = queue.on_result_with_attempts(message.request_id, now, connection=endpoint)
+        if resolved is None:
             return _NOTHING  # unknown, or resolved already: the policy counted it
+        request, attempts = resolved
         # Positional (freed, outcome, fingerprint): one of these per result.
         return ReplyEffect(
             True, Outcome(request, message.result, None, "", attempts), message.data_fingerprint
