@@ -680,7 +680,10 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
             f"body could not be decoded: {type(exc).__name__}",
             request_id=peek_request_id(body),
         ) from None
-    if isinstance(message, BacktestRequest):
+    # Exact: the decoder builds the union's own classes, never subclasses; and a failing
+    # isinstance with a msgspec struct class (its metaclass's __instancecheck__) costs
+    # as much as a Python call, once per reply.
+    if type(message) is BacktestRequest:
         envelope = _envelope(body)
         if not isinstance(envelope, _Envelope) or envelope.request_id is None:
             # The struct generates ids for callers that build requests in Python; on the
