@@ -408,39 +408,49 @@ class BacktestQueue(Generic[R]):
         timeout = self.result_timeout
         credited = bool(self._credit)
         single = next(iter(self._up)) if len(self._up) == 1 and not credited else None
-        fifo = self._deadline_fifo
+        queue, fifo, heap, seq = self._queue, self._deadline_fifo, self._deadlines, self._seq
         fifo_last = fifo[-1][0] if fifo else -math.inf
-        while self._queued and (limit is None or len(out) < limit):
-            if max_pending is not None and self._pending_count >= max_pending:
-                break
-            avoid = None if single else self._avoid()
-            if credited:
-                picked = self._pick(avoid)
-                if picked is None:
-                    break  # every connection it may go to has used its credit
-                conn = picked
-            elif single:
-                conn = single
-            else:
-                conn = min((c for c in self._up if c != avoid), key=lambda c: len(pending[c]))
-            if bucket is not None and not bucket.try_take(t):
-                break
-            entry = self._pop_front()
-            entry.state = _PENDING
-            entry.attempts += 1
-            deadline = t + timeout if entry.attempts == 1 else self._deadline_at(t, entry.attempts)
-            entry.deadline_at = deadline
-            entry.connection = conn
-            pending[conn][entry.request_id] = entry
-            self._pending_count += 1
-            self._seq += 1
-            entry.send_seq = self._seq
-            if deadline >= fifo_last:
-                fifo.append((deadline, self._seq, entry))
-                fifo_last = deadline
-            else:
-                heappush(self._deadlines, (deadline, self._seq, entry))
-            out.append(entry.request)
+        # Counted in locals, stored once at the end: nothing called in the loop reads them.
+        queued, pending_count = self._queued, self._pending_count
+        todo = queued if limit is None else min(limit, queued)  # one pop per hand-over
+        try:
+            while todo > 0:
+                if max_pending is not None and pending_count >= max_pending:
+                    break
+                avoid = None if single else self._avoid()
+                if credited:
+                    picked = self._pick(avoid)
+                    if picked is None:
+                        break  # every connection it may go to has used its credit
+                    conn = picked
+                elif single:
+                    conn = single
+                else:
+                    conn = min((c for c in self._up if c != avoid), key=lambda c: len(pending[c]))
+                if bucket is not None and not bucket.try_take(t):
+                    break
+                todo -= 1
+                entry = queue.popleft()
+                while entry.state != _QUEUED:  # resolved while queued: dropped lazily
+                    entry = queue.popleft()
+                queued -= 1
+                entry.state = _PENDING
+                attempts = entry.attempts = entry.attempts + 1
+                deadline = t + timeout if attempts == 1 else self._deadline_at(t, attempts)
+                entry.deadline_at = deadline
+                entry.connection = conn
+                pending[conn][entry.request_id] = entry
+                pending_count += 1
+                seq += 1
+                entry.send_seq = seq
+                if deadline >= fifo_last:
+                    fifo.append((deadline, seq, entry))
+                    fifo_last = deadline
+                else:
+                    heappush(heap, (deadline, seq, entry))
+                out.append(entry.request)
+        finally:
+            self._queued, self._pending_count, self._seq = queued, pending_count, seq
         if out:
             self._sent += len(out)
             self._flushes += 1
