@@ -380,6 +380,19 @@ def test_on_result_releases_the_slot_and_returns_the_request() -> None:
     assert q.stats().results == 1
 
 
+def test_on_result_with_attempts_also_says_how_many_attempts_it_took() -> None:
+    q = filled("a", "b", result_timeout=10.0)
+    q.flush(0.0)
+    q.expire(10.0)  # both back in the queue, one attempt used
+    q.flush(10.0)
+    assert q.on_result_with_attempts("a", 11.0) == (Req("a"), 2)
+    assert q.on_result_with_attempts("a", 11.0) is None  # a duplicate, counted
+    assert q.on_result_with_attempts("nope", 11.0) is None
+    assert q.on_result("b", 11.0) == Req("b")
+    s = q.stats()
+    assert (s.results, s.duplicate_results, s.unknown_results, s.pending) == (2, 1, 1, 0)
+
+
 def test_on_error_releases_the_slot_and_counts_a_failure() -> None:
     q = filled("a")
     q.flush(0.0)

@@ -166,9 +166,15 @@ class BacktestQueue(Generic[R]):
         self._queued = 0
         self._pending: dict[str, dict[str, _Entry[R]]] = {}  # connection -> id -> entry
         self._pending_count = 0
-        # A heap of (deadline_at, send_seq, entry), one item per hand-over. An item is
-        # live while its entry is pending under that very hand-over (entry.send_seq);
-        # stale ones (resolved, put back, re-sent) are skipped lazily and compacted away.
+        # The deadlines, one (deadline_at, send_seq, entry) item per hand-over, in two
+        # stores ordered by (deadline_at, send_seq): a FIFO for every hand-over whose
+        # deadline is not earlier than the last one there (first attempts: time only
+        # moves on, so nearly all), and a heap for the rest (retries' longer waits). An
+        # item is live while its entry is pending under that very hand-over
+        # (entry.send_seq); stale ones (resolved, put back, re-sent) are skipped lazily
+        # and compacted away. Results mostly come in send order, so the stale items are
+        # at the FIFO's front: dropping one is a popleft, not a heappop.
+        self._deadline_fifo: deque[tuple[float, int, _Entry[R]]] = deque()
         self._deadlines: list[tuple[float, int, _Entry[R]]] = []
         self._seq = 0
         self._up: set[str] = set()
@@ -402,33 +408,49 @@ class BacktestQueue(Generic[R]):
         timeout = self.result_timeout
         credited = bool(self._credit)
         single = next(iter(self._up)) if len(self._up) == 1 and not credited else None
-        while self._queued and (limit is None or len(out) < limit):
-            if max_pending is not None and self._pending_count >= max_pending:
-                break
-            avoid = None if single else self._avoid()
-            if credited:
-                picked = self._pick(avoid)
-                if picked is None:
-                    break  # every connection it may go to has used its credit
-                conn = picked
-            elif single:
-                conn = single
-            else:
-                conn = min((c for c in self._up if c != avoid), key=lambda c: len(pending[c]))
-            if bucket is not None and not bucket.try_take(t):
-                break
-            entry = self._pop_front()
-            entry.state = _PENDING
-            entry.attempts += 1
-            deadline = t + timeout if entry.attempts == 1 else self._deadline_at(t, entry.attempts)
-            entry.deadline_at = deadline
-            entry.connection = conn
-            pending[conn][entry.request_id] = entry
-            self._pending_count += 1
-            self._seq += 1
-            entry.send_seq = self._seq
-            heappush(self._deadlines, (deadline, self._seq, entry))
-            out.append(entry.request)
+        queue, fifo, heap, seq = self._queue, self._deadline_fifo, self._deadlines, self._seq
+        fifo_last = fifo[-1][0] if fifo else -math.inf
+        # Counted in locals, stored once at the end: nothing called in the loop reads them.
+        queued, pending_count = self._queued, self._pending_count
+        todo = queued if limit is None else min(limit, queued)  # one pop per hand-over
+        try:
+            while todo > 0:
+                if max_pending is not None and pending_count >= max_pending:
+                    break
+                avoid = None if single else self._avoid()
+                if credited:
+                    picked = self._pick(avoid)
+                    if picked is None:
+                        break  # every connection it may go to has used its credit
+                    conn = picked
+                elif single:
+                    conn = single
+                else:
+                    conn = min((c for c in self._up if c != avoid), key=lambda c: len(pending[c]))
+                if bucket is not None and not bucket.try_take(t):
+                    break
+                todo -= 1
+                entry = queue.popleft()
+                while entry.state != _QUEUED:  # resolved while queued: dropped lazily
+                    entry = queue.popleft()
+                queued -= 1
+                entry.state = _PENDING
+                attempts = entry.attempts = entry.attempts + 1
+                deadline = t + timeout if attempts == 1 else self._deadline_at(t, attempts)
+                entry.deadline_at = deadline
+                entry.connection = conn
+                pending[conn][entry.request_id] = entry
+                pending_count += 1
+                seq += 1
+                entry.send_seq = seq
+                if deadline >= fifo_last:
+                    fifo.append((deadline, seq, entry))
+                    fifo_last = deadline
+                else:
+                    heappush(heap, (deadline, seq, entry))
+                out.append(entry.request)
+        finally:
+            self._queued, self._pending_count, self._seq = queued, pending_count, seq
         if out:
             self._sent += len(out)
             self._flushes += 1
@@ -508,6 +530,19 @@ class BacktestQueue(Generic[R]):
             The request, or ``None`` for an unknown or already-resolved id (counted in
             ``unknown_results`` / ``duplicate_results``; never raises).
         """
+        resolved = self.on_result_with_attempts(request_id, now, connection=connection)
+        return None if resolved is None else resolved[0]
+
+    def on_result_with_attempts(
+        self, request_id: str, now: float | None = None, *, connection: str | None = None
+    ) -> tuple[R, int] | None:
+        """:meth:`on_result`, also returning how many times the request was handed to a
+        service (what :meth:`attempts_of` said just before): one call per result for a
+        shell that reports both.
+
+        Returns:
+            ``(request, attempts)``, or ``None`` as :meth:`on_result`. Never raises.
+        """
         self._now(now)
         entry = self._live.get(request_id)
         if entry is None:
@@ -517,7 +552,7 @@ class BacktestQueue(Generic[R]):
             self._late_results += 1
         self._resolve(entry)
         self._results += 1
-        return entry.request
+        return entry.request, entry.attempts
 
     def on_error(
         self, request_id: str, now: float | None = None, *, connection: str | None = None
@@ -608,9 +643,14 @@ class BacktestQueue(Generic[R]):
         """
         t = self._now(now)
         expired: list[_Entry[R]] = []
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= t:
-            _, seq, entry = heappop(deadlines)
+        fifo, heap = self._deadline_fifo, self._deadlines
+        while True:  # both stores merged, in (deadline_at, send_seq) order
+            if fifo and fifo[0][0] <= t and not (heap and heap[0] < fifo[0]):
+                _, seq, entry = fifo.popleft()
+            elif heap and heap[0][0] <= t:
+                _, seq, entry = heappop(heap)
+            else:
+                break
             if entry.state != _PENDING or entry.send_seq != seq:
                 continue  # resolved, put back or re-sent since: a stale deadline
             del self._pending[entry.connection][entry.request_id]
@@ -640,6 +680,7 @@ class BacktestQueue(Generic[R]):
             on_conn.clear()
         self._pending_count = 0
         self._queue.clear()
+        self._deadline_fifo.clear()
         self._deadlines.clear()
         self._failed += len(out)
         return out
@@ -737,12 +778,17 @@ class BacktestQueue(Generic[R]):
             return math.inf
 
     def _earliest_deadline(self) -> float:
-        deadlines = self._deadlines
-        while deadlines and (
-            deadlines[0][2].state != _PENDING or deadlines[0][2].send_seq != deadlines[0][1]
-        ):
-            heappop(deadlines)
-        return deadlines[0][0] if deadlines else math.inf
+        fifo, heap = self._deadline_fifo, self._deadlines
+        while fifo:
+            _, seq, entry = fifo[0]
+            if entry.state == _PENDING and entry.send_seq == seq:
+                break
+            fifo.popleft()
+        while heap and (heap[0][2].state != _PENDING or heap[0][2].send_seq != heap[0][1]):
+            heappop(heap)
+        if fifo:
+            return min(fifo[0][0], heap[0][0]) if heap else fifo[0][0]
+        return heap[0][0] if heap else math.inf
 
     def _front(self) -> _Entry[R]:
         """The first queued entry, left in place (stale ones before it are dropped)."""
@@ -792,7 +838,7 @@ class BacktestQueue(Generic[R]):
         else:  # queued again after a deadline or disconnect: a late result still counts
             self._queued -= 1
         self._finish(entry)
-        if len(self._deadlines) > 2 * self._pending_count + 1024:
+        if len(self._deadline_fifo) + len(self._deadlines) > 2 * self._pending_count + 1024:
             self._compact_deadlines()
 
     def _count_unknown(self, request_id: str) -> None:
@@ -814,7 +860,12 @@ class BacktestQueue(Generic[R]):
 
     def _compact_deadlines(self) -> None:
         """Drop stale deadline entries so memory stays O(pending), not O(sent)."""
-        if len(self._deadlines) > 2 * self._pending_count + 1024:
+        if len(self._deadline_fifo) + len(self._deadlines) > 2 * self._pending_count + 1024:
+            self._deadline_fifo = deque(
+                item
+                for item in self._deadline_fifo
+                if item[2].state == _PENDING and item[2].send_seq == item[1]
+            )
             self._deadlines = [
                 item
                 for item in self._deadlines

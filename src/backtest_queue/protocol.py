@@ -105,6 +105,11 @@ ParamValue = int | float
 Fingerprint = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 
 
+# Module constants for the fast paths (``-MAX_SAFE_INTEGER`` would build an int per use).
+_MIN_SAFE_INTEGER: Final = -MAX_SAFE_INTEGER
+_INF: Final = math.inf
+
+
 def new_request_id() -> str:
     """Return a fresh unique request id (32 lowercase hex characters, UUID4)."""
     return uuid.uuid4().hex
@@ -162,16 +167,17 @@ class Strategy(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             check_params(params)
         for key, number in params.items():
             kind_of = type(number)
-            if not (
-                type(key) is str
-                and key in GOOD_NAMES
-                and (
-                    (kind_of is float and math.isfinite(number))
-                    or (kind_of is int and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER)
-                )
-            ):
-                check_params(params)  # raises naming the parameter, or learns its names
-                break
+            if kind_of is int:
+                if (
+                    _MIN_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER
+                    and type(key) is str
+                    and key in GOOD_NAMES
+                ):
+                    continue
+            elif kind_of is float and _isfinite(number) and type(key) is str and key in GOOD_NAMES:
+                continue
+            check_params(params)  # raises naming the parameter, or learns its names
+            break
         if sl is not None and not (type(sl) is float and 0.0 < sl < 1.0):
             check_fraction(sl, "strategy.sl")
         if tp is not None and not (type(tp) is float and 0.0 < tp < 1.0):
@@ -281,8 +287,12 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         if not (type(name) is str and name.isprintable()):
             check_text(name, "result.strategy_name", min_length=0, max_length=None,
                        error=InvalidMessage)  # fmt: skip
-        a, b, c, d, e = (self.sharpe, self.sortino, self.return_pct, self.max_drawdown_pct,
-                         self.profit_factor)  # fmt: skip
+        # One attribute load per statement: a tuple build and unpack costs more.
+        a = self.sharpe
+        b = self.sortino
+        c = self.return_pct
+        d = self.max_drawdown_pct
+        e = self.profit_factor
         # Five floats (a result with trades): one finiteness test of their sum, which is
         # finite only if each is (an overflow to inf only takes the per-value path).
         if not (type(a) is float and type(b) is float and type(c) is float and type(d) is float
@@ -290,12 +300,15 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True, gc=False):
             for value in (a, b, c, d, e):
                 if value is not None and not (type(value) is float and _isfinite(value)):
                     self._explain_metrics()
-        win_rate, trades, bars, elapsed = self.win_rate, self.trades, self.bars, self.elapsed_ms
-        if (
-            (win_rate is not None and not (type(win_rate) is float and 0.0 <= win_rate <= 1.0))
-            or not (type(trades) is int and 0 <= trades <= MAX_SAFE_INTEGER)
-            or not (type(bars) is int and 0 <= bars <= MAX_SAFE_INTEGER)
-            or not (type(elapsed) is float and 0.0 <= elapsed < math.inf)
+        win_rate = self.win_rate
+        trades = self.trades
+        bars = self.bars
+        elapsed = self.elapsed_ms
+        if not (
+            (win_rate is None or (type(win_rate) is float and 0.0 <= win_rate <= 1.0))
+            and (type(trades) is int and 0 <= trades <= MAX_SAFE_INTEGER)
+            and (type(bars) is int and 0 <= bars <= MAX_SAFE_INTEGER)
+            and (type(elapsed) is float and 0.0 <= elapsed < _INF)
         ):
             self._explain_metrics()
 
@@ -680,7 +693,10 @@ def decode_message(body: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
             f"body could not be decoded: {type(exc).__name__}",
             request_id=peek_request_id(body),
         ) from None
-    if isinstance(message, BacktestRequest):
+    # Exact: the decoder builds the union's own classes, never subclasses; and a failing
+    # isinstance with a msgspec struct class (its metaclass's __instancecheck__) costs
+    # as much as a Python call, once per reply.
+    if type(message) is BacktestRequest:
         envelope = _envelope(body)
         if not isinstance(envelope, _Envelope) or envelope.request_id is None:
             # The struct generates ids for callers that build requests in Python; on the
