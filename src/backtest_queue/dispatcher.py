@@ -112,7 +112,11 @@ class Dispatcher(_Sending):
         self._kicked = False
         self._room = anyio.Event()
         self._room_waiters = 0  # submits waiting on _room (cheaper than its statistics())
+        # Set, while a task waits in wait_idle, once nothing is queued or pending (and at
+        # close); wait_idle replaces it when it finds it set and still has to wait, so
+        # no submit and no outcome has to touch it when nobody waits.
         self._idle = anyio.Event()
+        self._idle_waiters = 0
         self._connected = anyio.Event()
         self._up: set[str] = set()  # endpoints whose handshake succeeded
         self._ready: set[str] = set()  # up, and their PONG is in (or _PONG_WAIT passed)
@@ -307,8 +311,6 @@ class Dispatcher(_Sending):
                 # Delivered by the flusher, after this returns, so wait() can claim it.
                 outcome = Outcome(request, metrics, None, "cached result", 0)
                 self._instant[request.request_id] = outcome
-        if cached and self._idle.is_set():
-            self._idle = anyio.Event()
         now = self._clock()
         self._flush(now, "submit")
         if cached:
@@ -324,8 +326,6 @@ class Dispatcher(_Sending):
             q.enqueue(request)
             if len(kept) < _BODY_CACHE:
                 kept[request.request_id] = bodies[request.request_id]
-        if fresh and self._idle.is_set():
-            self._idle = anyio.Event()
 
     async def _commit(self, fresh: list[BacktestRequest]) -> None:
         """Make a submit's requests durable, or leave nothing of them in the store."""
@@ -480,7 +480,13 @@ class Dispatcher(_Sending):
         await anyio.lowlevel.checkpoint()
         self._check_thread()
         while (self._queue.queued or self._queue.pending or self._instant) and not self._closed:
-            await self._idle.wait()
+            if self._idle.is_set():  # set when it was idle, busy again since
+                self._idle = anyio.Event()
+            self._idle_waiters += 1
+            try:
+                await self._idle.wait()
+            finally:
+                self._idle_waiters -= 1
 
     # -- internals: callers ------------------------------------------------------
 
@@ -519,7 +525,7 @@ class Dispatcher(_Sending):
         if self.metrics is not None:
             self.metrics.delivered(outcome)
         self._book.deliver(outcome)
-        if not (self._queue.queued or self._queue.pending or self._instant):
+        if self._idle_waiters and not (self._queue.queued or self._queue.pending or self._instant):
             self._idle.set()
 
     def _received(self, outcome: Outcome) -> None:
