@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from backtest_queue import BacktestRequest, UsageError, open_dispatcher
+from backtest_queue import BacktestRequest, DuplicateRequest, UsageError, open_dispatcher
 from backtest_queue.testing import MemoryNetwork, echo_result
 from story_time import Time, request, story_time
 
@@ -273,3 +273,29 @@ async def test_the_wire_carries_the_request_as_validated_not_as_changed_later() 
                 r.strategy.params["slow"] = 99
             await d.wait_idle()
     assert seen == {f"req-{i}": {"fast": 5, "slow": 20 + i} for i in range(6)}
+
+
+async def test_a_submit_with_a_queued_or_pending_id_raises_and_changes_nothing() -> None:
+    """``submit`` with the id of a request still queued, or pending at a service, raises
+    ``DuplicateRequest`` with room in the queue (its common path) and leaves the queue,
+    the pending table and the outcomes as they were: one outcome per id."""
+    net = MemoryNetwork()
+    held: list[BacktestRequest] = []
+    net.bind(EP, lambda r: held.append(r) or [])  # keeps them pending until answered
+    async with open_dispatcher([EP], network=net, max_pending=1, flush_interval=3600) as d:
+        with anyio.fail_after(5):
+            await d.wait_connected()
+        assert (await d.submit(request(0))).state == "sent"
+        assert (await d.submit(request(1))).reason == "pending"
+        for i in (0, 1):  # pending, queued
+            with pytest.raises(DuplicateRequest):
+                await d.submit(request(i))
+        stats = d.stats().queue
+        assert (stats.pending, stats.queued, stats.enqueued) == (1, 1, 2)
+        assert [r.request_id for r in held] == ["req-0"]
+    with d.outcomes:
+        outcomes = [o async for o in d.outcomes]
+    assert sorted((o.request_id, o.reason) for o in outcomes) == [
+        ("req-0", "shutdown"),
+        ("req-1", "shutdown"),
+    ]

@@ -27,6 +27,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -106,6 +107,7 @@ class Dispatcher(_Sending):
         on_received = None if writer is None else self._received
         self._book = OutcomeBook(outcome_buffer, on_received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
+        self._unread_ids = self._book.unread_ids  # (a live view: one lookup per submit)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick
         ](max_buffer_size=_WAKE_BUFFER)
@@ -216,15 +218,20 @@ class Dispatcher(_Sending):
         """
         await self._checkpoint()
         if self._writer is None:  # the common case, without a list and a reservation
-            self._check_caller()
+            if self._closed or get_ident() != self._thread:  # (_check_caller, inline)
+                self._check_thread()
+                self._check_open()
             checked, body = validate_request_encoded(request)
             rid = checked.request_id
-            q = self._queue
-            if (rid in self._accepting or q.state_of(rid) is not None
-                    or rid in self._instant or self._book.holds(rid)):  # fmt: skip
+            if rid in self._accepting or rid in self._instant or rid in self._unread_ids:
                 raise DuplicateRequest(rid)
+            q = self._queue
             if q.queued + self._reserved < q.capacity:
-                self._accept([checked], {rid: body})
+                # (_accept, inline) Queued or pending: enqueue raises DuplicateRequest
+                # before it changes anything.
+                q.enqueue(checked)
+                if len(self._bodies) < _BODY_CACHE:
+                    self._bodies[rid] = body
                 now = self._clock()
                 self._flush(now, "submit")
                 self._rearm_flusher(now)
