@@ -350,10 +350,11 @@ class Dispatcher(_Sending):
 
     def _state(self, rid: str, now: float, cached: bool) -> SubmitState:
         q = self._queue
+        queued = q.queued
         if cached:
-            return SubmitState(rid, "cached", None, q.queued, q.pending)
-        if q.state_of(rid) != "queued":  # handed over (maybe answered already)
-            return SubmitState(rid, "sent", None, q.queued, q.pending)
+            return SubmitState(rid, "cached", None, queued, q.pending)
+        if not queued or q.state_of(rid) != "queued":  # handed over (maybe answered already)
+            return SubmitState(rid, "sent", None, queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)
         if not self._up:
@@ -364,7 +365,7 @@ class Dispatcher(_Sending):
             reason = throttle.reason
         else:
             reason = "backlog"
-        return SubmitState(rid, "queued", reason, q.queued, q.pending)
+        return SubmitState(rid, "queued", reason, queued, q.pending)
 
     def submit_nowait(self, request: BacktestRequest) -> None:
         """Queue a request without waiting; the flusher sends what was queued during
