@@ -70,6 +70,25 @@ async def test_retries_back_off_then_fail_at_the_last_deadline(t: Time) -> None:
     assert_times([failed_at], [t(7)], t)
 
 
+async def test_a_submit_whose_deadline_comes_first_wakes_the_sleeping_flusher(t: Time) -> None:
+    """The flusher sleeps until the earliest deadline it knows (a retry's, far off); a
+    request submitted later with an earlier deadline is retried at that deadline, not
+    at the retry's: the submit re-arms the flusher."""
+    net = MemoryNetwork()
+    net.bind(EP, lambda r: [])  # a service that never answers
+    async with open_dispatcher([EP], network=net, result_timeout=t(1), retry_backoff=10.0,
+                               max_attempts=2, flush_interval=t(1000)) as d:  # fmt: skip
+        await d.wait_connected()
+        start = anyio.current_time()
+        await d.submit(request(0))  # sent at 0, again at 1 with its deadline at 1 + 10
+        await anyio.sleep(t(2))
+        await d.submit(request(1))  # sent at 2, deadline 3: before the flusher's 11
+        outcome = await d.wait("req-1")
+    assert (outcome.reason, outcome.attempts) == ("timeout", 2)
+    sends = [r.at - start for r in net.received if r.request_id == "req-1"]
+    assert_times(sends, [t(2), t(3)], t)
+
+
 async def test_the_connect_event_flushes_at_that_instant(t: Time) -> None:
     net = MemoryNetwork()
     async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:

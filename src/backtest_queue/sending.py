@@ -180,8 +180,17 @@ class _Sending:
         Called after work done outside the flusher (submit, maybe_flush) at ``now``: a
         request handed over there has a deadline, and one queued behind the rate limit a
         token time, that the sleeping flusher does not know about.
+
+        Without asking the policy when nothing is queued (no tick, no token) and the
+        flusher wakes within ``result_timeout`` of ``now``: a hand-over at ``now`` has
+        its deadline ``result_timeout`` (or more, on a retry) after it, and every earlier
+        one since the flusher planned was checked here at its own time (or kicked it).
         """
-        if self._queue.next_deadline_at(now) < self._flusher_wakes_at:
+        queue = self._queue
+        wakes_at = self._flusher_wakes_at
+        if not queue.queued and wakes_at <= now + queue.result_timeout:
+            return
+        if queue.next_deadline_at(now) < wakes_at:
             self._kick()
 
     def _flush(self, now: float, trigger: str) -> int:
