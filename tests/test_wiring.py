@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from backtest_queue import BacktestRequest, UsageError, open_dispatcher
+from backtest_queue import BacktestRequest, DuplicateRequest, UsageError, open_dispatcher
 from backtest_queue.testing import MemoryNetwork, echo_result
 from story_time import Time, request, story_time
 
@@ -68,6 +68,25 @@ async def test_retries_back_off_then_fail_at_the_last_deadline(t: Time) -> None:
     # Sent at 0, again at 1 (first deadline), again at 1 + 2; failed at 1 + 2 + 4.
     assert_times([r.at - start for r in net.received], [t(0), t(1), t(3)], t)
     assert_times([failed_at], [t(7)], t)
+
+
+async def test_a_submit_whose_deadline_comes_first_wakes_the_sleeping_flusher(t: Time) -> None:
+    """The flusher sleeps until the earliest deadline it knows (a retry's, far off); a
+    request submitted later with an earlier deadline is retried at that deadline, not
+    at the retry's: the submit re-arms the flusher."""
+    net = MemoryNetwork()
+    net.bind(EP, lambda r: [])  # a service that never answers
+    async with open_dispatcher([EP], network=net, result_timeout=t(1), retry_backoff=10.0,
+                               max_attempts=2, flush_interval=t(1000)) as d:  # fmt: skip
+        await d.wait_connected()
+        start = anyio.current_time()
+        await d.submit(request(0))  # sent at 0, again at 1 with its deadline at 1 + 10
+        await anyio.sleep(t(2))
+        await d.submit(request(1))  # sent at 2, deadline 3: before the flusher's 11
+        outcome = await d.wait("req-1")
+    assert (outcome.reason, outcome.attempts) == ("timeout", 2)
+    sends = [r.at - start for r in net.received if r.request_id == "req-1"]
+    assert_times(sends, [t(2), t(3)], t)
 
 
 async def test_the_connect_event_flushes_at_that_instant(t: Time) -> None:
@@ -273,3 +292,29 @@ async def test_the_wire_carries_the_request_as_validated_not_as_changed_later() 
                 r.strategy.params["slow"] = 99
             await d.wait_idle()
     assert seen == {f"req-{i}": {"fast": 5, "slow": 20 + i} for i in range(6)}
+
+
+async def test_a_submit_with_a_queued_or_pending_id_raises_and_changes_nothing() -> None:
+    """``submit`` with the id of a request still queued, or pending at a service, raises
+    ``DuplicateRequest`` with room in the queue (its common path) and leaves the queue,
+    the pending table and the outcomes as they were: one outcome per id."""
+    net = MemoryNetwork()
+    held: list[BacktestRequest] = []
+    net.bind(EP, lambda r: held.append(r) or [])  # keeps them pending until answered
+    async with open_dispatcher([EP], network=net, max_pending=1, flush_interval=3600) as d:
+        with anyio.fail_after(5):
+            await d.wait_connected()
+        assert (await d.submit(request(0))).state == "sent"
+        assert (await d.submit(request(1))).reason == "pending"
+        for i in (0, 1):  # pending, queued
+            with pytest.raises(DuplicateRequest):
+                await d.submit(request(i))
+        stats = d.stats().queue
+        assert (stats.pending, stats.queued, stats.enqueued) == (1, 1, 2)
+        assert [r.request_id for r in held] == ["req-0"]
+    with d.outcomes:
+        outcomes = [o async for o in d.outcomes]
+    assert sorted((o.request_id, o.reason) for o in outcomes) == [
+        ("req-0", "shutdown"),
+        ("req-1", "shutdown"),
+    ]

@@ -91,6 +91,8 @@ class OutcomeBook:
         self._on_received = on_received
         self._on_room = on_room
         self._unread: OrderedDict[str, Outcome] = OrderedDict()
+        #: The ids of the unread outcomes (a live view; ``in`` is :meth:`holds`).
+        self.unread_ids = self._unread.keys()
         self._waiters: dict[str, _Waiter] = {}
         # Set when an outcome is added while a reader waits for one, or the book ends.
         # Only a task in wait_arrival() waits on it (and it found nothing unread, with no

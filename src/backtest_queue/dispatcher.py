@@ -27,6 +27,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -106,13 +107,18 @@ class Dispatcher(_Sending):
         on_received = None if writer is None else self._received
         self._book = OutcomeBook(outcome_buffer, on_received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
+        self._unread_ids = self._book.unread_ids  # (a live view: one lookup per submit)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick
         ](max_buffer_size=_WAKE_BUFFER)
         self._kicked = False
         self._room = anyio.Event()
         self._room_waiters = 0  # submits waiting on _room (cheaper than its statistics())
+        # Set, while a task waits in wait_idle, once nothing is queued or pending (and at
+        # close); wait_idle replaces it when it finds it set and still has to wait, so
+        # no submit and no outcome has to touch it when nobody waits.
         self._idle = anyio.Event()
+        self._idle_waiters = 0
         self._connected = anyio.Event()
         self._up: set[str] = set()  # endpoints whose handshake succeeded
         self._ready: set[str] = set()  # up, and their PONG is in (or _PONG_WAIT passed)
@@ -212,15 +218,20 @@ class Dispatcher(_Sending):
         """
         await self._checkpoint()
         if self._writer is None:  # the common case, without a list and a reservation
-            self._check_caller()
+            if self._closed or get_ident() != self._thread:  # (_check_caller, inline)
+                self._check_thread()
+                self._check_open()
             checked, body = validate_request_encoded(request)
             rid = checked.request_id
-            q = self._queue
-            if (rid in self._accepting or q.state_of(rid) is not None
-                    or rid in self._instant or self._book.holds(rid)):  # fmt: skip
+            if rid in self._accepting or rid in self._instant or rid in self._unread_ids:
                 raise DuplicateRequest(rid)
+            q = self._queue
             if q.queued + self._reserved < q.capacity:
-                self._accept([checked], {rid: body})
+                # (_accept, inline) Queued or pending: enqueue raises DuplicateRequest
+                # before it changes anything.
+                q.enqueue(checked)
+                if len(self._bodies) < _BODY_CACHE:
+                    self._bodies[rid] = body
                 now = self._clock()
                 self._flush(now, "submit")
                 self._rearm_flusher(now)
@@ -307,8 +318,6 @@ class Dispatcher(_Sending):
                 # Delivered by the flusher, after this returns, so wait() can claim it.
                 outcome = Outcome(request, metrics, None, "cached result", 0)
                 self._instant[request.request_id] = outcome
-        if cached and self._idle.is_set():
-            self._idle = anyio.Event()
         now = self._clock()
         self._flush(now, "submit")
         if cached:
@@ -324,8 +333,6 @@ class Dispatcher(_Sending):
             q.enqueue(request)
             if len(kept) < _BODY_CACHE:
                 kept[request.request_id] = bodies[request.request_id]
-        if fresh and self._idle.is_set():
-            self._idle = anyio.Event()
 
     async def _commit(self, fresh: list[BacktestRequest]) -> None:
         """Make a submit's requests durable, or leave nothing of them in the store."""
@@ -343,10 +350,11 @@ class Dispatcher(_Sending):
 
     def _state(self, rid: str, now: float, cached: bool) -> SubmitState:
         q = self._queue
+        queued = q.queued
         if cached:
-            return SubmitState(rid, "cached", None, q.queued, q.pending)
-        if q.state_of(rid) != "queued":  # handed over (maybe answered already)
-            return SubmitState(rid, "sent", None, q.queued, q.pending)
+            return SubmitState(rid, "cached", None, queued, q.pending)
+        if not queued or q.state_of(rid) != "queued":  # handed over (maybe answered already)
+            return SubmitState(rid, "sent", None, queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)
         if not self._up:
@@ -357,7 +365,7 @@ class Dispatcher(_Sending):
             reason = throttle.reason
         else:
             reason = "backlog"
-        return SubmitState(rid, "queued", reason, q.queued, q.pending)
+        return SubmitState(rid, "queued", reason, queued, q.pending)
 
     def submit_nowait(self, request: BacktestRequest) -> None:
         """Queue a request without waiting; the flusher sends what was queued during
@@ -480,7 +488,13 @@ class Dispatcher(_Sending):
         await anyio.lowlevel.checkpoint()
         self._check_thread()
         while (self._queue.queued or self._queue.pending or self._instant) and not self._closed:
-            await self._idle.wait()
+            if self._idle.is_set():  # set when it was idle, busy again since
+                self._idle = anyio.Event()
+            self._idle_waiters += 1
+            try:
+                await self._idle.wait()
+            finally:
+                self._idle_waiters -= 1
 
     # -- internals: callers ------------------------------------------------------
 
@@ -519,7 +533,7 @@ class Dispatcher(_Sending):
         if self.metrics is not None:
             self.metrics.delivered(outcome)
         self._book.deliver(outcome)
-        if not (self._queue.queued or self._queue.pending or self._instant):
+        if self._idle_waiters and not (self._queue.queued or self._queue.pending or self._instant):
             self._idle.set()
 
     def _received(self, outcome: Outcome) -> None:

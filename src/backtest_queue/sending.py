@@ -99,6 +99,8 @@ class _Sending:
         """Send what the policy handed over; put back what could not go. Never blocks."""
         if not batch:
             return 0
+        if len(batch) == 1 and self.metrics is None:
+            return self._send_one(batch[0], trigger)
         queue = self._queue
         by_connection: dict[str, list[BacktestRequest]] = {}
         for request in batch:
@@ -134,6 +136,28 @@ class _Sending:
             log.debug("sent %d requests (%s)", sent, trigger)
         return sent
 
+    def _send_one(self, request: BacktestRequest, trigger: str) -> int:
+        """:meth:`_send` of one request without metrics (one ``await submit`` hands over
+        one): the same steps, without grouping by connection or a generator."""
+        rid = request.request_id
+        conn = self._queue.connection_of(rid)
+        assert conn is not None  # flush() just made it pending on a connection
+        if conn in self._blocked:
+            status = SendStatus.WOULD_BLOCK
+        else:
+            body = self._bodies.pop(rid, b"") or encode_message(request)
+            count, status = self._sockets[conn].send_batch(([b"", body],))
+            if count:
+                if self._room_waiters:
+                    self._room_freed()
+                log.debug("sent %d requests (%s)", 1, trigger)
+                return 1
+        if status is SendStatus.WOULD_BLOCK:
+            self._would_block += 1
+            self._block(conn)
+        self._queue.send_failed([rid], self._clock())
+        return 0
+
     def _still_pending(self, requests: list[BacktestRequest], conn: str) -> list[BacktestRequest]:
         """The requests still pending on ``conn``; the others' kept bodies are dropped."""
         queue = self._queue
@@ -156,8 +180,17 @@ class _Sending:
         Called after work done outside the flusher (submit, maybe_flush) at ``now``: a
         request handed over there has a deadline, and one queued behind the rate limit a
         token time, that the sleeping flusher does not know about.
+
+        Without asking the policy when nothing is queued (no tick, no token) and the
+        flusher wakes within ``result_timeout`` of ``now``: a hand-over at ``now`` has
+        its deadline ``result_timeout`` (or more, on a retry) after it, and every earlier
+        one since the flusher planned was checked here at its own time (or kicked it).
         """
-        if self._queue.next_deadline_at(now) < self._flusher_wakes_at:
+        queue = self._queue
+        wakes_at = self._flusher_wakes_at
+        if not queue.queued and wakes_at <= now + queue.result_timeout:
+            return
+        if queue.next_deadline_at(now) < wakes_at:
             self._kick()
 
     def _flush(self, now: float, trigger: str) -> int:
