@@ -427,6 +427,31 @@ async def test_a_receivers_look_does_not_hide_room_from_the_waiting_writer(
                 await writable.wait()
 
 
+async def _reply_wakes_the_waiting_receiver(
+    s: FdSocket,
+    router: zmq.Socket[bytes],
+    identity: bytes,
+    body: bytes,
+    meanwhile: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Park a task in ``wait_readable``, send it ``body`` from ``router``, await
+    ``meanwhile`` (if given) in this task, and fail unless the parked task wakes."""
+    received = anyio.Event()
+
+    async def receive() -> None:
+        await s.wait_readable()
+        received.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(receive)
+        await anyio.wait_all_tasks_blocked()  # the receiver waits on the FD
+        router.send_multipart([identity, b"", body])
+        with anyio.fail_after(5):
+            if meanwhile is not None:
+                await meanwhile()
+            await received.wait()
+
+
 async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
     ctx: zmq.Context[Any], tight_pair: tuple[zmq.Socket[bytes], str]
 ) -> None:
@@ -438,19 +463,11 @@ async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
         s.connect(endpoint)
         _fill(s)
         identity = _drain(router)[0][0]
-        received = anyio.Event()
 
-        async def receive() -> None:
-            await s.wait_readable()
-            received.set()
+        async def look_for_room() -> None:
+            await s.wait_writable()  # room is there: it looks and returns
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receive)
-            await anyio.wait_all_tasks_blocked()  # the receiver waits on the FD
-            router.send_multipart([identity, b"", b"reply"])
-            with anyio.fail_after(5):
-                await s.wait_writable()  # room is there: it looks and returns
-                await received.wait()
+        await _reply_wakes_the_waiting_receiver(s, router, identity, b"reply", look_for_room)
         assert s.receive_nowait() == [[b"", b"reply"]]
 
 
@@ -475,18 +492,7 @@ async def test_a_burst_read_to_eagain_leaves_the_fd_armed_for_the_next_reply(
         assert [f[1] for f in first] == [b"%d" % i for i in range(burst - 1)]
         assert s.receive_nowait() == [[b"", b"%d" % (burst - 1)]]
         assert s.receive_nowait() == []  # and the next finds none (EAGAIN again)
-        received = anyio.Event()
-
-        async def receive() -> None:
-            await s.wait_readable()
-            received.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receive)
-            await anyio.wait_all_tasks_blocked()  # the receiver waits on the FD
-            router.send_multipart([identity, b"", b"next"])
-            with anyio.fail_after(5):
-                await received.wait()
+        await _reply_wakes_the_waiting_receiver(s, router, identity, b"next")
         assert s.receive_nowait() == [[b"", b"next"]]
 
 

@@ -17,18 +17,7 @@ from hypothesis import strategies as st
 from backtest_queue.errors import InvalidRequest
 from backtest_queue.protocol import Strategy
 from backtest_queue.validation import MAX_SAFE_INTEGER, check_params
-
-
-class Text(str):
-    pass
-
-
-class Number(float):
-    pass
-
-
-class Count(int):
-    pass
+from lookalikes import Count, Number, Text
 
 
 def reference(params: dict[Any, Any]) -> str | None:

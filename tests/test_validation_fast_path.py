@@ -31,22 +31,7 @@ from backtest_queue.protocol import (
     validate_request_encoded,
 )
 from backtest_queue.validation import GOOD_NAMES, KNOWN_GOOD_LIMIT
-
-
-class Text(str):
-    pass
-
-
-class Number(float):
-    pass
-
-
-class Count(int):
-    pass
-
-
-class Params(dict[str, Any]):
-    pass
+from lookalikes import Count, Number, Params, Text
 
 
 class Touchy:
