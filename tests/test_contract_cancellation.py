@@ -10,6 +10,7 @@ things settle (``wait_all_tasks_blocked`` says when every task waits).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -426,6 +427,108 @@ async def test_a_native_task_cancel_after_hand_over_does_not_lose_the_outcome() 
 
 
 # -- duplicates ------------------------------------------------------------------------
+
+
+def _reuse_at_once(how: str, d: Any, reused: BacktestRequest) -> None:
+    """Submit ``reused`` with ``how``, run to its end without letting any other task run
+    (an ``async`` call is driven by hand through its checkpoint): what a task scheduled
+    between an outcome's hand-over and its waiter's resumption would do."""
+    if how == "submit_nowait":
+        d.submit_nowait(reused)
+        return
+    call = d.submit(reused) if how == "submit" else d.submit_many([reused])
+    try:
+        while True:
+            call.send(None)  # the checkpoint's yield; nothing else runs in between
+    except StopIteration:
+        return
+    finally:
+        call.close()
+
+
+async def test_an_id_handed_to_a_waiter_that_has_not_resumed_cannot_be_reused() -> None:
+    """From the hand-over of an outcome to a task in ``wait`` until that task resumes,
+    the outcome is not received yet: a submit reusing its id is refused (found in review:
+    it was accepted, and on asyncio a cancel of the waiter then lost an outcome)."""
+    await _reuse_while_handed_over("submit_nowait")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("how", ["submit", "submit_many"])
+async def test_an_id_handed_to_a_waiter_cannot_be_reused_by_async_submits(how: str) -> None:
+    """The same for ``submit`` (its own inline check) and ``submit_many``, driven by hand
+    through their checkpoint: asyncio only (a trio checkpoint needs trio's scheduler)."""
+    await _reuse_while_handed_over(how)
+
+
+async def _reuse_while_handed_over(how: str) -> None:
+    net = MemoryNetwork()  # no service yet: the wait starts before the outcome comes
+    got: list[Outcome] = []
+    async with open_dispatcher([EP], network=net) as d:
+        first = request(1)
+        await d.submit(first)
+        book = d._book
+        deliver = book.deliver
+        refused: list[BaseException] = []
+
+        def deliver_then_reuse(outcome: Outcome) -> None:
+            deliver(outcome)
+            if outcome.request_id == first.request_id:
+                book.deliver = deliver  # type: ignore[method-assign]
+                with pytest.raises(DuplicateRequest) as caught:
+                    _reuse_at_once(how, d, request(1, content=2))
+                refused.append(caught.value)
+
+        book.deliver = deliver_then_reuse  # type: ignore[method-assign]
+
+        async def wait() -> None:
+            got.append(await d.wait(first.request_id))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()  # it waits for the outcome
+                net.bind(EP, echo_result)
+            await d.wait_idle()
+        assert [o.request for o in got] == [first]
+        assert len(refused) == 1
+        assert [r.request_id for r in net.received] == [first.request_id]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_native_cancel_after_hand_over_and_a_reused_id_lose_no_outcome() -> None:
+    """asyncio: the outcome is handed to a waiter, another task reuses the id, then
+    ``Task.cancel()`` lands before the waiter resumes (so it puts the outcome back).
+    Every accepted request must still get its own outcome."""
+    import asyncio
+
+    net = MemoryNetwork()  # no service yet: the wait starts before the outcome comes
+    async with open_dispatcher([EP], network=net) as d:
+        first = request(1)
+        await d.submit(first)
+        book = d._book
+        deliver = book.deliver
+        accepted = [first]
+
+        def deliver_reuse_cancel(outcome: Outcome) -> None:
+            deliver(outcome)
+            if outcome.request_id == first.request_id:
+                book.deliver = deliver  # type: ignore[method-assign]
+                with contextlib.suppress(DuplicateRequest):
+                    d.submit_nowait(request(1, content=2))
+                    accepted.append(request(1, content=2))
+                waiter.cancel()
+
+        book.deliver = deliver_reuse_cancel  # type: ignore[method-assign]
+        waiter = asyncio.ensure_future(d.wait(first.request_id))
+        with anyio.fail_after(5):
+            await anyio.wait_all_tasks_blocked()  # it waits for the outcome
+            net.bind(EP, echo_result)
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+            await d.wait_idle()
+    got = await drain(d)
+    assert sorted(o.request.strategy.name for o in got) == sorted(r.strategy.name for r in accepted)
 
 
 async def test_two_waiting_submit_many_sharing_an_id_the_loser_accepts_nothing() -> None:

@@ -91,9 +91,14 @@ class OutcomeBook:
         self._on_received = on_received
         self._on_room = on_room
         self._unread: OrderedDict[str, Outcome] = OrderedDict()
-        #: The ids of the unread outcomes (a live view; ``in`` is :meth:`holds`).
+        #: The ids of the unread outcomes (a live view).
         self.unread_ids = self._unread.keys()
+        # A waiter stays here until its wait_for() returns or raises, also after its
+        # outcome was handed over: until then the id is still in use (see holds()).
         self._waiters: dict[str, _Waiter] = {}
+        #: The ids ``wait`` tasks wait for or were just handed (a live view); with
+        #: :attr:`unread_ids`, what :meth:`holds` tests.
+        self.awaited_ids = self._waiters.keys()
         # Set when an outcome is added while a reader waits for one, or the book ends.
         # Only a task in wait_arrival() waits on it (and it found nothing unread, with no
         # checkpoint in between), so it is set only when _readers says one is there, and
@@ -129,7 +134,9 @@ class OutcomeBook:
         return request_id in self._waiters
 
     def holds(self, request_id: str) -> bool:
-        return request_id in self._unread
+        """Whether an outcome of this id is unread, or handed to a ``wait`` that has not
+        returned yet (that wait may still put it back: a reused id would overwrite it)."""
+        return request_id in self._unread or request_id in self._waiters
 
     # -- the dispatcher's side ---------------------------------------------------
 
@@ -137,9 +144,9 @@ class OutcomeBook:
         """Hand an outcome to the task waiting for it, or keep it for the stream."""
         self.delivered += 1
         if self._waiters:
-            waiter = self._waiters.pop(outcome.request.request_id, None)
-            if waiter is not None:
-                waiter.outcome = outcome
+            waiter = self._waiters.get(outcome.request.request_id)
+            if waiter is not None and waiter.outcome is None:
+                waiter.outcome = outcome  # it leaves _waiters when wait_for() resumes
                 waiter.event.set()
                 return
         self._keep(outcome)
@@ -226,11 +233,11 @@ class OutcomeBook:
         try:
             await waiter.event.wait()
         except BaseException:
-            if waiter.outcome is None:
-                self._waiters.pop(request_id, None)
-            else:  # handed over, but we are not returning it: not consumed
-                self._keep(waiter.outcome)
+            del self._waiters[request_id]
+            if waiter.outcome is not None:  # handed over, but we are not returning it
+                self._keep(waiter.outcome)  # not consumed
             raise
+        del self._waiters[request_id]
         assert waiter.outcome is not None
         if self._on_received is not None:
             self._on_received(waiter.outcome)

@@ -107,7 +107,9 @@ class Dispatcher(_Sending):
         on_received = None if writer is None else self._received
         self._book = OutcomeBook(outcome_buffer, on_received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
-        self._unread_ids = self._book.unread_ids  # (a live view: one lookup per submit)
+        # Live views: what book.holds() tests, without a call per submit.
+        self._unread_ids = self._book.unread_ids
+        self._awaited_ids = self._book.awaited_ids
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick
         ](max_buffer_size=_WAKE_BUFFER)
@@ -223,7 +225,8 @@ class Dispatcher(_Sending):
                 self._check_open()
             checked, body = validate_request_encoded(request)
             rid = checked.request_id
-            if rid in self._accepting or rid in self._instant or rid in self._unread_ids:
+            if (rid in self._accepting or rid in self._instant or rid in self._unread_ids
+                    or rid in self._awaited_ids):  # fmt: skip
                 raise DuplicateRequest(rid)
             q = self._queue
             if q.queued + self._reserved < q.capacity:
