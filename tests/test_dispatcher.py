@@ -430,3 +430,35 @@ async def test_a_malformed_endpoint_raises_transport_error(endpoint: str) -> Non
     with pytest.raises(TransportError, match="cannot connect"):
         async with open_dispatcher([endpoint]):
             pass
+
+
+async def test_wait_idle_waiters_neither_hang_nor_return_early() -> None:
+    """Three tasks in ``wait_idle``; one makes the dispatcher busy again each time it
+    returns, before the others run: none may return while a request is queued or
+    pending, and none may miss the next idle moment (the idle event is only set while
+    a task waits)."""
+    endpoint = free_tcp_endpoint()
+    async with stub_service(endpoint, echo), open_dispatcher([endpoint], flush_interval=3600) as d:
+        with anyio.fail_after(5):
+            await d.wait_connected()
+        counter = iter(range(1, 10_000))
+        early: list[int] = []
+
+        async def waiter(resubmit: bool) -> None:
+            for _ in range(20):
+                await d.wait_idle()
+                q = d.stats().queue
+                if q.queued or q.pending:
+                    early.append(q.queued + q.pending)
+                if resubmit:  # busy again before the other waiters run
+                    d.submit_nowait(make_request(next(counter)))
+
+        with anyio.fail_after(10):
+            await d.submit(make_request(0))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter, True)
+                tg.start_soon(waiter, False)
+                tg.start_soon(waiter, False)
+            await d.wait_idle()
+        assert early == []
+        assert d.stats().queue.queued == d.stats().queue.pending == 0
