@@ -383,19 +383,26 @@ class Dispatcher(_Sending):
             UsageError: the dispatcher has a store (submit must wait for its commit), or
                 this is called from another thread than the dispatcher's event loop.
         """
-        self._check_caller()
+        if self._closed or get_ident() != self._thread:  # (_check_caller, inline)
+            self._check_thread()
+            self._check_open()
         if self._writer is not None:  # (so no cache hits either: _instant stays empty)
             raise UsageError(
                 "submit_nowait cannot be used with a store (a request must be committed "
                 "before it is accepted); use submit or submit_many"
             )
-        request, body = validate_request_encoded(request)
-        rid = request.request_id
-        if rid in self._accepting or self._book.holds(rid):
+        checked, body = validate_request_encoded(request)
+        rid = checked.request_id
+        # (book.holds, inline: its live views, as in submit)
+        if rid in self._accepting or rid in self._unread_ids or rid in self._awaited_ids:
             raise DuplicateRequest(rid)
-        if self._queue.queued + self._reserved >= self._queue.capacity:
-            raise QueueFull(self._queue.capacity)
-        self._accept((request,), {rid: body})  # enqueue raises DuplicateRequest first
+        q = self._queue
+        if q.queued + self._reserved >= q.capacity:
+            raise QueueFull(q.capacity)
+        # (_accept, inline) enqueue raises DuplicateRequest before it changes anything.
+        q.enqueue(checked)
+        if len(self._bodies) < _BODY_CACHE:
+            self._bodies[rid] = body
         self._kick()
 
     async def wait(self, request_id: str) -> Outcome:
