@@ -98,6 +98,7 @@ class Dispatcher(_Sending):
         self._queue = queue
         self._sockets = sockets
         self.endpoints: tuple[str, ...] = tuple(sockets)
+        self._sole = self.endpoints[0] if len(self.endpoints) == 1 else None
         self._on_full = on_full
         self._max_message_bytes = max_message_bytes
         # Per-message calls: the backend's own, without anyio's backend lookup per call.
