@@ -22,7 +22,13 @@ from hypothesis import strategies as st
 
 from backtest_queue import BacktestRequest, Metrics, Strategy
 from backtest_queue.delivery import OutcomeBook, OutcomeStream
-from backtest_queue.outcome import FailureReason, Outcome, SubmitState, result_outcome
+from backtest_queue.outcome import (
+    FailureReason,
+    Outcome,
+    SubmitState,
+    result_outcome,
+    submit_state,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -305,3 +311,12 @@ async def test_submit_state_behaves_as_its_dataclass_declaration(
         s.state = "queued"  # type: ignore[misc]
     with pytest.raises(TypeError):
         SubmitState(rid, state, reason, queued)  # type: ignore[call-arg]
+    built = submit_state(*args)
+    assert type(built) is SubmitState
+    assert built == s
+    assert repr(built) == repr(s)
+    assert hash(built) == hash(s)
+    assert dataclasses.astuple(built) == dataclasses.astuple(s)
+    assert pickle.loads(pickle.dumps(built)) == s
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.queued = queued + 1  # type: ignore[misc]

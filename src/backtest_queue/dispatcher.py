@@ -38,7 +38,7 @@ from ._ratelog import RateLimitedLog
 from .backend import backend_checkpoint, backend_clock
 from .delivery import OutcomeBook, OutcomeStream
 from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
-from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
+from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState, submit_state
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
@@ -356,9 +356,9 @@ class Dispatcher(_Sending):
         q = self._queue
         queued = q.queued
         if cached:
-            return SubmitState(rid, "cached", None, queued, q.pending)
+            return submit_state(rid, "cached", None, queued, q.pending)
         if not queued or q.state_of(rid) != "queued":  # handed over (maybe answered already)
-            return SubmitState(rid, "sent", None, queued, q.pending)
+            return submit_state(rid, "sent", None, queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)
         if not self._up:
@@ -369,7 +369,7 @@ class Dispatcher(_Sending):
             reason = throttle.reason
         else:
             reason = "backlog"
-        return SubmitState(rid, "queued", reason, queued, q.pending)
+        return submit_state(rid, "queued", reason, queued, q.pending)
 
     def submit_nowait(self, request: BacktestRequest) -> None:
         """Queue a request without waiting; the flusher sends what was queued during
