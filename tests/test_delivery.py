@@ -22,7 +22,13 @@ from hypothesis import strategies as st
 
 from backtest_queue import BacktestRequest, Metrics, Strategy
 from backtest_queue.delivery import OutcomeBook, OutcomeStream
-from backtest_queue.outcome import FailureReason, Outcome, SubmitState
+from backtest_queue.outcome import (
+    FailureReason,
+    Outcome,
+    SubmitState,
+    result_outcome,
+    submit_state,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -237,6 +243,28 @@ async def test_outcome_behaves_as_its_dataclass_declaration(
     assert Outcome(request(i)) == Outcome(request(i), None, None, "", 0)
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # no I/O: one backend is enough
+@given(i=st.integers(0, 3), trades=st.integers(0, 3), attempts=st.integers(0, 3))
+async def test_result_outcome_is_the_outcome_its_constructor_builds(
+    i: int, trades: int, attempts: int
+) -> None:
+    result = Metrics(strategy_name=f"s{i}", trades=trades)
+    o, ref = (
+        result_outcome(request(i), result, attempts),
+        Outcome(request(i), result, None, "", attempts),
+    )
+    assert type(o) is Outcome
+    assert o == ref
+    assert repr(o) == repr(ref)
+    assert dataclasses.astuple(o) == dataclasses.astuple(ref)
+    assert pickle.loads(pickle.dumps(o)) == ref
+    assert dataclasses.replace(o, attempts=attempts + 1) == dataclasses.replace(
+        ref, attempts=attempts + 1
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.detail = "changed"  # type: ignore[misc]
+
+
 @dataclass(frozen=True, slots=True)
 class _StateReference:
     """What ``SubmitState`` is declared as, with dataclass's own generated ``__init__``."""
@@ -283,3 +311,12 @@ async def test_submit_state_behaves_as_its_dataclass_declaration(
         s.state = "queued"  # type: ignore[misc]
     with pytest.raises(TypeError):
         SubmitState(rid, state, reason, queued)  # type: ignore[call-arg]
+    built = submit_state(*args)
+    assert type(built) is SubmitState
+    assert built == s
+    assert repr(built) == repr(s)
+    assert hash(built) == hash(s)
+    assert dataclasses.astuple(built) == dataclasses.astuple(s)
+    assert pickle.loads(pickle.dumps(built)) == s
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.queued = queued + 1  # type: ignore[misc]

@@ -38,7 +38,7 @@ from ._ratelog import RateLimitedLog
 from .backend import backend_checkpoint, backend_clock
 from .delivery import OutcomeBook, OutcomeStream
 from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
-from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState
+from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState, submit_state
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
 from .replies import apply_reply
@@ -98,6 +98,7 @@ class Dispatcher(_Sending):
         self._queue = queue
         self._sockets = sockets
         self.endpoints: tuple[str, ...] = tuple(sockets)
+        self._sole = self.endpoints[0] if len(self.endpoints) == 1 else None
         self._on_full = on_full
         self._max_message_bytes = max_message_bytes
         # Per-message calls: the backend's own, without anyio's backend lookup per call.
@@ -355,9 +356,9 @@ class Dispatcher(_Sending):
         q = self._queue
         queued = q.queued
         if cached:
-            return SubmitState(rid, "cached", None, queued, q.pending)
+            return submit_state(rid, "cached", None, queued, q.pending)
         if not queued or q.state_of(rid) != "queued":  # handed over (maybe answered already)
-            return SubmitState(rid, "sent", None, queued, q.pending)
+            return submit_state(rid, "sent", None, queued, q.pending)
         reason: Literal["not_connected", "pending", "rate", "backlog"]
         throttle = q.throttle(now)
         if not self._up:
@@ -368,7 +369,7 @@ class Dispatcher(_Sending):
             reason = throttle.reason
         else:
             reason = "backlog"
-        return SubmitState(rid, "queued", reason, queued, q.pending)
+        return submit_state(rid, "queued", reason, queued, q.pending)
 
     def submit_nowait(self, request: BacktestRequest) -> None:
         """Queue a request without waiting; the flusher sends what was queued during
@@ -383,19 +384,26 @@ class Dispatcher(_Sending):
             UsageError: the dispatcher has a store (submit must wait for its commit), or
                 this is called from another thread than the dispatcher's event loop.
         """
-        self._check_caller()
+        if self._closed or get_ident() != self._thread:  # (_check_caller, inline)
+            self._check_thread()
+            self._check_open()
         if self._writer is not None:  # (so no cache hits either: _instant stays empty)
             raise UsageError(
                 "submit_nowait cannot be used with a store (a request must be committed "
                 "before it is accepted); use submit or submit_many"
             )
-        request, body = validate_request_encoded(request)
-        rid = request.request_id
-        if rid in self._accepting or self._book.holds(rid):
+        checked, body = validate_request_encoded(request)
+        rid = checked.request_id
+        # (book.holds, inline: its live views, as in submit)
+        if rid in self._accepting or rid in self._unread_ids or rid in self._awaited_ids:
             raise DuplicateRequest(rid)
-        if self._queue.queued + self._reserved >= self._queue.capacity:
-            raise QueueFull(self._queue.capacity)
-        self._accept((request,), {rid: body})  # enqueue raises DuplicateRequest first
+        q = self._queue
+        if q.queued + self._reserved >= q.capacity:
+            raise QueueFull(q.capacity)
+        # (_accept, inline) enqueue raises DuplicateRequest before it changes anything.
+        q.enqueue(checked)
+        if len(self._bodies) < _BODY_CACHE:
+            self._bodies[rid] = body
         self._kick()
 
     async def wait(self, request_id: str) -> Outcome:

@@ -8,7 +8,14 @@ from typing import Literal
 from .policy import QueueStats
 from .protocol import BacktestRequest, Metrics
 
-__all__ = ["DispatcherStats", "FailureReason", "Outcome", "SubmitState"]
+__all__ = [
+    "DispatcherStats",
+    "FailureReason",
+    "Outcome",
+    "SubmitState",
+    "result_outcome",
+    "submit_state",
+]
 
 #: Why a request ended without a result:
 #:
@@ -18,6 +25,13 @@ __all__ = ["DispatcherStats", "FailureReason", "Outcome", "SubmitState"]
 #:   or declined every attempt as ``unavailable``;
 #: * ``shutdown``: the dispatcher closed while it was still queued or pending.
 FailureReason = Literal["timeout", "disconnected", "service_error", "shutdown"]
+
+# The per-message builders (result_outcome, submit_state) make an instance of a frozen
+# slotted dataclass for about half of what its __init__ costs: object.__new__ of a draft
+# class with the same __slots__ and no frozen __setattr__, plain attribute stores (no
+# call each), then ``draft.__class__ = TheDataclass`` (Python refuses that unless the two
+# layouts are the same). What they return is an ordinary instance of the dataclass.
+_new_draft = object.__new__
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -64,6 +78,36 @@ _set_state_id, _set_state, _set_state_reason, _set_queued, _set_pending = (
     SubmitState.__dict__[name].__set__
     for name in ("request_id", "state", "reason", "queued", "pending")
 )
+
+
+class _SubmitStateDraft:
+    """SubmitState's slots without its frozen ``__setattr__`` (see ``_new_draft``)."""
+
+    __slots__ = SubmitState.__slots__
+    request_id: str
+    state: Literal["sent", "queued", "cached"]
+    reason: Literal["not_connected", "pending", "rate", "backlog"] | None
+    queued: int
+    pending: int
+
+
+def submit_state(
+    request_id: str,
+    state: Literal["sent", "queued", "cached"],
+    reason: Literal["not_connected", "pending", "rate", "backlog"] | None,
+    queued: int,
+    pending: int,
+) -> SubmitState:
+    """``SubmitState(request_id, state, reason, queued, pending)`` built from a draft (see
+    ``_new_draft``): one per submit."""
+    draft = _new_draft(_SubmitStateDraft)
+    draft.request_id = request_id
+    draft.state = state
+    draft.reason = reason
+    draft.queued = queued
+    draft.pending = pending
+    draft.__class__ = SubmitState  # type: ignore[assignment]
+    return draft  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -126,6 +170,30 @@ class Outcome:
 _set_request, _set_result, _set_reason, _set_detail, _set_attempts = (
     Outcome.__dict__[name].__set__ for name in ("request", "result", "reason", "detail", "attempts")
 )
+
+
+class _OutcomeDraft:
+    """Outcome's slots without its frozen ``__setattr__`` (see ``_new_draft``)."""
+
+    __slots__ = Outcome.__slots__
+    request: BacktestRequest
+    result: Metrics | None
+    reason: FailureReason | None
+    detail: str
+    attempts: int
+
+
+def result_outcome(request: BacktestRequest, result: Metrics, attempts: int) -> Outcome:
+    """``Outcome(request, result, None, "", attempts)`` built from a draft (see
+    ``_new_draft``): the outcome of each result."""
+    draft = _new_draft(_OutcomeDraft)
+    draft.request = request
+    draft.result = result
+    draft.reason = None
+    draft.detail = ""
+    draft.attempts = attempts
+    draft.__class__ = Outcome  # type: ignore[assignment]
+    return draft  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)

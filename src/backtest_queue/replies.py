@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import msgspec
 
 from .errors import ProtocolError
-from .outcome import Outcome
+from .outcome import Outcome, result_outcome
 from .policy import BacktestQueue
 from .protocol import BacktestRequest, BacktestResult, ErrorReply, Pong, decode_message
 
@@ -88,7 +88,7 @@ def apply_reply(
         request, attempts = resolved
         # Positional (freed, outcome, fingerprint): one of these per result.
         return ReplyEffect(
-            True, Outcome(request, message.result, None, "", attempts), message.data_fingerprint
+            True, result_outcome(request, message.result, attempts), message.data_fingerprint
         )
     if isinstance(message, ErrorReply):
         return _apply_error(queue, endpoint, message, now)

@@ -67,6 +67,9 @@ class _Sending:
 
     _queue: BacktestQueue[BacktestRequest]
     _sockets: dict[str, Requester]
+    #: The endpoint, when there is one: every request handed over is pending on it
+    #: (the policy's connections are the endpoints), so no lookup per request.
+    _sole: str | None
     _book: OutcomeBook
     _wake_send: MemoryObjectSendStream[ConnectionEvent | _Kick]
     _wake_receive: MemoryObjectReceiveStream[ConnectionEvent | _Kick]
@@ -103,10 +106,13 @@ class _Sending:
             return self._send_one(batch[0], trigger)
         queue = self._queue
         by_connection: dict[str, list[BacktestRequest]] = {}
-        for request in batch:
-            conn = queue.connection_of(request.request_id)
-            assert conn is not None  # flush() just made it pending on a connection
-            by_connection.setdefault(conn, []).append(request)
+        if self._sole is not None:
+            by_connection[self._sole] = batch
+        else:
+            for request in batch:
+                conn = queue.connection_of(request.request_id)
+                assert conn is not None  # flush() just made it pending on a connection
+                by_connection.setdefault(conn, []).append(request)
         unsent: list[str] = []
         sent = 0
         for index, (conn, requests) in enumerate(by_connection.items()):
@@ -140,8 +146,10 @@ class _Sending:
         """:meth:`_send` of one request without metrics (one ``await submit`` hands over
         one): the same steps, without grouping by connection or a generator."""
         rid = request.request_id
-        conn = self._queue.connection_of(rid)
-        assert conn is not None  # flush() just made it pending on a connection
+        conn = self._sole
+        if conn is None:
+            conn = self._queue.connection_of(rid)
+            assert conn is not None  # flush() just made it pending on a connection
         if conn in self._blocked:
             status = SendStatus.WOULD_BLOCK
         else:
