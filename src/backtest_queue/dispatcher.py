@@ -57,7 +57,12 @@ log = logging.getLogger("backtest_queue")
 
 _WAKE_BUFFER: Final = 64
 _FLUSH_CHUNK: Final = 128
-_RECEIVE_BATCH: Final = 1024
+#: Most replies applied in one turn. Small enough that, under load, the caller and the
+#: flusher run between turns and hand replacements to the service while the rest of a
+#: burst waits in the socket (the two sides then work at once instead of in turns; row
+#: 4d: +10 % on trio), large enough that the turn's own cost (a scheduler pass) is
+#: shared by many replies.
+_RECEIVE_BATCH: Final = 32
 #: Most encoded bodies kept from validation for requests not yet handed to ZeroMQ (the
 #: rest are encoded again when sent): bounds what a long backlog costs in memory.
 _BODY_CACHE: Final = 1024
