@@ -91,14 +91,9 @@ class OutcomeBook:
         self._on_received = on_received
         self._on_room = on_room
         self._unread: OrderedDict[str, Outcome] = OrderedDict()
-        #: The ids of the unread outcomes (a live view).
-        self.unread_ids = self._unread.keys()
         # A waiter stays here until its wait_for() returns or raises, also after its
         # outcome was handed over: until then the id is still in use (see holds()).
         self._waiters: dict[str, _Waiter] = {}
-        #: The ids ``wait`` tasks wait for or were just handed (a live view); with
-        #: :attr:`unread_ids`, what :meth:`holds` tests.
-        self.awaited_ids = self._waiters.keys()
         # Set when an outcome is added while a reader waits for one, or the book ends.
         # Only a task in wait_arrival() waits on it (and it found nothing unread, with no
         # checkpoint in between), so it is set only when _readers says one is there, and

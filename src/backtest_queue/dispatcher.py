@@ -27,7 +27,6 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
-from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -113,9 +112,6 @@ class Dispatcher(_Sending):
         on_received = None if writer is None else self._received
         self._book = OutcomeBook(outcome_buffer, on_received, on_room=self._kick)
         self.outcomes = OutcomeStream(self._book)
-        # Live views: what book.holds() tests, without a call per submit.
-        self._unread_ids = self._book.unread_ids
-        self._awaited_ids = self._book.awaited_ids
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick
         ](max_buffer_size=_WAKE_BUFFER)
@@ -226,21 +222,14 @@ class Dispatcher(_Sending):
         """
         await self._checkpoint()
         if self._writer is None:  # the common case, without a list and a reservation
-            if self._closed or get_ident() != self._thread:  # (_check_caller, inline)
-                self._check_thread()
-                self._check_open()
+            self._check_caller()
             checked, body = validate_request_encoded(request)
             rid = checked.request_id
-            if (rid in self._accepting or rid in self._instant or rid in self._unread_ids
-                    or rid in self._awaited_ids):  # fmt: skip
+            if self._in_use(rid):
                 raise DuplicateRequest(rid)
             q = self._queue
             if q.queued + self._reserved < q.capacity:
-                # (_accept, inline) Queued or pending: enqueue raises DuplicateRequest
-                # before it changes anything.
-                q.enqueue(checked)
-                if len(self._bodies) < _BODY_CACHE:
-                    self._bodies[rid] = body
+                self._accept_one(checked, body)
                 now = self._clock()
                 self._flush(now, "submit")
                 self._rearm_flusher(now)
@@ -284,8 +273,7 @@ class Dispatcher(_Sending):
         ids: set[str] = set()
         for request in checked:
             rid = request.request_id
-            if (rid in ids or rid in self._accepting or q.state_of(rid) is not None
-                    or rid in self._instant or self._book.holds(rid)):  # fmt: skip
+            if rid in ids or q.state_of(rid) is not None or self._in_use(rid):
                 raise DuplicateRequest(rid)
             ids.add(rid)
         self._accepting |= ids
@@ -334,14 +322,25 @@ class Dispatcher(_Sending):
         self._rearm_flusher(now)
         return [self._state(r.request_id, now, r.request_id in cached) for r in checked]
 
+    def _in_use(self, rid: str) -> bool:
+        """Whether a new request may not take ``rid`` (:class:`DuplicateRequest`), besides
+        being queued or pending (which ``enqueue`` refuses before it changes anything):
+        another submit is accepting it, its cached outcome waits for delivery, or its
+        outcome is unread or with a ``wait`` that has not returned."""
+        return rid in self._accepting or rid in self._instant or self._book.holds(rid)
+
     def _accept(self, fresh: Sequence[BacktestRequest], bodies: dict[str, bytes]) -> None:
         """Queue validated requests (room was checked); keep their encodings for the send."""
-        q = self._queue
-        kept = self._bodies
         for request in fresh:
-            q.enqueue(request)
-            if len(kept) < _BODY_CACHE:
-                kept[request.request_id] = bodies[request.request_id]
+            self._accept_one(request, bodies[request.request_id])
+
+    def _accept_one(self, request: BacktestRequest, body: bytes) -> None:
+        """Queue one validated request (room was checked; ``enqueue`` raises
+        :class:`DuplicateRequest` for a queued or pending id before it changes anything);
+        keep its encoding for the send."""
+        self._queue.enqueue(request)
+        if len(self._bodies) < _BODY_CACHE:
+            self._bodies[request.request_id] = body
 
     async def _commit(self, fresh: list[BacktestRequest]) -> None:
         """Make a submit's requests durable, or leave nothing of them in the store."""
@@ -389,9 +388,7 @@ class Dispatcher(_Sending):
             UsageError: the dispatcher has a store (submit must wait for its commit), or
                 this is called from another thread than the dispatcher's event loop.
         """
-        if self._closed or get_ident() != self._thread:  # (_check_caller, inline)
-            self._check_thread()
-            self._check_open()
+        self._check_caller()
         if self._writer is not None:  # (so no cache hits either: _instant stays empty)
             raise UsageError(
                 "submit_nowait cannot be used with a store (a request must be committed "
@@ -399,16 +396,12 @@ class Dispatcher(_Sending):
             )
         checked, body = validate_request_encoded(request)
         rid = checked.request_id
-        # (book.holds, inline: its live views, as in submit)
-        if rid in self._accepting or rid in self._unread_ids or rid in self._awaited_ids:
+        if self._in_use(rid):
             raise DuplicateRequest(rid)
         q = self._queue
         if q.queued + self._reserved >= q.capacity:
             raise QueueFull(q.capacity)
-        # (_accept, inline) enqueue raises DuplicateRequest before it changes anything.
-        q.enqueue(checked)
-        if len(self._bodies) < _BODY_CACHE:
-            self._bodies[rid] = body
+        self._accept_one(checked, body)
         self._kick()
 
     async def wait(self, request_id: str) -> Outcome:
