@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 from .policy import QueueStats
 from .protocol import BacktestRequest, Metrics
@@ -32,6 +32,11 @@ FailureReason = Literal["timeout", "disconnected", "service_error", "shutdown"]
 # call each), then ``draft.__class__ = TheDataclass`` (Python refuses that unless the two
 # layouts are the same). What they return is an ordinary instance of the dataclass.
 _new_draft = object.__new__
+
+
+def _draft_of(cls: type) -> Any:
+    """A class with ``cls``'s slots and none of its methods (see ``_new_draft``)."""
+    return type(f"_{cls.__name__}Draft", (), {"__slots__": vars(cls)["__slots__"]})
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -80,15 +85,7 @@ _set_state_id, _set_state, _set_state_reason, _set_queued, _set_pending = (
 )
 
 
-class _SubmitStateDraft:
-    """SubmitState's slots without its frozen ``__setattr__`` (see ``_new_draft``)."""
-
-    __slots__ = SubmitState.__slots__
-    request_id: str
-    state: Literal["sent", "queued", "cached"]
-    reason: Literal["not_connected", "pending", "rate", "backlog"] | None
-    queued: int
-    pending: int
+_SubmitStateDraft = _draft_of(SubmitState)
 
 
 def submit_state(
@@ -106,8 +103,8 @@ def submit_state(
     draft.reason = reason
     draft.queued = queued
     draft.pending = pending
-    draft.__class__ = SubmitState  # type: ignore[assignment]
-    return draft  # type: ignore[return-value]
+    draft.__class__ = SubmitState
+    return cast(SubmitState, draft)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -172,15 +169,7 @@ _set_request, _set_result, _set_reason, _set_detail, _set_attempts = (
 )
 
 
-class _OutcomeDraft:
-    """Outcome's slots without its frozen ``__setattr__`` (see ``_new_draft``)."""
-
-    __slots__ = Outcome.__slots__
-    request: BacktestRequest
-    result: Metrics | None
-    reason: FailureReason | None
-    detail: str
-    attempts: int
+_OutcomeDraft = _draft_of(Outcome)
 
 
 def result_outcome(request: BacktestRequest, result: Metrics, attempts: int) -> Outcome:
@@ -192,8 +181,8 @@ def result_outcome(request: BacktestRequest, result: Metrics, attempts: int) -> 
     draft.reason = None
     draft.detail = ""
     draft.attempts = attempts
-    draft.__class__ = Outcome  # type: ignore[assignment]
-    return draft  # type: ignore[return-value]
+    draft.__class__ = Outcome
+    return cast(Outcome, draft)
 
 
 @dataclass(frozen=True, slots=True)
