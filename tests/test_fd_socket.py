@@ -401,6 +401,26 @@ def tight_pair(ctx: zmq.Context[Any]) -> Iterator[tuple[zmq.Socket[bytes], str]]
 _TIGHT = {zmq.LINGER: 0, zmq.SNDHWM: 1}
 
 
+async def _wakes_the_parked_task(
+    wait: Callable[[], Awaitable[None]], act: Callable[[], Awaitable[object]]
+) -> None:
+    """Park a task in ``wait`` (the socket's ``wait_readable`` or ``wait_writable``),
+    run ``act`` in this task once it waits on the FD, and fail unless the parked task
+    wakes (both bounded: 5 s)."""
+    woken = anyio.Event()
+
+    async def park() -> None:
+        await wait()
+        woken.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(park)
+        await anyio.wait_all_tasks_blocked()  # it waits on the FD
+        with anyio.fail_after(5):
+            await act()
+            await woken.wait()
+
+
 async def test_a_receivers_look_does_not_hide_room_from_the_waiting_writer(
     ctx: zmq.Context[Any], tight_pair: tuple[zmq.Socket[bytes], str]
 ) -> None:
@@ -411,45 +431,13 @@ async def test_a_receivers_look_does_not_hide_room_from_the_waiting_writer(
     async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
         s.connect(endpoint)
         assert _fill(s) >= 1
-        writable = anyio.Event()
 
-        async def write() -> None:
-            await s.wait_writable()
-            writable.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            await anyio.wait_all_tasks_blocked()  # the writer waits on the FD
+        async def make_room_then_look() -> None:
             assert _drain(router)  # room again: the DEALER's FD is signalled
             with anyio.move_on_after(0.2):
                 await s.wait_readable()  # no reply comes: it only looks, then waits
-            with anyio.fail_after(5):
-                await writable.wait()
 
-
-async def _reply_wakes_the_waiting_receiver(
-    s: FdSocket,
-    router: zmq.Socket[bytes],
-    identity: bytes,
-    body: bytes,
-    meanwhile: Callable[[], Awaitable[object]] | None = None,
-) -> None:
-    """Park a task in ``wait_readable``, send it ``body`` from ``router``, await
-    ``meanwhile`` (if given) in this task, and fail unless the parked task wakes."""
-    received = anyio.Event()
-
-    async def receive() -> None:
-        await s.wait_readable()
-        received.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(receive)
-        await anyio.wait_all_tasks_blocked()  # the receiver waits on the FD
-        router.send_multipart([identity, b"", body])
-        with anyio.fail_after(5):
-            if meanwhile is not None:
-                await meanwhile()
-            await received.wait()
+        await _wakes_the_parked_task(s.wait_writable, make_room_then_look)
 
 
 async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
@@ -464,10 +452,11 @@ async def test_a_writers_look_does_not_hide_a_reply_from_the_waiting_receiver(
         _fill(s)
         identity = _drain(router)[0][0]
 
-        async def look_for_room() -> None:
+        async def reply_then_look_for_room() -> None:
+            router.send_multipart([identity, b"", b"reply"])
             await s.wait_writable()  # room is there: it looks and returns
 
-        await _reply_wakes_the_waiting_receiver(s, router, identity, b"reply", look_for_room)
+        await _wakes_the_parked_task(s.wait_readable, reply_then_look_for_room)
         assert s.receive_nowait() == [[b"", b"reply"]]
 
 
@@ -492,7 +481,11 @@ async def test_a_burst_read_to_eagain_leaves_the_fd_armed_for_the_next_reply(
         assert [f[1] for f in first] == [b"%d" % i for i in range(burst - 1)]
         assert s.receive_nowait() == [[b"", b"%d" % (burst - 1)]]
         assert s.receive_nowait() == []  # and the next finds none (EAGAIN again)
-        await _reply_wakes_the_waiting_receiver(s, router, identity, b"next")
+
+        async def reply() -> None:
+            router.send_multipart([identity, b"", b"next"])
+
+        await _wakes_the_parked_task(s.wait_readable, reply)
         assert s.receive_nowait() == [[b"", b"next"]]
 
 
@@ -506,19 +499,12 @@ async def test_a_burst_read_to_eagain_does_not_hide_room_from_the_waiting_writer
     async with open_fd_socket(ctx, zmq.DEALER, name="t", options=_TIGHT) as s:
         s.connect(endpoint)
         _fill(s)
-        writable = anyio.Event()
 
-        async def write() -> None:
-            await s.wait_writable()
-            writable.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            await anyio.wait_all_tasks_blocked()  # the writer waits on the FD
+        async def make_room_then_read_a_burst() -> None:
             identity = _drain(router)[0][0]  # room again: the DEALER's FD is signalled
             burst = fd_socket._LOOKS + 4
             for i in range(burst):
                 router.send_multipart([identity, b"", b"%d" % i])
             assert len(s.receive_nowait()) == burst  # read in this task, to EAGAIN
-            with anyio.fail_after(5):
-                await writable.wait()
+
+        await _wakes_the_parked_task(s.wait_writable, make_room_then_read_a_burst)
