@@ -52,9 +52,14 @@ def backend_checkpoint_if_cancelled() -> Callable[[], Awaitable[None]]:
 
 def backend_clock() -> Callable[[], float]:
     """The running backend's clock, in seconds: what :func:`anyio.current_time` returns
-    (``trio.current_time``; on asyncio the running loop's ``time``)."""
+    (``trio.current_time``; on asyncio the running loop's ``time``).
+
+    On trio, the run's clock's own ``current_time`` (``trio.current_time`` calls it
+    through two more frames): the clock is fixed for the run (``trio.run(clock=...)``,
+    e.g. a ``MockClock``), and the dispatcher reads it a few times per request.
+    """
     if trio.lowlevel.in_trio_run():
-        return trio.current_time
+        return trio.lowlevel.current_clock().current_time
     try:
         return asyncio.get_running_loop().time
     except RuntimeError:  # not in an event loop: anyio's own says so when called
