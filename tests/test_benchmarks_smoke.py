@@ -63,15 +63,17 @@ bodies = request_bodies(make_requests(50, tag="echo"))
 with EchoService() as service:
     ctx = zmq.Context()
     try:
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.RCVTIMEO, 10_000)
-        dealer.connect(service.endpoint)
+        dealers = [ctx.socket(zmq.DEALER) for _ in range(2)]  # two peers: two identities
+        for dealer in dealers:
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.RCVTIMEO, 10_000)
+            dealer.connect(service.endpoint)
         before = service.stats().messages
-        dealer.send_multipart([b"", encode_message(Ping())])
-        for body in bodies:
-            dealer.send_multipart([b"", body])
-        replies = [dealer.recv_multipart() for _ in range(len(bodies) + 1)]
+        dealers[0].send_multipart([b"", encode_message(Ping())])
+        for i, body in enumerate(bodies):  # interleaved: even ids on one, odd on the other
+            dealers[i % 2].send_multipart([b"", body])
+        replies = [dealers[0].recv_multipart() for _ in range(26)]
+        replies += [dealers[1].recv_multipart() for _ in range(25)]
         counted = service.stats().messages - before
     finally:
         ctx.destroy(linger=0)
@@ -82,7 +84,8 @@ print(json.dumps({"replies": [[f.decode() for f in r] for r in replies], "counte
 @pytest.mark.slow
 def test_echo_service_answers_every_request_and_ping_in_order() -> None:
     """The benchmark's echo service (frame-by-frame pyzmq calls) answers each request
-    with a result for its id, a PING with a PONG, and counts only the requests."""
+    with a result for its id, to the peer that sent it, a PING with a PONG, and counts
+    only the requests."""
     done = subprocess.run([sys.executable, "-c", _ECHO_EXCHANGE], cwd=ROOT,
                           capture_output=True, text=True, timeout=50)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -92,5 +95,6 @@ def test_echo_service_answers_every_request_and_ping_in_order() -> None:
     assert isinstance(decode_message(replies[0][1]), Pong)
     results = [decode_message(frames[1]) for frames in replies[1:]]
     assert all(isinstance(r, BacktestResult) for r in results)
-    assert [r.request_id for r in results] == [f"echo-{i:024d}" for i in range(50)]
+    ids = [f"echo-{i:024d}" for i in range(50)]
+    assert [r.request_id for r in results] == ids[0::2] + ids[1::2]
     assert report["counted"] == 50
