@@ -39,7 +39,7 @@ def _draft_of(cls: type) -> Any:
     return type(f"_{cls.__name__}Draft", (), {"__slots__": vars(cls)["__slots__"]})
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class SubmitState:
     """What :meth:`Dispatcher.submit` did with a request. A frozen dataclass.
 
@@ -61,28 +61,6 @@ class SubmitState:
     reason: Literal["not_connected", "pending", "rate", "backlog"] | None
     queued: int
     pending: int
-
-    def __init__(
-        self,
-        request_id: str,
-        state: Literal["sent", "queued", "cached"],
-        reason: Literal["not_connected", "pending", "rate", "backlog"] | None,
-        queued: int,
-        pending: int,
-    ) -> None:
-        # As Outcome.__init__: the slots' own setters (one SubmitState per submit).
-        _set_state_id(self, request_id)
-        _set_state(self, state)
-        _set_state_reason(self, reason)
-        _set_queued(self, queued)
-        _set_pending(self, pending)
-
-
-# The slot descriptors of the class dataclass(slots=True) made (see SubmitState.__init__).
-_set_state_id, _set_state, _set_state_reason, _set_queued, _set_pending = (
-    SubmitState.__dict__[name].__set__
-    for name in ("request_id", "state", "reason", "queued", "pending")
-)
 
 
 _SubmitStateDraft = _draft_of(SubmitState)
@@ -107,7 +85,7 @@ def submit_state(
     return draft  # type: ignore[no-any-return]  # (cast() would be a call per submit)
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """The final word on one submitted request: a result or an explicit failure.
 
@@ -129,23 +107,6 @@ class Outcome:
     detail: str = ""
     attempts: int = 0
 
-    def __init__(
-        self,
-        request: BacktestRequest,
-        result: Metrics | None = None,
-        reason: FailureReason | None = None,
-        detail: str = "",
-        attempts: int = 0,
-    ) -> None:
-        # The generated frozen __init__ sets each field through object.__setattr__ (a
-        # global and an attribute lookup per field); the slots' own setters cost half as
-        # much, and one Outcome is built per reply. Same fields, same defaults.
-        _set_request(self, request)
-        _set_result(self, result)
-        _set_reason(self, reason)
-        _set_detail(self, detail)
-        _set_attempts(self, attempts)
-
     @property
     def request_id(self) -> str:
         """The request's id."""
@@ -161,12 +122,6 @@ class Outcome:
         """Whether the result came from a store's result cache: no backtest ran for this
         request (it was never handed to a service, ``attempts == 0``)."""
         return self.result is not None and self.attempts == 0
-
-
-# The slot descriptors of the class dataclass(slots=True) made (see Outcome.__init__).
-_set_request, _set_result, _set_reason, _set_detail, _set_attempts = (
-    Outcome.__dict__[name].__set__ for name in ("request", "result", "reason", "detail", "attempts")
-)
 
 
 _OutcomeDraft = _draft_of(Outcome)
