@@ -214,6 +214,10 @@ def _run_throughput(settings: Settings, report: Report, log: Callable[[str], Non
             # Round by round: the spread of a target's ratio is mostly the baseline's.
             "ratios_to_zmq_asyncio": per_round["zmq_asyncio"],
             "client_cpu_us_per_msg": _median([t.cpu_s / t.messages * 1e6 for t in timings]),
+            # The thread that ran the loop (the event loop: all the Python work); the
+            # rest of the client's CPU is libzmq's I/O thread.
+            "loop_cpu_us_per_msg": _median([t.loop_cpu_s / t.messages * 1e6 for t in timings]),
+            "loop_busy": _median([t.loop_cpu_s / t.seconds for t in timings]),
             "service_busy": _median(busy) if busy else None,
         }
         if variant.section == "durable":
@@ -256,7 +260,8 @@ def _throughput_row(variant: Variant, stats: dict[str, Any]) -> Row:
     else:
         versus = (
             f"{stats['ratio_to_raw_pyzmq']:.2f}x raw, {stats['ratio_to_zmq_asyncio']:.2f}x "
-            f"zmq.asyncio; {cpu:.0f} us CPU/msg; svc {busy:.0%} busy"
+            f"zmq.asyncio; {cpu:.0f} us CPU/msg, loop thread {stats['loop_cpu_us_per_msg']:.0f} "
+            f"({stats['loop_busy']:.0%} busy); svc {busy:.0%} busy"
         )
     if "ratio_to_dispatcher" in stats:
         versus = f"{stats['ratio_to_dispatcher']:.2f}x the dispatcher without store; " + versus
