@@ -15,6 +15,12 @@ high-water marks. Failures the dispatcher decides itself (deadlines, disconnects
 ``shutdown``) are still recorded when the book is full: they are bounded by the requests
 already accepted.
 
+Reading in bursts: while outcomes are unread and nothing waits on a reply, the receivers
+may leave replies in the socket for a moment (:mod:`backtest_queue.receiving`). When the
+caller takes the last unread outcome the book has them read in that caller's turn
+(``on_drained``), and wakes the receivers (:meth:`OutcomeBook.wait_drained`) if none
+was there, when a task starts to ``wait`` and when the book ends.
+
 Stream ownership follows anyio: the dispatcher ends the stream (readers see
 ``EndOfStream`` after the last outcome, ``shutdown`` ones included) and never closes the
 reader's side; outcomes left unread at exit stay readable after the block.
@@ -79,6 +85,10 @@ class OutcomeBook:
             it or the stream yielded it), e.g. to drop it from a durable store; ``None``
             when nothing needs to know.
         on_room: called when the book stops being full (to wake the flusher).
+        on_drained: called when a caller takes the last unread outcome while receivers
+            leave replies unread (:meth:`wait_drained`): to have them read (in that
+            caller's turn, or by waking the receivers with :meth:`read_soon`); ``None``:
+            the receivers are woken.
     """
 
     def __init__(
@@ -86,10 +96,12 @@ class OutcomeBook:
         bound: float,
         on_received: Callable[[Outcome], None] | None,
         on_room: Callable[[], None],
+        on_drained: Callable[[], object] | None = None,
     ) -> None:
         self.bound = bound
         self._on_received = on_received
         self._on_room = on_room
+        self._on_drained = on_drained
         self._unread: OrderedDict[str, Outcome] = OrderedDict()
         # A waiter stays here until its wait_for() returns or raises, also after its
         # outcome was handed over: until then the id is still in use (see holds()).
@@ -101,6 +113,10 @@ class OutcomeBook:
         self._arrived = anyio.Event()
         self._signalled = False
         self._room = anyio.Event()  # set when the book stops being full
+        # Set (and dropped) when no outcome is left unread, a wait starts or the book
+        # ends: receivers that leave replies unread meanwhile wait on it (wait_drained).
+        # None: nobody waits on it, so taking an outcome costs one test.
+        self._drained: anyio.Event | None = None
         self._readers = 0
         self._held = False  # full: held until unread falls to the low-water mark
         self._warned_at = -math.inf
@@ -127,6 +143,16 @@ class OutcomeBook:
 
     def is_awaited(self, request_id: str) -> bool:
         return request_id in self._waiters
+
+    @property
+    def deferring(self) -> bool:
+        """Whether a receiver may be leaving replies unread (:meth:`wait_drained`)."""
+        return self._drained is not None
+
+    @property
+    def awaited(self) -> bool:
+        """Whether a task waits in :meth:`wait_for` (for any request)."""
+        return bool(self._waiters)
 
     def holds(self, request_id: str) -> bool:
         """Whether an outcome of this id is unread, or handed to a ``wait`` that has not
@@ -184,6 +210,24 @@ class OutcomeBook:
         self.ended = True
         self._signal_arrival()
         self._room.set()
+        self.read_soon()
+
+    async def wait_drained(self) -> None:
+        """Wait until no outcome is unread, or :meth:`read_soon` (returns at once if
+        none is unread). For receivers that leave replies unread while the caller has
+        outcomes to go on with; bound it with a timeout."""
+        if not self._unread:
+            return
+        if self._drained is None:
+            self._drained = anyio.Event()
+        await self._drained.wait()
+
+    def read_soon(self) -> None:
+        """Wake the tasks in :meth:`wait_drained`: something needs the replies read now."""
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            drained.set()
 
     async def wait_for_room(self) -> None:
         """Wait until the book is not full (returns at once if it is not)."""
@@ -193,6 +237,11 @@ class OutcomeBook:
             await self._room.wait()
 
     def _taken(self) -> None:
+        if not self._unread and self._drained is not None:  # the caller caught up
+            if self._on_drained is not None:
+                self._on_drained()  # reads them in this turn, or wakes the receivers
+            else:
+                self.read_soon()
         if self._held and len(self._unread) <= self._low:  # the low-water mark
             self._held = False
             self._room.set()
@@ -223,6 +272,7 @@ class OutcomeBook:
             raise UsageError(f"another task already waits for request {request_id!r}")
         waiter = _Waiter()
         self._waiters[request_id] = waiter
+        self.read_soon()  # its outcome may be among the replies left unread
         if self._held:
             self.warn_held()
         try:
@@ -276,6 +326,7 @@ class OutcomeBook:
         self._held = False
         self._signal_arrival()
         self._room.set()
+        self.read_soon()
 
     def statistics(self) -> OutcomeStreamStatistics:
         return OutcomeStreamStatistics(len(self._unread), self.bound, self._readers, self.ended)

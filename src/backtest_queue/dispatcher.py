@@ -9,8 +9,9 @@ group and runs sibling tasks in it, all methods of :class:`Dispatcher`:
 * the **flusher** (:mod:`backtest_queue.sending`): flushes on connect events, kicks,
   periodic ticks, rate-limit tokens and deadlines;
 * the **receivers**: one long-lived task per socket (a receive is never timed out, so it
-  can never swallow a message); :mod:`backtest_queue.replies` decides what each reply
-  means;
+  can never swallow a message), reading replies as they come or, while the caller has
+  unread outcomes and nothing waits on a reply, in bursts; :mod:`backtest_queue.replies`
+  decides what each reply means;
 * with a store, the **store writer** (:mod:`backtest_queue.store_writer`).
 
 Outcomes are held by :class:`~backtest_queue.delivery.OutcomeBook` until a caller has
@@ -26,7 +27,6 @@ import logging
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
@@ -40,11 +40,11 @@ from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueF
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState, submit_state
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
-from .replies import apply_reply
-from .sending import REFUSALS_TO_GIVE_UP, _Kick, _Sending
+from .receiving import _Receiving
+from .sending import REFUSALS_TO_GIVE_UP, _Kick
 from .store import StoredOutcome, StoreOp
 from .store_writer import StoreWriter
-from .transport import ConnectionEvent, CurveClient, ReadsInTurn, Requester
+from .transport import ConnectionEvent, CurveClient, Requester
 
 if TYPE_CHECKING:
     from .lifecycle import open_dispatcher
@@ -56,18 +56,12 @@ log = logging.getLogger("backtest_queue")
 
 _WAKE_BUFFER: Final = 64
 _FLUSH_CHUNK: Final = 128
-#: Most replies applied in one turn. Small enough that, under load, the caller and the
-#: flusher run between turns and hand replacements to the service while the rest of a
-#: burst waits in the socket (the two sides then work at once instead of in turns; row
-#: 4d: +10 % on trio), large enough that the turn's own cost (a scheduler pass) is
-#: shared by many replies.
-_RECEIVE_BATCH: Final = 32
 #: Most encoded bodies kept from validation for requests not yet handed to ZeroMQ (the
 #: rest are encoded again when sent): bounds what a long backlog costs in memory.
 _BODY_CACHE: Final = 1024
 
 
-class Dispatcher(_Sending):
+class Dispatcher(_Receiving):
     """Submit backtest requests and get their outcomes. Made by :func:`open_dispatcher`.
 
     Attributes:
@@ -110,7 +104,9 @@ class Dispatcher(_Sending):
         self._clock = backend_clock()
         # Without a store nothing needs to know that a caller has an outcome.
         on_received = None if writer is None else self._received
-        self._book = OutcomeBook(outcome_buffer, on_received, on_room=self._kick)
+        self._book = OutcomeBook(
+            outcome_buffer, on_received, on_room=self._kick, on_drained=self._read_on_drain
+        )
         self.outcomes = OutcomeStream(self._book)
         self._wake_send, self._wake_receive = anyio.create_memory_object_stream[
             ConnectionEvent | _Kick
@@ -500,6 +496,7 @@ class Dispatcher(_Sending):
             if self._idle.is_set():  # set when it was idle, busy again since
                 self._idle = anyio.Event()
             self._idle_waiters += 1
+            self._book.read_soon()  # replies left unread may be what it waits for
             try:
                 await self._idle.wait()
             finally:
@@ -563,85 +560,6 @@ class Dispatcher(_Sending):
                 detail = f"service {f.reason}, {f.attempts} attempt(s)"
             reason: FailureReason = "service_error" if f.reason == "unavailable" else f.reason
             self._deliver(Outcome(f.request, None, reason, detail, f.attempts))
-
-    # -- tasks -------------------------------------------------------------------
-
-    async def _receiver(
-        self,
-        endpoint: str,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Read replies from one socket for as long as the dispatcher lives; pause while
-        unread outcomes fill the book (backpressure)."""
-        sock = self._sockets[endpoint]
-        book = self._book
-        if isinstance(sock, ReadsInTurn):  # replies our own sends find: read in turn
-            sock.on_readable = partial(self._read_now, endpoint)
-        task_status.started()
-        try:
-            while True:
-                await book.wait_for_room()
-                # Replies may be read in other tasks' turns while this one waits
-                # (_read_now), so the room is counted once it is awake.
-                await sock.wait_readable()
-                self._read_now(endpoint)
-        finally:
-            if isinstance(sock, ReadsInTurn):
-                sock.on_readable = None
-
-    def _read_now(self, endpoint: str) -> None:
-        """Apply the replies already waiting on one socket, as many as the outcome
-        buffer has room for. The receiver calls it once awake; the socket calls it
-        (:attr:`FdSocket.on_readable`) when a send of ours finds replies while the
-        receiver waits, so they are applied in the sender's turn: a wake-up of the
-        receiver per reply would cost a scheduler pass each."""
-        room = self._book.room()
-        if room <= 0 or self._closed or self._applying:
-            # No room: the receiver reads them once there is. Applying: a reply being
-            # applied sent something (a PONG's flush) that found these; read now, they
-            # would be counted against a room the replies still being applied will
-            # take. The socket wakes the receiver for them.
-            return
-        limit = _RECEIVE_BATCH if room > _RECEIVE_BATCH else int(room)
-        self._applying = True
-        try:
-            self._apply_replies(endpoint, self._sockets[endpoint].receive_nowait(limit))
-        finally:
-            self._applying = False
-
-    def _apply_replies(self, endpoint: str, batch: list[list[bytes]]) -> None:
-        if not batch:
-            return
-        now = self._clock()
-        freed = False
-        for frames in batch:
-            freed |= self._handle_reply(endpoint, frames, now)
-        if freed and self._queue.queued:
-            self._kick()
-
-    def _handle_reply(self, endpoint: str, frames: list[bytes], now: float) -> bool:
-        """Apply one reply; return whether it released a pending slot."""
-        effect = apply_reply(self._queue, endpoint, frames, now, max_bytes=self._max_message_bytes)
-        if effect.invalid is not None:
-            self._invalid_replies += 1
-            self._bad_reply_log.log("invalid_reply", logging.WARNING, "invalid reply from %s: %s",
-                                    endpoint, effect.invalid)  # fmt: skip
-        elif effect.unreadable is not None:
-            self._errors_without_id += 1
-            self._bad_reply_log.log("error_without_id", logging.WARNING,
-                                    "service %s could not read a request: %s",
-                                    endpoint, effect.unreadable)  # fmt: skip
-        elif effect.fingerprints is not None:  # a PONG
-            self._fingerprints.update(effect.fingerprints)
-            self._on_pong(endpoint, effect.credit)
-            if endpoint in self._up:
-                self._set_ready(endpoint)
-        if effect.outcome is not None:
-            if effect.fingerprint is not None:
-                self._fingerprints[effect.outcome.request.data_id] = effect.fingerprint
-            self._deliver(effect.outcome, fingerprint=effect.fingerprint)
-        return effect.freed
 
     # -- opening and shutdown ----------------------------------------------------
 

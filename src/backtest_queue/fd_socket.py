@@ -98,7 +98,7 @@ class FdSocket(SocketBase):
         self._raw = raw
         self._fd = cast(int, raw.getsockopt(zmq.FD))
         self.name = name
-        self.on_readable: Callable[[], None] | None = None
+        self.on_readable: Callable[[], object] | None = None
         self._wanted = 0  # POLLIN | POLLOUT: what the tasks that wait are waiting for
         # How the task waiting on the FD (one at a time) is woken: through an epoll set
         # with an eventfd (Linux, .fd_waker), else by cancelling the scope it waits in.

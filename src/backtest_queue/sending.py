@@ -98,6 +98,9 @@ class _Sending:
     def _deliver_cached(self) -> None:
         raise NotImplementedError
 
+    def _read_all_now(self) -> None:
+        raise NotImplementedError
+
     def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
         """Send what the policy handed over; put back what could not go. Never blocks."""
         if not batch:
@@ -209,13 +212,24 @@ class _Sending:
         while not self._book.full:
             batch = self._queue.flush(now, limit=_FLUSH_CHUNK)
             if not batch:
-                return total
+                break
             sent = self._send(batch, trigger)
             total += sent
             if sent < len(batch) or len(batch) < _FLUSH_CHUNK:
                 # A short chunk: the policy gave all it could. A slot freed since (a reply
                 # read during the send) kicked the flusher, which sends what it allows.
-                return total
+                break
+        if self._book.deferring:
+            if self._queue.queued:
+                self._book.read_soon()  # what is left may wait for a slot a reply frees
+            elif total and trigger != "submit":
+                # A batch the flusher sent (submit_nowait's): read the replies waiting
+                # in this turn, once a batch, as a send does while a receiver waits on
+                # the FD; the caller gets them without a receiver's wake-up. None
+                # there: the receivers wait on their sockets for them.
+                self._read_all_now()
+                if not self._book.unread:
+                    self._book.read_soon()
         return total
 
     def _block(self, endpoint: str) -> None:
@@ -312,7 +326,7 @@ class _Sending:
         while True:
             now = self._clock()
             if not self._book.full:
-                self._fail(queue.expire(now))
+                self._expire(now)
             wakes: list[ConnectionEvent | _Kick] = []
             wakes_at = math.inf if self._book.full else queue.next_deadline_at(now)
             self._flusher_wakes_at = wakes_at
@@ -327,7 +341,7 @@ class _Sending:
             now = self._clock()
             held = self._book.full
             if not held:
-                self._fail(queue.expire(now))
+                self._expire(now)
             connected_to: list[ConnectionEvent] = []
             self._deliver_cached()
             for wake in wakes:
@@ -351,6 +365,14 @@ class _Sending:
             else:
                 self._flush(now, "kick")
 
+    def _expire(self, now: float) -> None:
+        """Fail or retry what passed its deadline; first, when one has, apply the
+        replies receivers left unread (a reply that came in time is not a timeout)."""
+        queue = self._queue
+        if self._book.deferring and queue.next_deadline_at(now) <= now:
+            self._read_all_now()
+        self._fail(queue.expire(now))
+
     def _apply(self, event: ConnectionEvent, now: float) -> bool:
         """Apply a connection event to the policy; return whether a service came up."""
         endpoint = event.source
@@ -361,6 +383,7 @@ class _Sending:
                 self._queue.on_connected(now, endpoint)
             log.info("connected to %s", endpoint)
             self._ping(endpoint)
+            self._book.read_soon()  # its PONG is to be read at once
             return True
         if event.kind == "down":
             self._up.discard(endpoint)

@@ -544,7 +544,7 @@ class ReadsInTurn(Protocol):
     in the sending task's turn (:class:`~backtest_queue.fd_socket.FdSocket`;
     ``MemoryNetwork(read_during_send=True)``'s). The dispatcher sets the hook."""
 
-    on_readable: Callable[[], None] | None
+    on_readable: Callable[[], object] | None
 
 
 class Network(Protocol):

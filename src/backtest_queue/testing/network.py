@@ -157,7 +157,7 @@ class _MemoryRequester:
     woken: anyio.Event = field(default_factory=anyio.Event)
     stash: list[list[bytes]] = field(default_factory=list)  # received, not yet read
     # read_during_send only: like FdSocket.on_readable (set by whoever reads it)
-    on_readable: Callable[[], None] | None = None
+    on_readable: Callable[[], object] | None = None
     readers: int = 0  # tasks inside wait_readable that have not resumed yet
     offered: int = 0  # times a send found replies and offered them to on_readable
     arrived: anyio.Event = field(default_factory=anyio.Event)  # a reply reached the stash
