@@ -88,10 +88,12 @@ async def stub_service(
     options: dict[int, Any] | None = None,
     read: bool = True,
     context: zmq.Context[Any] | None = None,
+    pong_delay: float = 0.0,
 ) -> AsyncIterator[StubService]:
     """Bind a ROUTER on ``endpoint`` and answer requests with ``reply`` until the block ends.
 
     With ``read=False`` it binds but never reads (a service whose pipes fill up).
+    ``pong_delay``: seconds it takes to answer a PING (a slow link or a busy service).
     Closing the block closes the socket: requesters see a disconnect. ``context``: use
     this pyzmq context (e.g. one with a ZAP authenticator) instead of a private one.
     """
@@ -113,6 +115,10 @@ async def stub_service(
                 anyio.create_task_group() as tg,
             ):
 
+                async def send_later(frames: list[bytes]) -> None:
+                    await anyio.sleep(pong_delay)
+                    router.try_send(frames)
+
                 async def serve() -> None:
                     while True:
                         for frames in await router.receive_batch():
@@ -122,7 +128,11 @@ async def stub_service(
                             if isinstance(message, Ping):  # the dispatcher asks for fingerprints
                                 fps = {"EURUSD-H1": STUB_FINGERPRINT}
                                 pong = Pong(request_id=message.request_id, fingerprints=fps)
-                                router.try_send([identity, b"", encode_message(pong)])
+                                answer = [identity, b"", encode_message(pong)]
+                                if pong_delay:
+                                    tg.start_soon(send_later, answer)
+                                else:
+                                    router.try_send(answer)
                                 continue
                             assert isinstance(message, BacktestRequest)
                             stub.record(now, message.request_id)

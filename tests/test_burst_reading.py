@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import backtest_queue.receiving as receiving_module
-from backtest_queue import open_dispatcher
+from backtest_queue import TransportError, open_dispatcher
 from backtest_queue.receiving import _Receiving
 from backtest_queue.testing import Faults, MemoryNetwork, echo_result
 from story_time import Time, request, story_time
@@ -250,3 +250,91 @@ async def test_a_caller_sitting_on_an_outcome_does_not_wake_the_receiver_on_a_ti
             assert d.stats().queue.pending == 0  # its reply was read, without a wait
             outcomes = [await d.outcomes.receive() for _ in range(2)]
     assert [o.request_id for o in outcomes] == ["req-0", "req-1"]
+
+
+async def test_every_reply_that_came_in_time_is_read_before_the_deadline(t: Time) -> None:
+    """40 replies (more than one read's batch of 32) wait in the socket behind req-0's
+    unread outcome when their deadline comes: all of them are read first."""
+    net = MemoryNetwork()
+    net.bind(EP, faults=latencies(0.0, *[t(0.5)] * 40))
+    with anyio.fail_after(t(60)):
+        async with open_dispatcher([EP], network=net, result_timeout=t(1), max_attempts=1,
+                                   flush_interval=t(3600)) as d:  # fmt: skip
+            await d.wait_connected()
+            await d.submit(request(0))
+            await anyio.sleep(t(0.1))
+            await d.submit_many([request(i) for i in range(1, 41)])
+            await anyio.sleep(t(2))  # past their deadline, no outcome taken
+            outcomes = [await d.outcomes.receive() for _ in range(41)]
+    assert [o.reason for o in outcomes if not o.ok] == []
+
+
+async def test_replies_left_unread_at_close_are_results(t: Time) -> None:
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    with anyio.fail_after(t(60)):
+        async with open_dispatcher([EP], network=net, flush_interval=t(3600),
+                                   drain_timeout=0) as d:  # fmt: skip
+            await d.wait_connected()
+            await d.submit(request(0))
+            await anyio.sleep(t(1))
+            await d.submit(request(1))
+            await anyio.sleep(t(1))
+            assert d.stats().queue.pending == 1  # req-1's reply is unread at the close
+    outcomes = [d.outcomes.receive_nowait() for _ in range(2)]
+    assert [(o.request_id, o.reason) for o in outcomes] == [("req-0", None), ("req-1", None)]
+
+
+async def test_replies_left_unread_before_a_disconnect_are_results(t: Time) -> None:
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    with anyio.fail_after(t(60)):
+        async with open_dispatcher([EP], network=net, flush_interval=t(3600),
+                                   max_attempts=1) as d:  # fmt: skip
+            await d.wait_connected()
+            await d.submit(request(0))
+            await anyio.sleep(t(1))
+            await d.submit(request(1))
+            await anyio.sleep(t(1))
+            assert d.stats().queue.pending == 1
+            net.unbind(EP)
+            await anyio.sleep(t(1))
+            outcomes = [await d.outcomes.receive() for _ in range(2)]
+    assert [(o.request_id, o.reason) for o in outcomes] == [("req-0", None), ("req-1", None)]
+    assert len(net.received) == 2  # nothing sent twice
+
+
+async def test_a_socket_failing_while_the_caller_takes_an_outcome_loses_nothing(
+    t: Time, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking the last unread outcome reads the replies left unread, in the caller's
+    turn. If the socket fails there, the caller still gets the outcome it took; the
+    failure is the receiver's to report (the dispatcher's block raises it)."""
+    net = MemoryNetwork()
+    net.bind(EP, echo_result)
+    failing = False
+    taken: list[str] = []
+    with anyio.fail_after(t(60)):
+        with pytest.RaisesGroup(TransportError, allow_unwrapped=True, flatten_subgroups=True):
+            async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
+                await d.wait_connected()
+                await d.submit(request(0))
+                await anyio.sleep(t(1))
+                await d.submit(request(1))
+                await anyio.sleep(t(1))
+                requester = d._sockets[EP]
+                receive_nowait = requester.receive_nowait
+
+                def fail(max_messages: int = 1024) -> list[list[bytes]]:
+                    if failing:
+                        raise TransportError("the socket failed")
+                    return receive_nowait(max_messages)
+
+                monkeypatch.setattr(requester, "receive_nowait", fail)
+                failing = True
+                try:
+                    taken.append(d.outcomes.receive_nowait().request_id)
+                except TransportError:
+                    taken.append("the take raised")
+                await anyio.sleep(t(1))
+    assert taken == ["req-0"]

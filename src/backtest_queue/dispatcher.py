@@ -23,6 +23,7 @@ in ``docs/concurrency.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -36,7 +37,14 @@ import anyio.lowlevel
 from ._ratelog import RateLimitedLog
 from .backend import backend_checkpoint, backend_clock
 from .delivery import OutcomeBook, OutcomeStream
-from .errors import DispatcherClosed, DuplicateRequest, HandshakeRefused, QueueFull, UsageError
+from .errors import (
+    DispatcherClosed,
+    DuplicateRequest,
+    HandshakeRefused,
+    QueueFull,
+    TransportError,
+    UsageError,
+)
 from .outcome import DispatcherStats, FailureReason, Outcome, SubmitState, submit_state
 from .policy import BacktestQueue, FailedRequest
 from .protocol import BacktestRequest, Metrics, validate_request_encoded
@@ -570,7 +578,11 @@ class Dispatcher(_Receiving):
 
     def _shutdown(self) -> None:
         """Report everything still queued or pending as failed with reason ``shutdown``,
-        and end the outcome stream (its reader's side stays open)."""
+        and end the outcome stream (its reader's side stays open). Replies the receivers
+        left unread are applied first: a result that came is not a ``shutdown``."""
+        if self._book.deferring:
+            with contextlib.suppress(TransportError):  # the block's own error stands
+                self._read_all_now(drain=True)
         self._closed = True
         self._bodies.clear()
         self._deliver_cached()

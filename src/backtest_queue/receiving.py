@@ -17,8 +17,11 @@ A base class of :class:`~backtest_queue.Dispatcher` (its state is the dispatcher
   the FD for each reply (issue 14: row 4's requester CPU per message down by about a
   third). What needs a reply sooner ends a burst (:meth:`OutcomeBook.read_soon`): a
   ``wait`` or ``wait_idle`` that starts, a request left queued, a service coming up (its
-  PONG), the close; the flusher reads what is waiting before it lets a deadline expire.
-  ``docs/concurrency.md`` ("When replies are read") says it for users;
+  PONG). Every reply waiting is read before a deadline expires, a disconnect is applied
+  and at the close; when the bound runs out; and in a burst when the caller takes its
+  last unread outcome (:meth:`_Receiving._read_on_drain`, in that caller's turn) or the
+  flusher sends a ``submit_nowait`` batch. ``docs/concurrency.md`` ("When replies are
+  read") says it for users;
 * :mod:`backtest_queue.replies` decides what each reply means.
 """
 
@@ -32,6 +35,7 @@ import anyio
 import anyio.abc
 
 from ._ratelog import RateLimitedLog
+from .errors import TransportError
 from .outcome import Outcome
 from .replies import apply_reply
 from .sending import _Sending
@@ -100,12 +104,15 @@ class _Receiving(_Sending):
                     # libzmq need not signal the FD for each reply.
                     with anyio.move_on_after(_DEFER_READ_MAX) as waited:
                         await book.wait_drained()
-                    read = self._read_now(endpoint)
-                    # Ran out with nothing to read: no burst is building up. Wait on
-                    # the FD until a reply comes, not on a timer every few ms (a
-                    # caller sitting on outcomes for an hour would cost 720 000
-                    # wake-ups, under a virtual clock as much as a real one).
-                    defer = read > 0 or not waited.cancelled_caught
+                    if not waited.cancelled_caught:
+                        self._read_now(endpoint)
+                        continue
+                    # The bound ran out: read all that waited, not one batch a bound.
+                    # Nothing there: no burst is building up; wait on the FD until a
+                    # reply comes, not on a timer every few ms (a caller sitting on
+                    # outcomes for an hour would cost 720 000 wake-ups, under a
+                    # virtual clock as much as a real one).
+                    defer = self._drain(endpoint) > 0
                     continue
                 defer = True
                 # Replies may be read in other tasks' turns while this one waits
@@ -120,14 +127,16 @@ class _Receiving(_Sending):
         """Whether the receivers may leave replies unread for up to
         ``_DEFER_READ_MAX`` seconds: outcomes are unread (the caller has work in hand)
         and nothing waits on a reply: no request is queued (it may wait for a slot or
-        credit a reply frees), no task is in ``wait`` or ``wait_idle``, and no metrics
-        time the replies. What changes one of these while they wait wakes them
-        (:meth:`OutcomeBook.read_soon`), and so does a service coming up (its PONG)."""
+        credit a reply frees), no task is in ``wait`` or ``wait_idle``, every service
+        up has answered its PING (its PONG is a round trip after the connect), and no
+        metrics time the replies. What changes one of these while they wait wakes them
+        (:meth:`OutcomeBook.read_soon`)."""
         return bool(
             self._book.unread
             and not self._queue.queued
             and not self._book.awaited
             and not self._idle_waiters
+            and self._up <= self._ready
             and self.metrics is None
             and not self._closed
         )
@@ -141,14 +150,32 @@ class _Receiving(_Sending):
         than run on alone through the next burst while nothing is sent."""
         if self._queue.queued:
             return
-        self._read_all_now()
+        try:
+            self._read_all_now()
+        except TransportError:
+            # In the caller's take: the outcome it takes must reach it. The socket's
+            # receiver meets the failure too and reports it, as it always has.
+            self._book.read_soon()
+            return
         if not self._book.unread:
             self._book.read_soon()
 
-    def _read_all_now(self) -> None:
-        """Apply the replies already waiting on every socket (as much as the book takes)."""
+    def _read_all_now(self, *, drain: bool = False) -> None:
+        """Apply the replies already waiting on every socket: a batch of each, or with
+        ``drain`` all of them (as many as the book takes)."""
         for endpoint in self._sockets:
-            self._read_now(endpoint)
+            if drain:
+                self._drain(endpoint)
+            else:
+                self._read_now(endpoint)
+
+    def _drain(self, endpoint: str) -> int:
+        """Apply every reply waiting on one socket (as many as the book takes)."""
+        total = read = self._read_now(endpoint)
+        while read == _RECEIVE_BATCH:
+            read = self._read_now(endpoint)
+            total += read
+        return total
 
     def _read_now(self, endpoint: str) -> int:
         """Apply the replies already waiting on one socket, as many as the outcome

@@ -98,7 +98,7 @@ class _Sending:
     def _deliver_cached(self) -> None:
         raise NotImplementedError
 
-    def _read_all_now(self) -> None:
+    def _read_all_now(self, *, drain: bool = False) -> None:
         raise NotImplementedError
 
     def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
@@ -370,7 +370,7 @@ class _Sending:
         replies receivers left unread (a reply that came in time is not a timeout)."""
         queue = self._queue
         if self._book.deferring and queue.next_deadline_at(now) <= now:
-            self._read_all_now()
+            self._read_all_now(drain=True)
         self._fail(queue.expire(now))
 
     def _apply(self, event: ConnectionEvent, now: float) -> bool:
@@ -386,6 +386,8 @@ class _Sending:
             self._book.read_soon()  # its PONG is to be read at once
             return True
         if event.kind == "down":
+            if self._book.deferring:  # replies that came before it are results
+                self._read_all_now(drain=True)
             self._up.discard(endpoint)
             self._ready.discard(endpoint)
             before = self._queue.pending
