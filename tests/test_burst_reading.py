@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import backtest_queue.receiving as receiving_module
-from backtest_queue import TransportError, open_dispatcher
+from backtest_queue import Dispatcher, TransportError, open_dispatcher
 from backtest_queue.receiving import _Receiving
 from backtest_queue.testing import Faults, MemoryNetwork, echo_result
 from story_time import Time, request, story_time
@@ -44,6 +44,17 @@ def latencies(*seconds: float) -> Faults:
     return Faults(latency=lambda _rng: next(it))
 
 
+async def leave_a_reply_unread(d: Dispatcher, t: Time) -> None:
+    """req-0's outcome unread in the book; req-1 answered at once, its reply left in
+    the socket (its request still pending)."""
+    await d.wait_connected()
+    await d.submit(request(0))
+    await anyio.sleep(t(1))  # req-0's outcome is in; nobody reads it
+    await d.submit(request(1))
+    await anyio.sleep(t(1))
+    assert d.stats().queue.pending == 1
+
+
 async def test_a_reply_waits_unread_while_the_caller_has_an_outcome(t: Time) -> None:
     """The burst itself: with one outcome unread, the reply to the next request stays
     in the socket (its request still pending) until the caller takes that outcome."""
@@ -51,12 +62,7 @@ async def test_a_reply_waits_unread_while_the_caller_has_an_outcome(t: Time) -> 
     net.bind(EP, echo_result)
     with anyio.fail_after(t(60)):
         async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(1))  # req-0's outcome is in; nobody reads it yet
-            await d.submit(request(1))  # answered at once, and left in the socket
-            await anyio.sleep(t(1))
-            assert d.stats().queue.pending == 1
+            await leave_a_reply_unread(d, t)
             taken_at = anyio.current_time()
             first = await d.outcomes.receive()
             second = await d.outcomes.receive()  # read when the caller caught up
@@ -65,10 +71,14 @@ async def test_a_reply_waits_unread_while_the_caller_has_an_outcome(t: Time) -> 
     assert second.ok
 
 
-async def test_a_reply_after_the_caller_caught_up_is_read_when_it_comes(t: Time) -> None:
-    """The caller takes its last outcome while req-1 is still at the service: nothing
-    is left to read, so the receivers wait on the socket, and req-1's outcome arrives
-    with its reply (0.5 s), not when the deferral would have run out."""
+@pytest.mark.parametrize("submit", ["submit", "submit_nowait"])
+async def test_a_reply_after_the_caller_caught_up_is_read_when_it_comes(
+    t: Time, submit: str
+) -> None:
+    """The caller takes its last outcome while req-1 is still at the service (with
+    ``submit_nowait``, still waiting for the flusher, which sends it and finds no reply
+    yet): nothing is left to read, so the receivers wait on the socket, and req-1's
+    outcome arrives with its reply (0.5 s), not when the deferral would have run out."""
     net = MemoryNetwork()
     net.bind(EP, faults=latencies(0.0, t(0.5)))
     with anyio.fail_after(t(60)):
@@ -77,25 +87,10 @@ async def test_a_reply_after_the_caller_caught_up_is_read_when_it_comes(t: Time)
             await d.submit(request(0))
             await anyio.sleep(t(0.1))  # req-0's outcome unread
             start = anyio.current_time()
-            await d.submit(request(1))  # answered 0.5 s from now
-            assert (await d.outcomes.receive()).request_id == "req-0"
-            assert (await d.outcomes.receive()).request_id == "req-1"
-            assert anyio.current_time() - start <= t(0.5) + t.slack
-
-
-async def test_a_batch_the_flusher_sent_is_answered_when_its_reply_comes(t: Time) -> None:
-    """As above with ``submit_nowait``: the caller catches up while req-1 waits for the
-    flusher; the flusher sends it and finds no reply yet, so the receivers wait on the
-    socket, and the outcome arrives with its reply."""
-    net = MemoryNetwork()
-    net.bind(EP, faults=latencies(0.0, t(0.5)))
-    with anyio.fail_after(t(60)):
-        async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(0.1))  # req-0's outcome unread
-            start = anyio.current_time()
-            d.submit_nowait(request(1))  # queued until the flusher runs
+            if submit == "submit":
+                await d.submit(request(1))  # answered 0.5 s from now
+            else:
+                d.submit_nowait(request(1))  # queued until the flusher runs
             assert d.outcomes.receive_nowait().request_id == "req-0"
             assert (await d.outcomes.receive()).request_id == "req-1"
             assert anyio.current_time() - start <= t(0.5) + t.slack
@@ -106,12 +101,7 @@ async def test_wait_for_a_reply_left_unread_returns_at_once(t: Time) -> None:
     net.bind(EP, echo_result)
     with anyio.fail_after(t(60)):
         async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(1))
-            await d.submit(request(1))
-            await anyio.sleep(t(1))
-            assert d.stats().queue.pending == 1  # req-1's reply is unread
+            await leave_a_reply_unread(d, t)
             start = anyio.current_time()
             outcome = await d.wait("req-1")
             assert anyio.current_time() - start <= t.slack
@@ -124,12 +114,7 @@ async def test_wait_idle_reads_the_replies_left_unread(t: Time) -> None:
     net.bind(EP, echo_result)
     with anyio.fail_after(t(60)):
         async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(1))
-            await d.submit(request(1))
-            await anyio.sleep(t(1))
-            assert d.stats().queue.pending == 1
+            await leave_a_reply_unread(d, t)
             start = anyio.current_time()
             await d.wait_idle()
             assert anyio.current_time() - start <= t.slack
@@ -203,11 +188,7 @@ async def test_a_service_that_comes_back_is_ready_when_its_pong_comes(t: Time) -
     net.bind(EP, echo_result)
     with anyio.fail_after(t(60)):
         async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(1))
-            await d.submit(request(1))
-            await anyio.sleep(t(1))  # req-0's outcome unread, req-1's reply in the socket
+            await leave_a_reply_unread(d, t)
             net.unbind(EP)
             await anyio.sleep(t(1))
             start = anyio.current_time()
@@ -275,12 +256,7 @@ async def test_replies_left_unread_at_close_are_results(t: Time) -> None:
     with anyio.fail_after(t(60)):
         async with open_dispatcher([EP], network=net, flush_interval=t(3600),
                                    drain_timeout=0) as d:  # fmt: skip
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(1))
-            await d.submit(request(1))
-            await anyio.sleep(t(1))
-            assert d.stats().queue.pending == 1  # req-1's reply is unread at the close
+            await leave_a_reply_unread(d, t)
     outcomes = [d.outcomes.receive_nowait() for _ in range(2)]
     assert [(o.request_id, o.reason) for o in outcomes] == [("req-0", None), ("req-1", None)]
 
@@ -291,12 +267,7 @@ async def test_replies_left_unread_before_a_disconnect_are_results(t: Time) -> N
     with anyio.fail_after(t(60)):
         async with open_dispatcher([EP], network=net, flush_interval=t(3600),
                                    max_attempts=1) as d:  # fmt: skip
-            await d.wait_connected()
-            await d.submit(request(0))
-            await anyio.sleep(t(1))
-            await d.submit(request(1))
-            await anyio.sleep(t(1))
-            assert d.stats().queue.pending == 1
+            await leave_a_reply_unread(d, t)
             net.unbind(EP)
             await anyio.sleep(t(1))
             outcomes = [await d.outcomes.receive() for _ in range(2)]
@@ -317,11 +288,7 @@ async def test_a_socket_failing_while_the_caller_takes_an_outcome_loses_nothing(
     with anyio.fail_after(t(60)):
         with pytest.RaisesGroup(TransportError, allow_unwrapped=True, flatten_subgroups=True):
             async with open_dispatcher([EP], network=net, flush_interval=t(3600)) as d:
-                await d.wait_connected()
-                await d.submit(request(0))
-                await anyio.sleep(t(1))
-                await d.submit(request(1))
-                await anyio.sleep(t(1))
+                await leave_a_reply_unread(d, t)
                 requester = d._sockets[EP]
                 receive_nowait = requester.receive_nowait
 
