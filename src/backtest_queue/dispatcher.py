@@ -582,7 +582,7 @@ class Dispatcher(_Receiving):
         left unread are applied first: a result that came is not a ``shutdown``."""
         if self._book.deferring:
             with contextlib.suppress(TransportError):  # the block's own error stands
-                self._read_all_now(drain=True)
+                self._drain_all()
         self._closed = True
         self._bodies.clear()
         self._deliver_cached()

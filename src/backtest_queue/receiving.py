@@ -151,23 +151,24 @@ class _Receiving(_Sending):
         if self._queue.queued:
             return
         try:
-            self._read_all_now()
+            self._read_burst()
         except TransportError:
             # In the caller's take: the outcome it takes must reach it. The socket's
             # receiver meets the failure too and reports it, as it always has.
             self._book.read_soon()
-            return
+
+    def _read_burst(self) -> None:
+        """Apply a batch of the replies waiting on each socket, in this task's turn; if
+        none was there, wake the receivers to wait on their sockets for the next."""
+        for endpoint in self._sockets:
+            self._read_now(endpoint)
         if not self._book.unread:
             self._book.read_soon()
 
-    def _read_all_now(self, *, drain: bool = False) -> None:
-        """Apply the replies already waiting on every socket: a batch of each, or with
-        ``drain`` all of them (as many as the book takes)."""
+    def _drain_all(self) -> None:
+        """Apply every reply waiting on every socket (as many as the book takes)."""
         for endpoint in self._sockets:
-            if drain:
-                self._drain(endpoint)
-            else:
-                self._read_now(endpoint)
+            self._drain(endpoint)
 
     def _drain(self, endpoint: str) -> int:
         """Apply every reply waiting on one socket (as many as the book takes)."""

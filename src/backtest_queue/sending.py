@@ -98,7 +98,10 @@ class _Sending:
     def _deliver_cached(self) -> None:
         raise NotImplementedError
 
-    def _read_all_now(self, *, drain: bool = False) -> None:
+    def _read_burst(self) -> None:
+        raise NotImplementedError
+
+    def _drain_all(self) -> None:
         raise NotImplementedError
 
     def _send(self, batch: list[BacktestRequest], trigger: str = "submit") -> int:
@@ -227,9 +230,7 @@ class _Sending:
                 # in this turn, once a batch, as a send does while a receiver waits on
                 # the FD; the caller gets them without a receiver's wake-up. None
                 # there: the receivers wait on their sockets for them.
-                self._read_all_now()
-                if not self._book.unread:
-                    self._book.read_soon()
+                self._read_burst()
         return total
 
     def _block(self, endpoint: str) -> None:
@@ -370,7 +371,7 @@ class _Sending:
         replies receivers left unread (a reply that came in time is not a timeout)."""
         queue = self._queue
         if self._book.deferring and queue.next_deadline_at(now) <= now:
-            self._read_all_now(drain=True)
+            self._drain_all()
         self._fail(queue.expire(now))
 
     def _apply(self, event: ConnectionEvent, now: float) -> bool:
@@ -387,7 +388,7 @@ class _Sending:
             return True
         if event.kind == "down":
             if self._book.deferring:  # replies that came before it are results
-                self._read_all_now(drain=True)
+                self._drain_all()
             self._up.discard(endpoint)
             self._ready.discard(endpoint)
             before = self._queue.pending
